@@ -1,0 +1,1 @@
+"""Shipped data files: device and model profiles, published corrections."""
