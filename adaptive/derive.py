@@ -159,9 +159,12 @@ def _pi4(root: Path) -> DeviceRatios:
             per_model.append(abs(pred[idx].sum() - true[idx].sum()) / true[idx].sum())
     naive = sum(float(r["pi4"]) for r in train) / sum(float(r["ref"]) for r in train)  # type: ignore[arg-type]
     naive_pred = naive * np.array([float(r["ref"]) for r in test])  # type: ignore[arg-type]
+    ape = np.abs(pred[big] - true[big]) / true[big]
     validation = {
-        "heldout_blocks": float(len(test)),
-        "block_mape_pct": float(np.mean(np.abs(pred[big] - true[big]) / true[big]) * 100),
+        "heldout_blocks": float(big.sum()),
+        "block_mape_pct": float(np.mean(ape) * 100),
+        "block_median_ape_pct": float(np.median(ape) * 100),
+        "block_wape_pct": float(np.abs(pred[big] - true[big]).sum() / true[big].sum() * 100),
         "block_mape_one_ratio_pct": float(np.mean(np.abs(naive_pred[big] - true[big]) / true[big]) * 100),
         "model_total_mape_pct": float(np.mean(per_model) * 100),
     }
