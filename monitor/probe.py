@@ -15,7 +15,10 @@ payload bytes. After a transfer the sink answers with a 40-byte result::
     header_to_last_ns u64 | first_read_bytes u64
 
 ``first_to_last_ns`` runs from the first payload byte's arrival to the last byte's; dividing the
-payload after the first read by it gives the receive rate. Frames are validated (magic, version,
+payload after the first read by it gives the receive rate. (Timing only a later part of the
+transfer was tried and rejected: after a loss, the kernel releases held-back data to the reader
+in large chunks, so read times inside a transfer are distorted; the whole span averages that out.
+See docs/monitor.md.) Frames are validated (magic, version,
 kind, length cap); a bad frame closes that connection and is logged, never raised in the server.
 """
 

@@ -27,6 +27,8 @@ _COMMANDS: dict[str, str] = {
     "profiles": "planning",
     "partition": "modeling",
     "profile": "modeling",
+    "monitor": "monitoring",
+    "broker": "monitoring",
 }
 
 

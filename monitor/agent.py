@@ -1,0 +1,247 @@
+"""The monitor agent: samples resources and links, publishes v1 telemetry over MQTT.
+
+Threads: the publishing loop (one sample every ``interval_s``), the probe loop (each peer every
+``probe_interval_s``), paho's network thread, and the probe sink's accept thread. Construction is
+cheap; :meth:`MonitorAgent.start` opens sockets and starts threads; :meth:`MonitorAgent.close`
+publishes a retained ``offline`` status and stops everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from monitor.probe import ProbeClient, ProbeError, ProbeServer
+from monitor.sampler import PsutilSampler, ResourceSample, Sampler, passive_rates
+from monitor.schema import LinkEstimate, Message, Status, Telemetry, status_topic, telemetry_topic
+from monitor.transport import BrokerAddress, MqttTransport
+
+__all__ = ["AgentConfig", "MonitorAgent"]
+
+log = logging.getLogger(__name__)
+
+MIN_PROBE_MS = 10.0  # shorter transfers are too short to time reliably
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Configuration of one agent.
+
+    Attributes:
+        node: This node's id.
+        cluster: Cluster id (topic prefix ``adaptive/<cluster>/``).
+        interval_s: Telemetry period, s (> 0).
+        peers: Peer id → ``(host, probe port)`` to probe.
+        probe_port: Port of this node's probe sink (0: pick a free one; None: no sink).
+        probe_interval_s: Period between probes of one peer, s.
+        probe_bytes: Largest probe transfer, bytes. The reported bandwidth is the median of the
+            last three probes, which rejects single outliers.
+        probe_max_share: Cap on the share of a link's estimated capacity that probing may use
+            (averaged over the probe interval), in (0, 1].
+        device: Device profile name announced in the status.
+        accelerator: ``cpu`` or ``gpu``.
+        data_endpoint: Runtime data endpoint announced in the status (may be empty).
+        buffer_size: Telemetry messages kept while the broker is away.
+        passive: Also read kernel delivery-rate estimates for connections to peers.
+    """
+
+    node: str
+    cluster: str = "default"
+    interval_s: float = 1.0
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    probe_port: int | None = 7300
+    probe_interval_s: float = 10.0
+    probe_bytes: int = 1_000_000
+    probe_max_share: float = 0.05
+    device: str = ""
+    accelerator: str = "cpu"
+    data_endpoint: str = ""
+    buffer_size: int = 600
+    passive: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0 or not self.probe_interval_s > 0:
+            raise ValueError("interval and probe interval must be > 0 s")
+        if not 0 < self.probe_max_share <= 1:
+            raise ValueError(f"probe_max_share must be in (0, 1], found {self.probe_max_share}")
+        if self.probe_bytes < 1500:
+            raise ValueError(f"probe_bytes must be >= 1500, found {self.probe_bytes}")
+
+
+class MonitorAgent:
+    """Samples this node and publishes telemetry; probes its peers.
+
+    Args:
+        config: What to sample and where to publish.
+        broker: The MQTT broker.
+        sampler: Resource sampler (default :class:`PsutilSampler`).
+        transport: Pre-built transport (tests); default builds one for ``broker``.
+    """
+
+    def __init__(self, config: AgentConfig, broker: BrokerAddress, *, sampler: Sampler | None = None,
+                 transport: MqttTransport | None = None) -> None:
+        self.config = config
+        self.sampler = sampler or PsutilSampler()
+        self._topic = telemetry_topic(config.cluster, config.node)
+        self._status_topic = status_topic(config.cluster, config.node)
+        self._links: dict[str, LinkEstimate] = {p: LinkEstimate() for p in config.peers}
+        self._links_lock = threading.Lock()
+        self._unknown_size: dict[str, int] = {}
+        self._recent: dict[str, deque[float]] = {}  # last probe rates: the median is reported
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sink: ProbeServer | None = None
+        self._seq = 0
+        self._previous: ResourceSample | None = None
+        self._memory_mb = 0.0
+        self.transport = transport or MqttTransport(
+            broker, client_id=f"monitor-{config.cluster}-{config.node}",
+            on_connect_messages=lambda: [self._status("online")], buffer_size=config.buffer_size)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, wait_s: float | None = 10.0) -> MonitorAgent:
+        """Start the probe sink, connect to the broker and start the loops."""
+        if self.config.probe_port is not None:
+            self._sink = ProbeServer("0.0.0.0", self.config.probe_port).start()
+        self._previous = self.sampler.sample()
+        self._memory_mb = self._previous.total_mb
+        self.transport.will = self._status("offline")  # set before connecting, as paho requires
+        try:
+            self.transport.start(wait_s)
+        except ConnectionError:
+            if self._sink is not None:
+                self._sink.close()
+            raise
+        for target, name in ((self._publish_loop, "telemetry"), (self._probe_loop, "probes")):
+            t = threading.Thread(target=target, name=f"monitor-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def close(self) -> None:
+        """Publish ``offline`` (retained), disconnect and stop the threads."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.transport.close(final=[self._status("offline")])
+        if self._sink is not None:
+            self._sink.close()
+
+    def __enter__(self) -> MonitorAgent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def probe_port(self) -> int | None:
+        """Port the probe sink listens on (after :meth:`start`)."""
+        return self._sink.port if self._sink else None
+
+    # ------------------------------------------------------------------ messages
+
+    def _status(self, state: str) -> Message:
+        sink = self._sink
+        probe = f"{socket.gethostname()}:{sink.port}" if sink else ""
+        status = Status(node=self.config.node, state=state, ts=time.time(), device=self.config.device,
+                        accelerator=self.config.accelerator, memory_mb=round(self._memory_mb, 1),
+                        data_endpoint=self.config.data_endpoint, probe_endpoint=probe)
+        return Message(self._status_topic, status.encode(), qos=1, retain=True)
+
+    def telemetry(self) -> Telemetry:
+        """Take a sample and build the telemetry record (rates since the previous sample)."""
+        now = self.sampler.sample()
+        prev = self._previous or now
+        dt = max(now.ts - prev.ts, 1e-6)
+        tx = max(now.net_tx_bytes - prev.net_tx_bytes, 0) * 8 / dt
+        rx = max(now.net_rx_bytes - prev.net_rx_bytes, 0) * 8 / dt
+        self._previous = now
+        with self._links_lock:
+            links = dict(self._links)
+        record = Telemetry(
+            node=self.config.node, ts=round(now.ts, 3), seq=self._seq,
+            cpu_percent=now.cpu_percent, per_core=now.per_core, load1=round(now.load1, 3),
+            total_mb=round(now.total_mb, 1), available_mb=round(now.available_mb, 1),
+            mem_percent=now.mem_percent, tx_bps=round(tx, 1), rx_bps=round(rx, 1), links=links,
+            swap_total_mb=round(now.swap_total_mb, 1), swap_used_mb=round(now.swap_used_mb, 1),
+            temp_c=now.temp_c, power_w=now.power_w)
+        self._seq += 1
+        return record
+
+    # ------------------------------------------------------------------ loops
+
+    def _publish_loop(self) -> None:
+        period = self.config.interval_s
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                record = self.telemetry()
+                self.transport.publish(Message(self._topic, record.encode(), qos=1))
+            except (OSError, ValueError) as exc:
+                log.warning("sample failed, skipped: %s", exc)
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay < 0:  # fell behind (suspend, overload): realign instead of bursting
+                next_at, delay = time.monotonic(), 0.0
+            self._stop.wait(delay)
+
+    def _probe_loop(self) -> None:
+        peers = self.config.peers
+        if not peers:
+            return
+        spacing = self.config.probe_interval_s / len(peers)  # spread peers over the interval
+        while not self._stop.is_set():
+            for peer, (host, port) in peers.items():
+                if self._stop.is_set():
+                    return
+                self._probe(peer, host, port)
+                self._stop.wait(spacing)
+
+    def probe_size(self, peer: str) -> int:
+        """Bytes for the next probe of ``peer``: capped at ``probe_max_share`` of its capacity.
+
+        On an unknown link probing starts at 64 KB and doubles while a probe arrives in less than
+        ``MIN_PROBE_MS`` (too short to time, or inside a shaper's burst), up to ``probe_bytes``.
+        """
+        with self._links_lock:
+            est = self._links.get(peer, LinkEstimate()).bandwidth_mbps
+            start = self._unknown_size.get(peer, 64_000)
+        if not est:
+            return min(self.config.probe_bytes, start)
+        budget = self.config.probe_max_share * est * 1e6 / 8 * self.config.probe_interval_s
+        return int(max(1500, min(self.config.probe_bytes, budget)))
+
+    def _probe(self, peer: str, host: str, port: int) -> None:
+        try:
+            with ProbeClient(host, port, timeout_s=max(5.0, self.config.probe_interval_s)) as client:
+                rtt = min(client.ping() for _ in range(3))
+                result = client.transfer(self.probe_size(peer))
+        except ProbeError as exc:
+            log.info("probe of %s failed: %s", peer, exc)
+            return
+        rate = result.rate_mbps
+        too_short = rate != rate or (result.receive_ms < MIN_PROBE_MS
+                                     and result.nbytes < self.config.probe_bytes)
+        if too_short:  # too fast to time (or riding a shaper's burst): grow, keep the old value
+            rate = None
+            with self._links_lock:
+                self._unknown_size[peer] = min(2 * result.nbytes, self.config.probe_bytes)
+        passive = None
+        if self.config.passive:
+            passive = passive_rates({peer: host}).get(peer, (None, None))[0]
+        with self._links_lock:
+            old = self._links.get(peer, LinkEstimate())
+            recent = self._recent.setdefault(peer, deque(maxlen=3))
+            if rate:
+                recent.append(rate)
+            bandwidth = statistics.median(recent) if recent else old.bandwidth_mbps
+            self._links[peer] = LinkEstimate(
+                bandwidth_mbps=round(bandwidth, 3) if bandwidth else None,
+                rtt_ms=round(rtt, 3), measured_at=round(time.time(), 3),
+                passive_mbps=round(passive, 3) if passive else None)

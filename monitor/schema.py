@@ -1,0 +1,462 @@
+"""The MQTT contract, version 1: topics, records, JSON encoding and validation.
+
+Standard library only, so the agent runs on a bare Raspberry Pi and every receiver validates
+with the same code. JSON Schemas of the payloads for other languages live in
+``monitor/schemas/`` and are checked against these validators in the tests.
+
+========================================  =========  ==========================================
+topic                                     QoS/retain payload
+========================================  =========  ==========================================
+``adaptive/<cluster>/node/<node>/telemetry``  1 / no  :class:`Telemetry`
+``adaptive/<cluster>/node/<node>/status``     1 / yes :class:`Status` (the Last Will: offline)
+``adaptive/<cluster>/plan``                   1 / yes :class:`PlanMessage`
+``adaptive/<cluster>/node/<node>/ack``        1 / no  :class:`Ack`
+========================================  =========  ==========================================
+
+Every decode function takes raw bytes from the network and either returns a record or raises
+:class:`SchemaError` with one line naming the field and the problem. Receivers log and drop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "Ack",
+    "LinkEstimate",
+    "Message",
+    "PlanMessage",
+    "SchemaError",
+    "Status",
+    "Telemetry",
+    "ack_topic",
+    "check_id",
+    "parse_topic",
+    "plan_topic",
+    "status_topic",
+    "telemetry_topic",
+]
+
+VERSION = 1
+MAX_PAYLOAD_BYTES = 64 * 1024
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class SchemaError(ValueError):
+    """A message or topic does not follow the v1 contract."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message to publish.
+
+    Attributes:
+        topic: Full topic.
+        payload: Encoded JSON.
+        qos: 0, 1 or 2.
+        retain: Whether the broker keeps it for late subscribers.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is a valid cluster or node id (no MQTT wildcards or slashes)."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise SchemaError(f"{what} must match {_ID.pattern} (letters, digits, . _ -), found {value!r}")
+    return value
+
+
+def telemetry_topic(cluster: str, node: str) -> str:
+    """``adaptive/<cluster>/node/<node>/telemetry``."""
+    return f"adaptive/{check_id(cluster, 'cluster')}/node/{check_id(node, 'node')}/telemetry"
+
+
+def status_topic(cluster: str, node: str) -> str:
+    """``adaptive/<cluster>/node/<node>/status``."""
+    return f"adaptive/{check_id(cluster, 'cluster')}/node/{check_id(node, 'node')}/status"
+
+
+def ack_topic(cluster: str, node: str) -> str:
+    """``adaptive/<cluster>/node/<node>/ack``."""
+    return f"adaptive/{check_id(cluster, 'cluster')}/node/{check_id(node, 'node')}/ack"
+
+
+def plan_topic(cluster: str) -> str:
+    """``adaptive/<cluster>/plan``."""
+    return f"adaptive/{check_id(cluster, 'cluster')}/plan"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str | None]:
+    """Split a contract topic into ``(cluster, kind, node)``; ``node`` is None for the plan."""
+    parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == "adaptive" and parts[2] == "plan":
+        return check_id(parts[1], "cluster"), "plan", None
+    if len(parts) == 5 and parts[0] == "adaptive" and parts[2] == "node" and parts[4] in (
+            "telemetry", "status", "ack"):
+        return check_id(parts[1], "cluster"), parts[4], check_id(parts[3], "node")
+    raise SchemaError(f"not an adaptive v1 topic: {topic!r}")
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def _num(obj: dict[str, Any], key: str, where: str, *, lo: float | None = None,
+         hi: float | None = None, optional: bool = False, allow_null: bool = False) -> float | None:
+    if key not in obj:
+        if optional:
+            return None
+        raise SchemaError(f"{where}: field '{key}' is required")
+    value = obj[key]
+    if value is None and allow_null:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SchemaError(f"{where}: field '{key}': expected a finite number, found {value!r}"[:200])
+    if lo is not None and value < lo:
+        raise SchemaError(f"{where}: field '{key}': expected >= {lo}, found {value}")
+    if hi is not None and value > hi:
+        raise SchemaError(f"{where}: field '{key}': expected <= {hi}, found {value}")
+    return float(value)
+
+
+def _obj(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise SchemaError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def _str(obj: dict[str, Any], key: str, where: str, *, optional: bool = False) -> str | None:
+    if key not in obj and optional:
+        return None
+    value = obj.get(key)
+    if not isinstance(value, str) or len(value) > 256:
+        raise SchemaError(f"{where}: field '{key}': expected a string, found {value!r}"[:200])
+    return value
+
+
+def _int(obj: dict[str, Any], key: str, where: str, lo: int = 0) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise SchemaError(f"{where}: field '{key}': expected an integer >= {lo}, found {value!r}"[:200])
+    return value
+
+
+def _version(obj: dict[str, Any], where: str) -> None:
+    if obj.get("v") != VERSION:
+        raise SchemaError(f"{where}: field 'v': expected {VERSION}, found {obj.get('v')!r}"[:200])
+
+
+def _load(payload: bytes | str, where: str) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise SchemaError(f"{where}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{where}: invalid JSON ({exc.__class__.__name__})") from None
+    return _obj(obj, where)
+
+
+def _dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    """What a node knows about its link to one peer.
+
+    Attributes:
+        bandwidth_mbps: Last active probe estimate, Mbit/s (None before the first probe).
+        rtt_ms: Last round-trip time, ms.
+        measured_at: Unix time of the active probe, s.
+        passive_mbps: Delivery rate the kernel observed on existing connections, Mbit/s.
+    """
+
+    bandwidth_mbps: float | None = None
+    rtt_ms: float | None = None
+    measured_at: float | None = None
+    passive_mbps: float | None = None
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """One telemetry sample of a node (topic ``…/telemetry``).
+
+    Attributes:
+        node: Node id.
+        ts: Unix time of the sample, s.
+        seq: Sequence number, increasing per agent run.
+        cpu_percent: Total CPU utilisation, % (0–100).
+        per_core: Per-core utilisation, %.
+        load1: One-minute load average.
+        total_mb: Physical memory, MB (10^6 bytes).
+        available_mb: Memory available to new work, MB.
+        mem_percent: Memory in use, %.
+        tx_bps: Transmit rate over all interfaces, bit/s.
+        rx_bps: Receive rate, bit/s.
+        links: Per peer id, the link estimate.
+        swap_total_mb: Swap size, MB.
+        swap_used_mb: Swap in use, MB.
+        temp_c: Hottest thermal zone, °C, where exposed.
+        power_w: Board power, W, where exposed (Jetson INA sensors).
+    """
+
+    node: str
+    ts: float
+    seq: int
+    cpu_percent: float
+    per_core: tuple[float, ...]
+    load1: float
+    total_mb: float
+    available_mb: float
+    mem_percent: float
+    tx_bps: float
+    rx_bps: float
+    links: dict[str, LinkEstimate] = field(default_factory=dict)
+    swap_total_mb: float | None = None
+    swap_used_mb: float | None = None
+    temp_c: float | None = None
+    power_w: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The v1 JSON object."""
+        mem: dict[str, Any] = {"total_mb": self.total_mb, "available_mb": self.available_mb,
+                               "percent": self.mem_percent}
+        if self.swap_total_mb is not None:
+            mem["swap_total_mb"] = self.swap_total_mb
+            mem["swap_used_mb"] = self.swap_used_mb or 0.0
+        links = {}
+        for peer, est in self.links.items():
+            item = {"bandwidth_mbps": est.bandwidth_mbps, "rtt_ms": est.rtt_ms,
+                    "measured_at": est.measured_at}
+            if est.passive_mbps is not None:
+                item["passive_mbps"] = est.passive_mbps
+            links[peer] = item
+        out: dict[str, Any] = {
+            "v": VERSION, "node": self.node, "ts": self.ts, "seq": self.seq,
+            "cpu": {"percent": self.cpu_percent, "per_core": list(self.per_core), "load1": self.load1},
+            "mem": mem,
+            "net": {"tx_bps": self.tx_bps, "rx_bps": self.rx_bps, "links": links},
+        }
+        if self.temp_c is not None:
+            out["temp_c"] = self.temp_c
+        if self.power_w is not None:
+            out["power_w"] = self.power_w
+        return out
+
+    def encode(self) -> bytes:
+        """Compact JSON bytes."""
+        return _dump(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Telemetry:
+        """Validate a parsed v1 object (raises :class:`SchemaError`)."""
+        w = "telemetry"
+        obj = _obj(obj, w)
+        _version(obj, w)
+        node = check_id(_str(obj, "node", w) or "", "telemetry: node")
+        cpu = _obj(obj.get("cpu"), f"{w}.cpu")
+        per_core = cpu.get("per_core")
+        if not isinstance(per_core, list) or len(per_core) > 1024:
+            raise SchemaError(f"{w}.cpu: field 'per_core': expected a list of numbers")
+        cores = tuple(_num({"c": c}, "c", f"{w}.cpu.per_core", lo=0, hi=100) for c in per_core)
+        mem = _obj(obj.get("mem"), f"{w}.mem")
+        net = _obj(obj.get("net"), f"{w}.net")
+        raw_links = _obj(net.get("links", {}), f"{w}.net.links")
+        if len(raw_links) > 256:
+            raise SchemaError(f"{w}.net.links: more than 256 peers")
+        links = {}
+        for peer, item in raw_links.items():
+            where = f"{w}.net.links.{check_id(peer, 'peer')}"
+            item = _obj(item, where)
+            links[peer] = LinkEstimate(
+                bandwidth_mbps=_num(item, "bandwidth_mbps", where, lo=0, allow_null=True),
+                rtt_ms=_num(item, "rtt_ms", where, lo=0, allow_null=True),
+                measured_at=_num(item, "measured_at", where, lo=0, allow_null=True),
+                passive_mbps=_num(item, "passive_mbps", where, lo=0, optional=True, allow_null=True),
+            )
+        return cls(
+            node=node, ts=float(_num(obj, "ts", w, lo=0)), seq=_int(obj, "seq", w),
+            cpu_percent=float(_num(cpu, "percent", f"{w}.cpu", lo=0, hi=100)),
+            per_core=cores,  # type: ignore[arg-type]
+            load1=float(_num(cpu, "load1", f"{w}.cpu", lo=0)),
+            total_mb=float(_num(mem, "total_mb", f"{w}.mem", lo=0)),
+            available_mb=float(_num(mem, "available_mb", f"{w}.mem", lo=0)),
+            mem_percent=float(_num(mem, "percent", f"{w}.mem", lo=0, hi=100)),
+            tx_bps=float(_num(net, "tx_bps", f"{w}.net", lo=0)),
+            rx_bps=float(_num(net, "rx_bps", f"{w}.net", lo=0)),
+            links=links,
+            swap_total_mb=_num(mem, "swap_total_mb", f"{w}.mem", lo=0, optional=True),
+            swap_used_mb=_num(mem, "swap_used_mb", f"{w}.mem", lo=0, optional=True),
+            temp_c=_num(obj, "temp_c", w, lo=-100, hi=200, optional=True),
+            power_w=_num(obj, "power_w", w, lo=0, optional=True),
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Telemetry:
+        """Parse and validate bytes from the network."""
+        return cls.from_dict(_load(payload, "telemetry"))
+
+
+@dataclass(frozen=True)
+class Status:
+    """A node's retained presence and capabilities (topic ``…/status``).
+
+    Attributes:
+        node: Node id.
+        state: ``online`` or ``offline`` (the Last Will publishes ``offline``).
+        ts: Unix time, s.
+        device: Device profile name (e.g. ``raspberry-pi-4``).
+        accelerator: ``cpu`` or ``gpu``.
+        memory_mb: Physical memory, MB.
+        data_endpoint: Where the node runtime receives activations (``tcp://host:port``), or "".
+        probe_endpoint: Where the link-probe sink listens (``host:port``), or "".
+    """
+
+    node: str
+    state: str
+    ts: float
+    device: str = ""
+    accelerator: str = "cpu"
+    memory_mb: float = 0.0
+    data_endpoint: str = ""
+    probe_endpoint: str = ""
+
+    def encode(self) -> bytes:
+        """Compact JSON bytes."""
+        return _dump({"v": VERSION, "node": self.node, "state": self.state, "ts": self.ts,
+                      "device": self.device, "accelerator": self.accelerator,
+                      "memory_mb": self.memory_mb, "data_endpoint": self.data_endpoint,
+                      "probe_endpoint": self.probe_endpoint})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Status:
+        """Parse and validate bytes from the network."""
+        w = "status"
+        obj = _load(payload, w)
+        _version(obj, w)
+        state = obj.get("state")
+        if state not in ("online", "offline"):
+            raise SchemaError(f"{w}: field 'state': expected 'online' or 'offline', found {state!r}"[:200])
+        accel = obj.get("accelerator", "cpu")
+        if accel not in ("cpu", "gpu"):
+            raise SchemaError(f"{w}: field 'accelerator': expected 'cpu' or 'gpu', found {accel!r}"[:200])
+        return cls(node=check_id(_str(obj, "node", w) or "", "status: node"), state=state,
+                   ts=float(_num(obj, "ts", w, lo=0)), device=_str(obj, "device", w, optional=True) or "",
+                   accelerator=accel, memory_mb=_num(obj, "memory_mb", w, lo=0, optional=True) or 0.0,
+                   data_endpoint=_str(obj, "data_endpoint", w, optional=True) or "",
+                   probe_endpoint=_str(obj, "probe_endpoint", w, optional=True) or "")
+
+
+@dataclass(frozen=True)
+class PlanMessage:
+    """A versioned split plan (topic ``adaptive/<cluster>/plan``, retained).
+
+    Attributes:
+        version: Plan version, increasing from 1.
+        model: Model name every node must hold.
+        devices: Node ids in chain order (the first holds the input).
+        splits: ``[s1, …, sM]``, one per node after the first, non-decreasing.
+        issued_at: Unix time, s.
+        policy: Name of the policy that chose it.
+        predicted_ms: Predicted end-to-end latency, ms (None if unknown).
+        codecs: Codec per split (``none``, ``fp16``, ``int8``); empty means none.
+    """
+
+    version: int
+    model: str
+    devices: tuple[str, ...]
+    splits: tuple[int, ...]
+    issued_at: float
+    policy: str
+    predicted_ms: float | None = None
+    codecs: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        """Compact JSON bytes."""
+        obj: dict[str, Any] = {"v": VERSION, "version": self.version, "model": self.model,
+                               "devices": list(self.devices), "splits": list(self.splits),
+                               "issued_at": self.issued_at, "policy": self.policy,
+                               "predicted_ms": self.predicted_ms}
+        if self.codecs:
+            obj["codecs"] = list(self.codecs)
+        return _dump(obj)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> PlanMessage:
+        """Parse and validate bytes from the network (structure only; nodes check ranges)."""
+        w = "plan"
+        obj = _load(payload, w)
+        _version(obj, w)
+        devices = obj.get("devices")
+        if not isinstance(devices, list) or not 1 <= len(devices) <= 64:
+            raise SchemaError(f"{w}: field 'devices': expected a list of 1..64 node ids")
+        devices = [check_id(d, "plan: device") for d in devices]
+        if len(set(devices)) != len(devices):
+            raise SchemaError(f"{w}: field 'devices': node ids must be distinct")
+        splits = obj.get("splits")
+        if (not isinstance(splits, list) or len(splits) != len(devices) - 1
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in splits)):
+            raise SchemaError(f"{w}: field 'splits': expected {len(devices) - 1} integers >= 0")
+        if any(b < a for a, b in itertools.pairwise(splits)):
+            raise SchemaError(f"{w}: field 'splits': must be non-decreasing, found {splits}")
+        codecs = obj.get("codecs", [])
+        if not isinstance(codecs, list) or (codecs and len(codecs) != len(splits)) or any(
+                c not in ("none", "fp16", "int8") for c in codecs):
+            raise SchemaError(f"{w}: field 'codecs': expected {len(splits)} of none/fp16/int8")
+        return cls(version=_int(obj, "version", w, lo=1), model=_str(obj, "model", w) or "",
+                   devices=tuple(devices), splits=tuple(splits),
+                   issued_at=float(_num(obj, "issued_at", w, lo=0)),
+                   policy=_str(obj, "policy", w) or "",
+                   predicted_ms=_num(obj, "predicted_ms", w, lo=0, optional=True, allow_null=True),
+                   codecs=tuple(codecs))
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A node's answer to a plan (topic ``…/ack``).
+
+    Attributes:
+        node: Node id.
+        version: Plan version acknowledged.
+        ok: Whether the node applied it.
+        ts: Unix time, s.
+        error: Why not, when ``ok`` is false.
+    """
+
+    node: str
+    version: int
+    ok: bool
+    ts: float
+    error: str = ""
+
+    def encode(self) -> bytes:
+        """Compact JSON bytes."""
+        obj: dict[str, Any] = {"v": VERSION, "node": self.node, "version": self.version,
+                               "ok": self.ok, "ts": self.ts}
+        if self.error:
+            obj["error"] = self.error[:256]
+        return _dump(obj)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Ack:
+        """Parse and validate bytes from the network."""
+        w = "ack"
+        obj = _load(payload, w)
+        _version(obj, w)
+        if not isinstance(obj.get("ok"), bool):
+            raise SchemaError(f"{w}: field 'ok': expected true or false, found {obj.get('ok')!r}"[:200])
+        return cls(node=check_id(_str(obj, "node", w) or "", "ack: node"),
+                   version=_int(obj, "version", w, lo=1), ok=obj["ok"],
+                   ts=float(_num(obj, "ts", w, lo=0)), error=_str(obj, "error", w, optional=True) or "")

@@ -1,0 +1,84 @@
+"""The probe protocol on loopback, and its accuracy on a real tbf-shaped link (netns, root)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adaptive.netns import ShapedLink, netns_available
+from monitor.agent import AgentConfig, MonitorAgent
+from monitor.probe import HEADER, MAGIC, ProbeClient, ProbeError, ProbeServer, parse_hostport
+from monitor.transport import BrokerAddress
+
+
+def test_ping_and_transfer_on_loopback():
+    with ProbeServer("127.0.0.1", 0) as server, ProbeClient("127.0.0.1", server.port) as client:
+        assert 0 < client.ping() < 1000
+        result = client.transfer(2_000_000)
+        assert result.nbytes == 2_000_000 and result.receive_ms >= 0
+
+
+def test_bad_frames_close_the_connection_but_not_the_server():
+    with ProbeServer("127.0.0.1", 0, max_bytes=1000) as server:
+        for frame in (b"GET / HTTP/1.1\r\n\r\n", HEADER.pack(MAGIC, 9, 1, 0, 10),
+                      HEADER.pack(MAGIC, 1, 7, 0, 0), HEADER.pack(MAGIC, 1, 1, 0, 10**9)):
+            with socket.create_connection(("127.0.0.1", server.port)) as s:
+                s.sendall(frame)
+                s.settimeout(5)
+                try:
+                    reply = s.recv(64)
+                except ConnectionResetError:  # closed with our unread bytes pending
+                    reply = b""
+                assert reply == b""  # closed without a reply
+        with ProbeClient("127.0.0.1", server.port) as client:
+            client.ping()  # still serving
+            with pytest.raises(ProbeError):
+                client.transfer(5000)  # over the cap: refused
+
+
+def test_unreachable_sink_and_bad_addresses():
+    with pytest.raises(ProbeError, match="cannot reach probe sink"):
+        ProbeClient("127.0.0.1", 1, timeout_s=1).ping()
+    for bad in ("host", "host:", ":80", "host:0", "host:70000", "host:http"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_hostport(bad)
+    assert parse_hostport("[::1]:7300") == ("::1", 7300)
+    assert struct.calcsize("!4sBBHQ") == HEADER.size
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not netns_available(), reason="needs root, iproute2 and tc")
+def test_probe_accuracy_on_a_shaped_link():
+    try:
+        link = ShapedLink("adptest", 20).start()
+    except OSError as exc:
+        pytest.skip(f"network namespaces unavailable here: {exc}")
+    sink = link.popen([sys.executable, "-m", "adaptive", "profile", "link-server",
+                       "--bind", link.peer_ip, "--port", "7398"], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                ProbeClient(link.peer_ip, 7398, timeout_s=1).ping()
+                break
+            except ProbeError:
+                assert time.monotonic() < deadline, "probe sink did not start"
+                time.sleep(0.1)
+        agent = MonitorAgent(AgentConfig(node="t", peers={"s": (link.peer_ip, 7398)}, probe_port=None),
+                             BrokerAddress("127.0.0.1", 1))
+        for rate in (20, 5):
+            link.set_rate(rate)
+            for _ in range(5):
+                agent._probe("s", link.peer_ip, 7398)
+            goodput = rate * 1448 / 1514  # tbf shapes Ethernet frames; TCP carries 1448 of 1514 bytes
+            assert agent._links["s"].bandwidth_mbps == pytest.approx(goodput, rel=0.05), rate
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+        link.close()
