@@ -390,6 +390,9 @@ class SplitModel:
                 raise PlanError("a codec is used at a split position where it is not available")
 
     def _evaluate(self, plans: PlanArray, cb: ConditionBatch) -> Prediction:
+        # Internally every per-device quantity is laid out (D, B, P): reductions over devices are
+        # then elementwise operations on contiguous (B, P) planes, much faster than reducing a
+        # short last axis. The Prediction exposes (B, P, D) views.
         L, D = self.num_blocks, self.num_devices
         P, B = len(plans), len(cb.clients)
         s, k = plans.splits, plans.codecs
@@ -397,47 +400,50 @@ class SplitModel:
         a, b = bounds[:, :-1], bounds[:, 1:]
         active = b > a
         dev = np.arange(D)
-        scale = self.exec_scale(cb)  # (B, D)
-        exec_ms = self.exec_base(dev, a, b)[None] * scale[:, None, :]
+        scale = self.exec_scale(cb).T  # (D, B)
+        slow = self.load_slowdown(cb).T
+        base = self.exec_base(dev, a, b).T  # (D, P)
         naive = np.broadcast_to(self.exec_raw(dev, a, b).sum(axis=1), (B, P)).copy()
-        codec_ms = np.zeros((B, P, D))
-        proc = np.zeros((B, P, D))
-        comm = np.zeros((B, P, D))
+        codec_ms = np.zeros((D, B, P))
+        proc = np.zeros((D, B, P))
+        comm = np.zeros((D, B, P))
         # previous active device before j (d0 is the source even when its stage is empty)
         last_active = np.maximum.accumulate(np.where(active, dev, 0), axis=1)
         for j in range(1, D):
             for i in range(j):
-                m = active[:, j] & (last_active[:, j - 1] == i)
-                if not m.any():
+                # only the plans whose transfer into j comes from i (each plan has at most one)
+                idx = np.flatnonzero(active[:, j] & (last_active[:, j - 1] == i))
+                if idx.size == 0:
                     continue
-                t = self.transfer(i, j, self.split_bytes[a[:, j]], k[:, j - 1], cb)
-                comm[:, :, j] += np.where(m, t.comm, 0.0)
-                proc[:, :, j] += np.where(m, t.in_dst, 0.0)
-                proc[:, :, i] += np.where(m, t.out_src, 0.0)
-                codec_ms[:, :, i] += np.where(m, t.enc_src, 0.0)
-                codec_ms[:, :, j] += np.where(m, t.dec_dst, 0.0)
-                naive += np.where(m, t.naive, 0.0)
+                t = self.transfer(i, j, self.split_bytes[a[idx, j]], k[idx, j - 1], cb)
+                comm[j][:, idx] += t.comm
+                proc[j][:, idx] += t.in_dst
+                proc[i][:, idx] += t.out_src
+                codec_ms[i][:, idx] += t.enc_src
+                codec_ms[j][:, idx] += t.dec_dst
+                naive[:, idx] += t.naive
         last = last_active[:, -1]
         for j in range(1, D):
-            m = last == j
-            if m.any():
+            idx = np.flatnonzero(last == j)
+            if idx.size:
                 out, back, inn = self.result_return(j, cb)
-                proc[:, :, j] += np.where(m, out[:, None], 0.0)
-                comm[:, :, 0] += np.where(m, back[:, None], 0.0)
-                proc[:, :, 0] += np.where(m, inn[:, None], 0.0)
-        exec_ms = exec_ms + codec_ms * self.load_slowdown(cb)[:, None, :]
+                proc[j][:, idx] += out[:, None]
+                comm[0][:, idx] += back[:, None]
+                proc[0][:, idx] += inn[:, None]
+        exec_ms = base[:, None, :] * scale[:, :, None] + codec_ms * slow[:, :, None]
         busy = exec_ms + proc + comm
-        latency = busy.sum(axis=2)
-        w_exec, w_busy = self.power_weights(cb)
-        energy = (exec_ms * w_exec[:, None] + (proc + comm) * w_busy[:, None]).sum(axis=2) / 1e3
-        bottleneck = np.maximum((exec_ms + proc).max(axis=2), comm.max(axis=2))
-        share = self.batch_share(cb)
-        memory = self.stage_memory_mb(a[None], b[None], share[:, None, :])
-        feasible = np.all(memory <= cb.available_mb[:, None, :], axis=2)
+        latency = busy.sum(axis=0)
+        w_exec, w_busy = (w.T[:, :, None] for w in self.power_weights(cb))
+        energy = (exec_ms * w_exec + (proc + comm) * w_busy).sum(axis=0) / 1e3
+        bottleneck = np.maximum((exec_ms + proc).max(axis=0), comm.max(axis=0))
+        share = self.batch_share(cb).T  # (D, B)
+        memory = self.stage_memory_mb(a.T[:, None, :], b.T[:, None, :], share[:, :, None])
+        feasible = np.all(memory <= cb.available_mb.T[:, :, None], axis=0)
         with np.errstate(divide="ignore"):
             throughput = np.where(bottleneck > 0, 1e3 / bottleneck, np.inf)
-        return Prediction(latency, energy, exec_ms, comm, proc, bottleneck, throughput, naive,
-                          memory, feasible)
+        last_axis = lambda x: np.moveaxis(x, 0, -1)  # noqa: E731  (D, B, P) -> (B, P, D) view
+        return Prediction(latency, energy, last_axis(exec_ms), last_axis(comm), last_axis(proc), bottleneck,
+                          throughput, naive, last_axis(memory), feasible)
 
 
 def _per_item(value: float | Sequence[float], n: int, name: str, item: str) -> np.ndarray:

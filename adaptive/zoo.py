@@ -178,20 +178,26 @@ def default_input_shape(name: str) -> tuple[int, ...]:
     return (1, 3, size, size)
 
 
-def build_model(name: str, weights: str | Path | None = None) -> nn.Module:
+def build_model(name: str, weights: str | Path | None = None, seed: int = 0) -> nn.Module:
     """Build a model in eval mode, randomly initialised or from a local ``state_dict`` file.
+
+    Random initialisation is seeded (``seed``), so every node of a cluster holds the *same*
+    replica and a request split across nodes computes what the whole model computes. The global
+    torch random state is left untouched.
 
     Raises:
         AdaptiveError: Unknown name (the message lists valid ones) or an unloadable file.
     """
-    if name in _CUSTOM:
-        model = _CUSTOM[name].build()
-    elif name in _torchvision_names():
-        import torchvision
-
-        model = torchvision.models.get_model(name, weights=None, **_TV_KWARGS.get(name, {}))
-    else:
+    if name not in _CUSTOM and name not in _torchvision_names():
         raise AdaptiveError(f"unknown model '{name}'; valid models: {', '.join(list_models())}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name in _CUSTOM:
+            model = _CUSTOM[name].build()
+        else:
+            import torchvision
+
+            model = torchvision.models.get_model(name, weights=None, **_TV_KWARGS.get(name, {}))
     if weights is not None:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)

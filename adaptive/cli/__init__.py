@@ -29,6 +29,8 @@ _COMMANDS: dict[str, str] = {
     "profile": "modeling",
     "monitor": "monitoring",
     "broker": "monitoring",
+    "train": "learning",
+    "evaluate": "learning",
 }
 
 

@@ -1,0 +1,174 @@
+"""``adaptive train`` and ``adaptive evaluate``: PPO and heuristic policies on the environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers"]
+
+HEURISTICS = ("device-only", "offload", "static", "greedy", "hysteresis")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the learning subcommands."""
+    p = sub.add_parser("train", help="train a MaskablePPO policy on the split-inference env",
+                       description="Train MaskablePPO (sb3-contrib); write model, sidecar, logs.")
+    p.add_argument("--config", help="env config YAML (default: the shipped default)")
+    p.add_argument("--hyperparams", help="PPO hyperparameter YAML (default: agents/hyperparams/ppo.yml)")
+    p.add_argument("--timesteps", type=int, help="environment steps (default: from the hyperparameters)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/ppo", help="run directory (default runs/ppo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+    p = sub.add_parser("evaluate", help="compare policies against the hindsight oracle",
+                       description="Run every policy on the same seeded episodes and compare.")
+    p.add_argument("--config", help="env config YAML (default: the PPO policy's, else the shipped)")
+    p.add_argument("--traces", nargs="+", metavar="DIR|FILE",
+                   help="evaluate on these traces, each pinned for --episodes-per-trace episodes")
+    p.add_argument("--policies", default="ppo,greedy,hysteresis,static,device-only,offload,oracle",
+                   help="comma list of ppo[:PATH], " + ", ".join(HEURISTICS) + ", oracle")
+    p.add_argument("--episodes", type=int, default=20, help="episodes without --traces (default 20)")
+    p.add_argument("--episodes-per-trace", type=int, default=3, help="episodes per trace (default 3)")
+    p.add_argument("--seed", type=int, default=1000, help="first episode seed (default 1000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plot", metavar="FILE", help="save a figure of latency and plan over time")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from adaptive.errors import AdaptiveError
+    from agents.ppo import load_hyperparams, train
+    from envs.config import EnvConfig
+
+    if args.timesteps is not None and args.timesteps < 1:
+        raise AdaptiveError(f"--timesteps must be >= 1, found {args.timesteps}")
+    config = EnvConfig.load(args.config)
+    result = train(config, args.out, hyperparams=load_hyperparams(args.hyperparams),
+                   timesteps=args.timesteps, seed=args.seed, progress=not args.no_progress)
+    print(f"trained {result.timesteps} steps in {result.wall_s:.0f} s; wrote {result.policy_path}, "
+          f"{result.sidecar_path}, best_model.zip, config.yaml and TensorBoard logs in {result.out_dir}")
+    return 0
+
+
+def _default_ppo() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("agents.trained").joinpath("ppo_default.zip")))
+
+
+def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
+    from adaptive.errors import AdaptiveError
+    from agents.oracle import OraclePolicy
+    from agents.policies import make_heuristic
+    from agents.ppo import load_policy
+
+    factories: dict[str, Any] = {}
+    spec = None
+    for item in names:
+        name, _, path = item.partition(":")
+        if name == "ppo":
+            model, spec = load_policy(path or _default_ppo())
+            factories["ppo"] = lambda env, m=model: m
+        elif name in HEURISTICS:
+            factories[name] = lambda env, n=name: make_heuristic(n, env)
+        elif name == "oracle":
+            factories[name] = lambda env: OraclePolicy()
+        else:
+            raise AdaptiveError(f"--policies: unknown policy '{item}' "
+                                f"(expected ppo[:PATH], {', '.join(HEURISTICS)}, oracle)")
+    return factories, spec
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from adaptive.cli.args import parse_names
+    from adaptive.errors import AdaptiveError
+    from agents.evaluate import evaluate
+    from envs.config import EnvConfig
+
+    if min(args.episodes, args.episodes_per_trace) < 1:
+        raise AdaptiveError("--episodes and --episodes-per-trace must be >= 1")
+    factories, spec = _policy_factories(parse_names(args.policies, "--policies"))
+    if args.config:
+        config = EnvConfig.load(args.config)
+    elif spec is not None:
+        config = EnvConfig.from_dict(spec.env, "policy sidecar")
+    else:
+        config = EnvConfig.load()
+    overrides: dict[str, Any] = {"synthetic_share": 0.0}
+    if args.traces:
+        overrides["traces"] = tuple(args.traces)
+    config = EnvConfig.from_dict({**config.to_dict(), **overrides}, "evaluate")
+
+    def make_env() -> Any:
+        return gym.make("adaptive/SplitInference-v0", config=config)
+
+    probe = make_env().unwrapped
+    if spec is not None and (spec.plans != probe.candidates.to_json()
+                             or spec.observation.size != probe.obs_spec.size):
+        raise AdaptiveError(f"the PPO policy was trained on {spec.model_profile} over {list(spec.devices)} "
+                            f"with {len(spec.plans)} plans; this env has {probe.num_plans}: "
+                            "evaluate with the policy's own config (omit --config)")
+    if args.traces:
+        names = probe.trace_names
+        seeds = [args.seed + i for i in range(len(names) * args.episodes_per_trace)]
+        options = [{"trace": names[i // args.episodes_per_trace]} for i in range(len(seeds))]
+    else:
+        seeds, options = [args.seed + i for i in range(args.episodes)], None
+    summaries, episodes = evaluate(make_env, factories, seeds, options)
+    rows = [s.__dict__ for s in summaries]
+    if args.plot:
+        _plot(episodes, args.plot, probe)
+    if args.json:
+        print(json.dumps({"episodes": len(seeds), "model": config.model_profile,
+                          "devices": list(config.devices), "policies": rows}, indent=1))
+        return 0
+    print(f"{len(seeds)} episodes of {config.max_steps} steps, {config.model_profile} on "
+          f"{' -> '.join(config.devices)}")
+    print(f"{'policy':<13}{'mean ms':>10}{'p95 ms':>10}{'energy J':>10}{'switches':>10}"
+          f"{'SLO viol.':>10}{'vs oracle':>11}")
+    for s in summaries:
+        ratio = "" if s.ratio_to_oracle != s.ratio_to_oracle else f"{s.ratio_to_oracle:.3f}"
+        print(f"{s.policy:<13}{s.mean_latency_ms:>10.2f}{s.p95_latency_ms:>10.2f}{s.mean_energy_j:>10.4f}"
+              f"{s.switches_per_episode:>10.1f}{100 * s.slo_violation_rate:>9.1f}%{ratio:>11}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(episodes: dict[str, Any], path: str, env: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = {name: eps[0] for name, eps in episodes.items()}
+    any_ep = next(iter(first.values()))
+    t = range(len(any_ep.latency_ms))
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    axes[0].plot(t, any_ep.bandwidth_mbps[:, 0], color="black")
+    axes[0].set_ylabel("bandwidth, Mbit/s")
+    axes[0].set_yscale("log")
+    axes[0].set_title(f"{env.config.model_profile} on {' -> '.join(env.config.devices)}: "
+                      f"{', '.join(any_ep.traces)}")
+    for name, ep in first.items():
+        axes[1].plot(t, ep.latency_ms, label=name, lw=1)
+        axes[2].step(t, ep.actions, where="post", label=name, lw=1)
+    axes[1].set_ylabel("latency, ms")
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize=8, ncol=4)
+    labels = [str(env.candidates.plan(i).splits) + ("+" + ",".join(env.candidates.plan(i).codecs)
+                                                    if env.candidates.plan(i).codecs else "")
+              for i in range(env.num_plans)]
+    axes[2].set_yticks(range(env.num_plans), labels, fontsize=7)
+    axes[2].set_ylabel("plan (splits)")
+    axes[2].set_xlabel(f"step ({env.config.dt_s:g} s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

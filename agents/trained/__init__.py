@@ -1,0 +1,1 @@
+"""Trained policies shipped with the package, each with its sidecar."""

@@ -1,0 +1,86 @@
+"""Environment speed: steps per second with action masks, single process (target >= 50,000).
+
+Side by side in one run, median of --repeats: adaptive/SplitInference-v0 with a uniformly random
+*valid* action from action_masks() every step, including the resets (TimeLimit of 200 steps);
+the same without masks; and CartPole-v1 with random actions (its usual reference, ~120k here).
+Then SubprocVecEnv with 2 workers for the multi-core path.
+
+Usage: python benchmarks/bench_env.py [--steps 100000] [--repeats 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401
+
+
+def run(env: gym.Env, steps: int, masked: bool, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, 1 << 30, steps)
+    n = env.action_space.n
+    env.reset(seed=seed)
+    unwrapped = env.unwrapped
+    t0 = time.perf_counter()
+    for i in range(steps):
+        if masked:
+            valid = np.flatnonzero(unwrapped.action_masks())
+            action = int(valid[draws[i] % len(valid)])
+        else:
+            action = int(draws[i] % n)
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - t0)
+
+
+def vec_rate(steps: int) -> float:
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    venv = make_vec_env("envs:adaptive/SplitInference-v0", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv)
+    try:
+        venv.reset()
+        t0 = time.perf_counter()
+        for _ in range(steps // 2):
+            masks = np.stack(venv.env_method("action_masks"))
+            actions = np.array([int(np.flatnonzero(m)[0]) for m in masks])
+            venv.step(actions)
+        return steps / (time.perf_counter() - t0)
+    finally:
+        venv.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    split = gym.make("adaptive/SplitInference-v0")
+    cartpole = gym.make("CartPole-v1")
+    rows: dict[str, list[float]] = {"split, masked": [], "split, unmasked": [], "CartPole-v1": []}
+    for r in range(args.repeats):  # interleaved, so machine noise hits all alike
+        rows["split, masked"].append(run(split, args.steps, True, r))
+        rows["split, unmasked"].append(run(split, args.steps, False, r))
+        rows["CartPole-v1"].append(run(cartpole, args.steps, False, r))
+    out = {k: statistics.median(v) for k, v in rows.items()}
+    out["split, SubprocVecEnv x2 (masks via env_method)"] = vec_rate(args.steps // 5)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    u = split.unwrapped
+    print(f"{u.config.model_profile} on {' -> '.join(u.config.devices)}, {u.num_plans} plans, "
+          f"{u.obs_spec.size}-dim observation; median of {args.repeats} x {args.steps} steps")
+    for k, v in out.items():
+        print(f"  {k:<48}{v:>12,.0f} steps/s")
+
+
+if __name__ == "__main__":
+    main()

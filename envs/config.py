@@ -1,0 +1,183 @@
+"""Configuration of :class:`envs.split_inference.SplitInferenceEnv`, from YAML, a dict or defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from adaptive.errors import AdaptiveError
+from envs.traces import TraceScaling
+
+__all__ = ["EnvConfig", "NodeProcess"]
+
+
+@dataclass(frozen=True)
+class NodeProcess:
+    """A mean-reverting random process for a per-node quantity (Ornstein–Uhlenbeck, clipped).
+
+    Attributes:
+        mean: Long-run mean per device (one value: all devices).
+        sd: Stationary standard deviation.
+        reversion: Fraction of the gap to the mean closed per step, in (0, 1].
+        low: Lower clip.
+        high: Upper clip.
+    """
+
+    mean: tuple[float, ...] = (0.2,)
+    sd: float = 0.15
+    reversion: float = 0.1
+    low: float = 0.0
+    high: float = 0.95
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything the environment needs (units in the names; ``None`` means automatic).
+
+    Attributes:
+        model_profile: Shipped model name or profile path.
+        devices: Chain of shipped device names or profile paths, input device first.
+        traces: Trace files or directories; empty means the traces shipped in the package.
+        synthetic: Synthetic trace kinds mixed in (``steps``, ``random_walk``, ``markov``).
+        synthetic_share: Probability that a link's trace in an episode is synthetic, [0, 1].
+        scaling: How each trace is mapped onto the link class (see :class:`TraceScaling`).
+        dt_s: Seconds per step (> 0).
+        max_steps: Episode length used by the registered ``TimeLimit`` and by precomputation.
+        history: Bandwidth samples per link in the observation.
+        cpu_load: Background CPU load process per device, in [0, 0.95].
+        memory_used: Memory-in-use fraction process per device, in [0, 0.99].
+        max_clients: Largest number of clients sharing the accelerators.
+        client_change_prob: Probability per step that one client joins or leaves.
+        bw_noise: Log-normal sigma of reported bandwidth (telemetry noise).
+        load_noise: Standard deviation of reported CPU load.
+        staleness_steps: Age of the telemetry the policy sees, steps (≥ 0).
+        switch_cost_ms: Latency added to a step whose plan differs from the previous one, ms.
+        energy_weight: Weight of energy (relative to the reference) in the reward, ≥ 0.
+        slo_ms: Latency SLO, ms; ``None``: no SLO term.
+        slo_penalty: Reward penalty per step over the SLO.
+        infeasible_penalty: Reward penalty for a plan that does not fit memory.
+        ref_latency_ms: Reward normaliser, ms; ``None``: device-only latency at no load.
+        max_plans: Size of the candidate plan set (the action space).
+        use_codecs: Let candidates use the model profile's activation codecs.
+    """
+
+    model_profile: str = "mobilenet_v2"
+    devices: tuple[str, ...] = ("raspberry-pi-4", "jetson-nano", "jetson-agx-orin")
+    traces: tuple[str, ...] = ()
+    synthetic: tuple[str, ...] = ("steps", "random_walk", "markov")
+    synthetic_share: float = 0.2
+    scaling: TraceScaling = field(default_factory=TraceScaling)
+    dt_s: float = 1.0
+    max_steps: int = 200
+    history: int = 4
+    cpu_load: NodeProcess = field(default_factory=NodeProcess)
+    memory_used: NodeProcess = field(default_factory=lambda: NodeProcess((0.4,), 0.1, 0.05, 0.0, 0.99))
+    max_clients: int = 4
+    client_change_prob: float = 0.05
+    bw_noise: float = 0.1
+    load_noise: float = 0.05
+    staleness_steps: int = 1
+    switch_cost_ms: float = 10.0
+    energy_weight: float = 0.0
+    slo_ms: float | None = None
+    slo_penalty: float = 1.0
+    infeasible_penalty: float = 2.0
+    ref_latency_ms: float | None = None
+    max_plans: int = 32
+    use_codecs: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.dt_s > 0, "dt_s must be > 0"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.history >= 1, "history must be >= 1"),
+            (0 <= self.synthetic_share <= 1, "synthetic_share must be in [0, 1]"),
+            (self.max_clients >= 1, "max_clients must be >= 1"),
+            (0 <= self.client_change_prob <= 1, "client_change_prob must be in [0, 1]"),
+            (self.bw_noise >= 0 and self.load_noise >= 0, "noise must be >= 0"),
+            (self.staleness_steps >= 0, "staleness_steps must be >= 0"),
+            (self.switch_cost_ms >= 0, "switch_cost_ms must be >= 0"),
+            (self.energy_weight >= 0, "energy_weight must be >= 0"),
+            (self.slo_ms is None or self.slo_ms > 0, "slo_ms must be > 0"),
+            (self.max_plans >= 2, "max_plans must be >= 2"),
+            (len(self.devices) >= 1, "devices must list at least one device"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise AdaptiveError(f"env config: {message}")
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "<dict>") -> EnvConfig:
+        """Build from a mapping; unknown keys and wrong types are errors naming the key."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in doc.items():
+            if key not in known:
+                raise AdaptiveError(f"{source}: unknown env config key '{key}' "
+                                    f"(expected one of {', '.join(sorted(known))})")
+            try:
+                kwargs[key] = _convert(key, value)
+            except (TypeError, ValueError) as exc:
+                raise AdaptiveError(f"{source}: env config key '{key}': {exc}") from None
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> EnvConfig:
+        """Load YAML (the shipped ``envs/data/default.yaml`` when ``path`` is None)."""
+        import yaml
+
+        if path is None:
+            text, source = resources.files("envs.data").joinpath("default.yaml").read_text(), "default.yaml"
+        else:
+            try:
+                text, source = Path(path).read_text(encoding="utf-8"), str(path)
+            except FileNotFoundError:
+                raise AdaptiveError(f"{path}: env config not found") from None
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            raise AdaptiveError(f"{source}: invalid YAML") from None
+        if not isinstance(doc, dict):
+            raise AdaptiveError(f"{source}: expected a mapping of env config keys")
+        return cls.from_dict(doc.get("env", doc), source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for sidecars and resolved-config files)."""
+        return dataclasses.asdict(self)
+
+
+def _convert(key: str, value: Any) -> Any:
+    if isinstance(value, TraceScaling | NodeProcess):
+        return value
+    if key in ("devices", "traces", "synthetic"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return tuple(str(v) for v in value)
+    if key == "scaling":
+        target = value.get("target_median_mbps", (3.0, 30.0))
+        if target is not None:
+            target = (float(target[0]), float(target[-1])) if isinstance(target, list | tuple) else (
+                float(target), float(target))
+        return TraceScaling(target, float(value.get("min_mbps", 0.05)), float(value.get("max_mbps", 1000.0)))
+    if key in ("cpu_load", "memory_used"):
+        mean = value.get("mean", 0.2)
+        mean = tuple(float(m) for m in mean) if isinstance(mean, list | tuple) else (float(mean),)
+        return NodeProcess(mean, float(value.get("sd", 0.15)), float(value.get("reversion", 0.1)),
+                           float(value.get("low", 0.0)), float(value.get("high", 0.95)))
+    if key in ("max_steps", "history", "max_clients", "staleness_steps", "max_plans"):
+        if isinstance(value, bool) or int(value) != value:
+            raise TypeError(f"expected an integer, found {value!r}")
+        return int(value)
+    if key == "use_codecs":
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, found {value!r}")
+        return value
+    if key in ("slo_ms", "ref_latency_ms") and value is None:
+        return None
+    if key in ("model_profile",):
+        return str(value)
+    return float(value)

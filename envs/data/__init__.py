@@ -1,0 +1,1 @@
+"""Shipped environment data: the default configuration and measured traces."""
