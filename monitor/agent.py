@@ -14,6 +14,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from monitor.probe import ProbeClient, ProbeError, ProbeServer
@@ -40,7 +41,8 @@ class AgentConfig:
         probe_port: Port of this node's probe sink (0: pick a free one; None: no sink).
         probe_interval_s: Period between probes of one peer, s.
         probe_bytes: Largest probe transfer, bytes. The reported bandwidth is the median of the
-            last three probes, which rejects single outliers.
+            last three probes, which rejects single outliers (a probe over 2x away from it
+            restarts the window: a step change).
         probe_max_share: Cap on the share of a link's estimated capacity that probing may use
             (averaged over the probe interval), in (0, 1].
         device: Device profile name announced in the status.
@@ -81,18 +83,22 @@ class MonitorAgent:
         broker: The MQTT broker.
         sampler: Resource sampler (default :class:`PsutilSampler`).
         transport: Pre-built transport (tests); default builds one for ``broker``.
+        limiters: Per peer, a ``limiter(nbytes)`` pacing probe traffic (application-level link
+            emulation in one-machine clusters; shared with the runtime's data traffic).
     """
 
     def __init__(self, config: AgentConfig, broker: BrokerAddress, *, sampler: Sampler | None = None,
-                 transport: MqttTransport | None = None) -> None:
+                 transport: MqttTransport | None = None,
+                 limiters: dict[str, Callable[[int], object]] | None = None) -> None:
         self.config = config
         self.sampler = sampler or PsutilSampler()
+        self.limiters = dict(limiters or {})
         self._topic = telemetry_topic(config.cluster, config.node)
         self._status_topic = status_topic(config.cluster, config.node)
         self._links: dict[str, LinkEstimate] = {p: LinkEstimate() for p in config.peers}
         self._links_lock = threading.Lock()
-        self._unknown_size: dict[str, int] = {}
         self._recent: dict[str, deque[float]] = {}  # last probe rates: the median is reported
+        self._passive_at: dict[str, float] = {}  # when observe_transfer last updated a peer
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sink: ProbeServer | None = None
@@ -203,42 +209,75 @@ class MonitorAgent:
                 self._probe(peer, host, port)
                 self._stop.wait(spacing)
 
+    def observe_transfer(self, peer: str, nbytes: int, seconds: float, link_level: bool = False) -> None:
+        """Record a transfer the node made to ``peer`` (e.g. an activation) as a passive estimate.
+
+        Args:
+            peer: Destination node.
+            nbytes: Bytes sent.
+            seconds: Time they took.
+            link_level: ``seconds`` is the link's own wire time (an emulated link's shaper, a
+                NIC counter), free of timing noise; otherwise transfers under ``MIN_PROBE_MS``
+                are too short to time and are ignored. Transfers under 1500 bytes always are.
+        """
+        if nbytes < 1500 or seconds <= 0 or (not link_level and seconds * 1e3 < MIN_PROBE_MS):
+            return
+        with self._links_lock:
+            old = self._links.get(peer, LinkEstimate())
+            self._links[peer] = LinkEstimate(old.bandwidth_mbps, old.rtt_ms, old.measured_at,
+                                             round(nbytes * 8 / seconds / 1e6, 3))
+            self._passive_at[peer] = time.time()
+
     def probe_size(self, peer: str) -> int:
         """Bytes for the next probe of ``peer``: capped at ``probe_max_share`` of its capacity.
 
-        On an unknown link probing starts at 64 KB and doubles while a probe arrives in less than
-        ``MIN_PROBE_MS`` (too short to time, or inside a shaper's burst), up to ``probe_bytes``.
+        The capacity is the newest estimate: a passive one from the last two probe intervals,
+        else the probes'. On an unknown link probing starts at 64 KB. A probe too short to time
+        is resent bigger within the same round (see :meth:`_probe`).
         """
         with self._links_lock:
-            est = self._links.get(peer, LinkEstimate()).bandwidth_mbps
-            start = self._unknown_size.get(peer, 64_000)
+            link = self._links.get(peer, LinkEstimate())
+            recent_passive = time.time() - self._passive_at.get(peer, 0.0) < 2 * self.config.probe_interval_s
+            est = (link.passive_mbps if recent_passive else None) or link.bandwidth_mbps
         if not est:
-            return min(self.config.probe_bytes, start)
+            return min(self.config.probe_bytes, 64_000)
         budget = self.config.probe_max_share * est * 1e6 / 8 * self.config.probe_interval_s
         return int(max(1500, min(self.config.probe_bytes, budget)))
 
     def _probe(self, peer: str, host: str, port: int) -> None:
+        limit = self.config.probe_bytes
+        with self._links_lock:  # the round starts where the previous one ended
+            started = self._links.get(peer, LinkEstimate()).measured_at or time.time()
         try:
-            with ProbeClient(host, port, timeout_s=max(5.0, self.config.probe_interval_s)) as client:
+            with ProbeClient(host, port, timeout_s=max(5.0, self.config.probe_interval_s),
+                             limiter=self.limiters.get(peer)) as client:
                 rtt = min(client.ping() for _ in range(3))
                 result = client.transfer(self.probe_size(peer))
+                for _ in range(3):  # too short to time: the link got faster; retry bigger at once
+                    if result.receive_ms >= MIN_PROBE_MS or result.nbytes >= limit:
+                        break
+                    grow = min(16.0, max(2.0, 2 * MIN_PROBE_MS / max(result.receive_ms, 0.1)))
+                    result = client.transfer(min(int(result.nbytes * grow), limit))
         except ProbeError as exc:
             log.info("probe of %s failed: %s", peer, exc)
             return
         rate = result.rate_mbps
-        too_short = rate != rate or (result.receive_ms < MIN_PROBE_MS
-                                     and result.nbytes < self.config.probe_bytes)
-        if too_short:  # too fast to time (or riding a shaper's burst): grow, keep the old value
+        too_short = rate != rate or (result.receive_ms < MIN_PROBE_MS and result.nbytes < limit)
+        if too_short:  # still too fast to time (or riding a shaper's burst): keep the old value
             rate = None
-            with self._links_lock:
-                self._unknown_size[peer] = min(2 * result.nbytes, self.config.probe_bytes)
         passive = None
-        if self.config.passive:
+        if self.config.passive and peer not in self.limiters:  # the kernel cannot see an emulated link
             passive = passive_rates({peer: host}).get(peer, (None, None))[0]
         with self._links_lock:
             old = self._links.get(peer, LinkEstimate())
+            if self._passive_at.get(peer, 0.0) >= started:
+                # a transfer observed during this round: traffic is flowing, and its own rate beats a
+                # probe competing with it (and ss's view); older observations are stale, dropped
+                passive = old.passive_mbps
             recent = self._recent.setdefault(peer, deque(maxlen=3))
             if rate:
+                if recent and not 0.5 <= rate / statistics.median(recent) <= 2.0:
+                    recent.clear()  # a step change, not noise: report it now, not two probes later
                 recent.append(rate)
             bandwidth = statistics.median(recent) if recent else old.bandwidth_mbps
             self._links[peer] = LinkEstimate(

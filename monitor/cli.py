@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_arguments", "main", "parse_peers", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MQTT keep-alive, s; the broker announces 'offline' after 1.5x this (default 10)")
 
 
-def _peers(text: str) -> dict[str, tuple[str, int]]:
+def parse_peers(text: str) -> dict[str, tuple[str, int]]:
+    """``ID=HOST:PORT,...`` to ``{id: (host, port)}``; raises ValueError naming a bad entry."""
     from monitor.probe import parse_hostport
     from monitor.schema import SchemaError, check_id
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if args.username:
             broker = replace(broker, username=args.username, password=args.password)
         config = AgentConfig(
-            node=args.node, cluster=args.cluster, interval_s=args.interval, peers=_peers(args.peers),
+            node=args.node, cluster=args.cluster, interval_s=args.interval, peers=parse_peers(args.peers),
             probe_port=None if args.probe_port < 0 else args.probe_port,
             probe_interval_s=args.probe_interval, probe_bytes=args.probe_bytes,
             probe_max_share=args.probe_max_share, device=args.device, accelerator=args.accelerator,

@@ -29,6 +29,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["ProbeClient", "ProbeError", "ProbeServer", "TransferResult", "parse_hostport"]
@@ -41,6 +42,7 @@ RESULT = struct.Struct("!4sBBHQQQQ")
 KIND_PING, KIND_TRANSFER = 0, 1
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _CHUNK = 256 * 1024
+_PACE = 8 * 1024  # bytes per limiter call when pacing a transfer
 
 
 class ProbeError(Exception):
@@ -188,10 +190,14 @@ class ProbeClient:
         host: Sink address.
         port: Sink TCP port.
         timeout_s: Connect and I/O timeout, s.
+        limiter: Optional ``limiter(nbytes)`` called before each chunk is sent; it blocks to pace
+            the transfer (application-level link emulation; None on real links).
     """
 
-    def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, timeout_s: float = 10.0,
+                 limiter: Callable[[int], object] | None = None) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.limiter = limiter
         self._sock: socket.socket | None = None
 
     def connect(self) -> ProbeClient:
@@ -243,7 +249,13 @@ class ProbeClient:
         try:
             t0 = time.perf_counter_ns()
             sock.sendall(HEADER.pack(MAGIC, VERSION, KIND_TRANSFER, 0, nbytes))
-            sock.sendall(payload)
+            if self.limiter is None:
+                sock.sendall(payload)
+            else:
+                for lo in range(0, nbytes, _PACE):  # fine-grained, so the sink sees the pace
+                    chunk = payload[lo : lo + _PACE]
+                    self.limiter(len(chunk))
+                    sock.sendall(chunk)
             raw = _recv_exact(sock, RESULT.size)
             t1 = time.perf_counter_ns()
         except OSError as exc:

@@ -11,6 +11,7 @@ topic                                     QoS/retain payload
 ``adaptive/<cluster>/node/<node>/status``     1 / yes :class:`Status` (the Last Will: offline)
 ``adaptive/<cluster>/plan``                   1 / yes :class:`PlanMessage`
 ``adaptive/<cluster>/node/<node>/ack``        1 / no  :class:`Ack`
+``adaptive/<cluster>/node/<node>/stats``      1 / no  :class:`StatsMessage` (node runtimes)
 ========================================  =========  ==========================================
 
 Every decode function takes raw bytes from the network and either returns a record or raises
@@ -33,12 +34,16 @@ __all__ = [
     "Message",
     "PlanMessage",
     "SchemaError",
+    "StageTiming",
+    "StatsMessage",
     "Status",
     "Telemetry",
+    "TransferTiming",
     "ack_topic",
     "check_id",
     "parse_topic",
     "plan_topic",
+    "stats_topic",
     "status_topic",
     "telemetry_topic",
 ]
@@ -102,7 +107,7 @@ def parse_topic(topic: str) -> tuple[str, str, str | None]:
     if len(parts) == 3 and parts[0] == "adaptive" and parts[2] == "plan":
         return check_id(parts[1], "cluster"), "plan", None
     if len(parts) == 5 and parts[0] == "adaptive" and parts[2] == "node" and parts[4] in (
-            "telemetry", "status", "ack"):
+            "telemetry", "status", "ack", "stats"):
         return check_id(parts[1], "cluster"), parts[4], check_id(parts[3], "node")
     raise SchemaError(f"not an adaptive v1 topic: {topic!r}")
 
@@ -460,3 +465,100 @@ class Ack:
         return cls(node=check_id(_str(obj, "node", w) or "", "ack: node"),
                    version=_int(obj, "version", w, lo=1), ok=obj["ok"],
                    ts=float(_num(obj, "ts", w, lo=0)), error=_str(obj, "error", w, optional=True) or "")
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """Measured execution of one stage on a node over a reporting period.
+
+    Attributes:
+        version: Plan version.
+        start: First block of the stage.
+        stop: End of the stage (exclusive).
+        batch: Batch size of the executions.
+        count: Executions measured.
+        exec_ms: Median execution time, ms (compute, plus padding when emulating a device).
+    """
+
+    version: int
+    start: int
+    stop: int
+    batch: int
+    count: int
+    exec_ms: float
+
+
+@dataclass(frozen=True)
+class TransferTiming:
+    """Measured transfers from a node to one peer over a reporting period.
+
+    Attributes:
+        peer: Receiving node id (or client id).
+        count: Transfers.
+        bytes: Median size, bytes.
+        ms: Median time from leaving the node's queue to reaching ZeroMQ (emulated shaping
+            included), ms.
+    """
+
+    peer: str
+    count: int
+    bytes: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class StatsMessage:
+    """A node runtime's measured stage and transfer times (topic ``…/node/<node>/stats``, QoS 1).
+
+    Used by the controller's online calibration.
+
+    Attributes:
+        node: Node id.
+        ts: Unix time, s.
+        stages: Stage timings.
+        transfers: Transfer timings.
+    """
+
+    node: str
+    ts: float
+    stages: tuple[StageTiming, ...] = ()
+    transfers: tuple[TransferTiming, ...] = ()
+
+    def encode(self) -> bytes:
+        """Compact JSON bytes."""
+        return _dump({"v": VERSION, "node": self.node, "ts": self.ts,
+                      "stages": [s.__dict__ for s in self.stages],
+                      "transfers": [t.__dict__ for t in self.transfers]})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> StatsMessage:
+        """Parse and validate bytes from the network."""
+        w = "stats"
+        obj = _load(payload, w)
+        _version(obj, w)
+        stages, transfers = obj.get("stages", []), obj.get("transfers", [])
+        if not isinstance(stages, list) or not isinstance(transfers, list) or len(stages) > 64 \
+                or len(transfers) > 64:
+            raise SchemaError(f"{w}: 'stages' and 'transfers' must be lists of at most 64 entries")
+        st = []
+        for item in stages:
+            item = _obj(item, f"{w}.stages")
+            timing = StageTiming(_int(item, "version", w, 1), _int(item, "start", w), _int(item, "stop", w),
+                                 _int(item, "batch", w, 1), _int(item, "count", w, 1),
+                                 float(_num(item, "exec_ms", w, lo=0)))
+            if timing.stop < timing.start:
+                raise SchemaError(f"{w}: stage stop {timing.stop} is before its start {timing.start}")
+            st.append(timing)
+        tr = []
+        for item in transfers:
+            item = _obj(item, f"{w}.transfers")
+            tr.append(TransferTiming(check_id(_str(item, "peer", w) or "", "stats: peer"),
+                                     _int(item, "count", w, 1), _int(item, "bytes", w),
+                                     float(_num(item, "ms", w, lo=0))))
+        return cls(node=check_id(_str(obj, "node", w) or "", "stats: node"),
+                   ts=float(_num(obj, "ts", w, lo=0)), stages=tuple(st), transfers=tuple(tr))
+
+
+def stats_topic(cluster: str, node: str) -> str:
+    """``adaptive/<cluster>/node/<node>/stats``."""
+    return f"adaptive/{check_id(cluster, 'cluster')}/node/{check_id(node, 'node')}/stats"

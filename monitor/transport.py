@@ -15,6 +15,7 @@ import contextlib
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ class MqttTransport:
         self._buffer: deque[Message] = deque(maxlen=buffer_size)
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._subscribed = threading.Event()  # every subscription of the current session acked
+        self._pending_subs: set[int] = set()
         self._client: mqtt.Client | None = None
 
     @property
@@ -141,6 +144,7 @@ class MqttTransport:
             client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
         client.reconnect_delay_set(min_delay=1, max_delay=16)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -155,10 +159,16 @@ class MqttTransport:
             reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
             raise ConnectionError(f"cannot reach broker {self.address.url}: {reason}") from None
         client.loop_start()
+        deadline = time.monotonic() + wait_s
         if not self._connected.wait(wait_s):
             self.close(graceful=False)
             raise ConnectionError(f"broker {self.address.url} did not accept the session within "
                                   f"{wait_s:g} s (credentials or TLS?)")
+        # messages published after start() returns reach us: the broker has confirmed our topics
+        if not self._subscribed.wait(max(deadline - time.monotonic(), 0.0)):
+            self.close(graceful=False)
+            raise ConnectionError(f"broker {self.address.url} did not confirm the subscriptions within "
+                                  f"{wait_s:g} s (ACL?)")
         return self
 
     def publish(self, message: Message) -> bool:
@@ -201,8 +211,14 @@ class MqttTransport:
             log.warning("broker %s refused the session: %s", self.address.url, reason_code)
             return
         self.connects += 1
+        self._subscribed.clear()
+        self._pending_subs = set()
         for topic, qos in self.subscriptions:
-            client.subscribe(topic, qos)
+            rc, mid = client.subscribe(topic, qos)
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._pending_subs.add(mid)
+        if not self._pending_subs:
+            self._subscribed.set()
         for msg in (self.on_connect_messages() if self.on_connect_messages else ()):
             client.publish(msg.topic, msg.payload, msg.qos, msg.retain)
         with self._lock:
@@ -213,6 +229,12 @@ class MqttTransport:
         if self.connects > 1:
             log.info("reconnected to %s (connection %d, %d dropped while away)", self.address.url,
                      self.connects, self.dropped)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: object,
+                      properties: object) -> None:
+        self._pending_subs.discard(mid)
+        if not self._pending_subs:
+            self._subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason_code: mqtt.ReasonCode, properties: object) -> None:

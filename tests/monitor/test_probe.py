@@ -82,3 +82,33 @@ def test_probe_accuracy_on_a_shaped_link():
         sink.terminate()
         sink.wait(timeout=10)
         link.close()
+
+
+def test_agent_follows_step_changes_of_an_emulated_link():
+    """Through the runtime's app-level shaper: a 15x rise and a 10x drop each show in one probe."""
+    from adaptive.runtime.shaping import LinkShaper
+
+    shaper = LinkShaper(2.0)
+    with ProbeServer("127.0.0.1", 0) as sink:
+        agent = MonitorAgent(AgentConfig(node="t", peers={"s": ("127.0.0.1", sink.port)}, probe_port=None,
+                                         probe_interval_s=1.0, passive=False),
+                             BrokerAddress("127.0.0.1", 1), limiters={"s": shaper})
+        history = []
+        for rate in (2.0, 30.0, 3.0):
+            shaper.set_rate(rate)
+            for _ in range(4):
+                agent._probe("s", "127.0.0.1", sink.port)
+                history.append((rate, agent._links["s"].bandwidth_mbps))
+        for rate, est in history:  # the first probe after a change already sees the new rate
+            assert est == pytest.approx(rate, rel=0.15), history
+        assert 1500 <= agent.probe_size("s") <= 64_000
+
+
+def test_link_level_transfers_are_passive_estimates_however_short():
+    agent = MonitorAgent(AgentConfig(node="t", probe_port=None), BrokerAddress("127.0.0.1", 1))
+    agent.observe_transfer("s", 20_000, 0.004)  # 4 ms: too short to time with a clock
+    assert "s" not in agent._links
+    agent.observe_transfer("s", 1000, 0.1, link_level=True)  # under one packet
+    assert "s" not in agent._links
+    agent.observe_transfer("s", 20_000, 0.004, link_level=True)  # an emulated link's own wire time
+    assert agent._links["s"].passive_mbps == pytest.approx(40.0)

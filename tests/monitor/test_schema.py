@@ -15,8 +15,11 @@ from monitor.schema import (
     LinkEstimate,
     PlanMessage,
     SchemaError,
+    StageTiming,
+    StatsMessage,
     Status,
     Telemetry,
+    TransferTiming,
     parse_topic,
     plan_topic,
     telemetry_topic,
@@ -36,6 +39,8 @@ RECORDS = {
     "status": Status("pi-1", "online", 1.7e9, "raspberry-pi-4", "cpu", 4000.0, "tcp://pi:5555", "pi:7300"),
     "plan": PlanMessage(7, "resnet18", ("pi-1", "jetson"), (4,), 1.7e9, "greedy", 42.0, ("int8",)),
     "ack": Ack("jetson", 7, False, 1.7e9, "unknown node"),
+    "stats": StatsMessage("pi-1", 1.7e9, (StageTiming(7, 0, 4, 1, 12, 31.5),),
+                          (TransferTiming("jetson", 12, 150528, 41.2),)),
 }
 
 

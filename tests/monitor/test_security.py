@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from monitor.collector import Collector
-from monitor.schema import Message, PlanMessage, plan_topic, telemetry_topic
+from monitor.schema import Message, PlanMessage, plan_topic, stats_topic, status_topic, telemetry_topic
 from monitor.transport import BrokerAddress, MqttTransport
 from tests.monitor.conftest import free_port, wait_port
 
@@ -108,12 +108,23 @@ def test_acl_node_publishes_only_as_itself_and_only_controller_plans(secure_brok
     pi.publish(Message(telemetry_topic("lab", "pi"), b"own", 1))          # allowed
     pi.publish(Message(telemetry_topic("lab", "jetson"), b"spoofed", 1))  # denied by the ACL
     pi.publish(Message(plan_topic("lab"), plan, 1))                        # denied: not the controller
+    pi.publish(Message(stats_topic("lab", "pi"), b"own", 1))              # allowed: runtime stats
+    pi.publish(Message(stats_topic("lab", "jetson"), b"spoofed", 1))      # denied
+    pi.publish(Message("adaptive/lab/emulation", b"{}", 1))               # denied: emulation only
     controller = connect(secure_broker, "controller")
     controller.publish(Message(plan_topic("lab2"), plan, 1))               # allowed
+    seen_by_jetson = []
+    jetson = connect(secure_broker, "jetson", subscriptions=[("adaptive/lab/node/+/status", 1)],
+                     on_message=lambda t, p: seen_by_jetson.append(t))
+    pi.publish(Message(status_topic("lab", "pi"), b"own status", 1))      # peers read it (endpoints)
     time.sleep(1.5)
-    for t in (watcher, pi, controller):
+    for t in (watcher, pi, controller, jetson):
         t.close()
     assert telemetry_topic("lab", "pi") in got
+    assert stats_topic("lab", "pi") in got
     assert plan_topic("lab2") in got
+    assert status_topic("lab", "pi") in seen_by_jetson
     assert telemetry_topic("lab", "jetson") not in got
+    assert stats_topic("lab", "jetson") not in got
+    assert "adaptive/lab/emulation" not in got
     assert plan_topic("lab") not in got
