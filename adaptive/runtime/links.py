@@ -1,0 +1,123 @@
+"""Outgoing frames: one ZeroMQ PUSH socket per destination, each owned by its own thread.
+
+ZeroMQ sockets must not be shared between threads, so every destination endpoint gets an
+:class:`OutLink` with a queue and a sender thread. All of a node's links can share one
+:class:`~adaptive.runtime.shaping.LinkShaper` (the node's uplink), which paces the activations it
+sends to other nodes (results and errors to clients are not shaped).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from adaptive.runtime.shaping import LinkShaper
+from adaptive.runtime.wire import Frame, encode_frame
+
+__all__ = ["OutLink", "Outbox"]
+
+log = logging.getLogger(__name__)
+
+SentCallback = Callable[[str, Frame, int, float, float | None], None]
+
+
+class OutLink:
+    """Frames to one endpoint, sent in order by a dedicated thread.
+
+    Args:
+        context: ZeroMQ context.
+        endpoint: ``tcp://host:port`` of the receiver.
+        shaper: Optional uplink emulation applied before each send.
+        on_sent: ``on_sent(endpoint, frame, nbytes, seconds, wire_s)`` after each send: ``seconds``
+            from dequeue to handing the frame to ZeroMQ (shaping and queueing included),
+            ``wire_s`` the emulated link's wire time (None when not shaped).
+        on_failed: ``on_failed(frame, reason)`` when a frame cannot be sent.
+        max_queue: Frames waiting at most; beyond it :meth:`send` refuses.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, shaper: LinkShaper | None = None,
+                 on_sent: SentCallback | None = None,
+                 on_failed: Callable[[Frame, str], None] | None = None, max_queue: int = 1000) -> None:
+        self.endpoint = endpoint
+        self.shaper = shaper
+        self.on_sent = on_sent
+        self.on_failed = on_failed
+        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=max_queue)
+        self._socket = context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        self._socket.setsockopt(zmq.SNDHWM, 1000)
+        self._socket.setsockopt(zmq.SNDTIMEO, 5000)
+        self._socket.connect(endpoint)
+        self._thread = threading.Thread(target=self._run, name=f"out-{endpoint}", daemon=True)
+        self._thread.start()
+
+    def send(self, frame: Frame) -> bool:
+        """Queue a frame; False if the queue is full (the caller answers the client)."""
+        try:
+            self._queue.put_nowait(frame)
+            return True
+        except queue.Full:
+            return False
+
+    def close(self) -> None:
+        """Send what is queued, then close."""
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                break
+            parts = encode_frame(frame)
+            nbytes = sum(len(p) for p in parts)
+            started = time.monotonic()
+            # the shaper emulates the link to the next node; results and errors go to the client,
+            # which sits with the first node, so they are not shaped
+            shaped = self.shaper is not None and frame.kind == "work"
+            wire_s = self.shaper.acquire(nbytes) if shaped else None
+            try:
+                self._socket.send_multipart(parts, copy=False)
+            except zmq.ZMQError as exc:
+                log.warning("cannot send to %s: %s", self.endpoint, exc)
+                if self.on_failed is not None:
+                    self.on_failed(frame, f"cannot reach {self.endpoint}: {exc}")
+                continue
+            if self.on_sent is not None:
+                self.on_sent(self.endpoint, frame, nbytes, time.monotonic() - started, wire_s)
+        self._socket.close()
+
+
+class Outbox:
+    """Lazily created :class:`OutLink` per endpoint, sharing one shaper and callbacks."""
+
+    def __init__(self, context: zmq.Context, shaper: LinkShaper | None = None,
+                 on_sent: SentCallback | None = None,
+                 on_failed: Callable[[Frame, str], None] | None = None) -> None:
+        self.context = context
+        self.shaper = shaper
+        self.on_sent = on_sent
+        self.on_failed = on_failed
+        self._links: dict[str, OutLink] = {}
+        self._lock = threading.Lock()
+
+    def send(self, endpoint: str, frame: Frame) -> bool:
+        """Queue ``frame`` for ``endpoint``."""
+        with self._lock:
+            link = self._links.get(endpoint)
+            if link is None:
+                link = self._links[endpoint] = OutLink(self.context, endpoint, self.shaper,
+                                                       self.on_sent, self.on_failed)
+        return link.send(frame)
+
+    def close(self) -> None:
+        """Close every link."""
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.close()

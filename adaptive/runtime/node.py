@@ -1,0 +1,562 @@
+"""The node runtime: holds a full model replica, runs its stage of each request, forwards the rest.
+
+Control plane (MQTT): the node announces itself on its retained status topic (with its data
+endpoint), learns its peers' endpoints from theirs, validates every plan it receives and answers
+on its ack topic; it keeps the last few plans so requests in flight finish under the plan they
+started with. Data plane (ZeroMQ): frames (:mod:`adaptive.runtime.wire`) arrive on a PULL socket;
+the node runs blocks ``[s_m, s_{m+1})`` of the request's plan, then pushes the activation to the
+next node with a non-empty stage, or the result back to the client. Malformed, truncated or
+oversized frames are answered with an error frame when the client can be identified, and dropped;
+nothing a peer sends can stop the node.
+
+Emulation for one-machine clusters: torch threads, a compute slowdown (``slowdown``) or padding to
+a device profile's predicted stage time (``emulate``), and an uplink shaper whose rate can replay a
+bandwidth trace. Imports torch; import lazily.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from adaptive.errors import AdaptiveError
+from adaptive.partition import partition
+from adaptive.profiles import ModelProfile
+from adaptive.runtime.links import Outbox
+from adaptive.runtime.shaping import LinkShaper
+from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
+from adaptive.zoo import build_model, default_input_shape
+from monitor.schema import (
+    Ack,
+    Message,
+    PlanMessage,
+    SchemaError,
+    StageTiming,
+    StatsMessage,
+    Status,
+    TransferTiming,
+    ack_topic,
+    parse_topic,
+    plan_topic,
+    stats_topic,
+    status_topic,
+)
+from monitor.transport import BrokerAddress, MqttTransport
+
+__all__ = ["NodeConfig", "NodeRuntime", "attach_monitor", "check_plan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Configuration of one node runtime.
+
+    Attributes:
+        node: Node id.
+        model: Zoo model name (every node of a cluster holds the same model).
+        cluster: Cluster id.
+        input_shape: Model input shape (default: the model's).
+        weights: Local ``state_dict`` file (default: random initialisation).
+        bind: Address of the data socket.
+        port: Port of the data socket (0: any free port).
+        advertise: Host name peers use to reach the data socket.
+        threads: torch intra-op threads.
+        device: Device profile name announced in the status.
+        emulate: Per-block latency to pad each stage to (a device's latencies from a model profile).
+        emulate_correction: With ``emulate``, the device's summation correction ``(c0_ms, c1_ms)``:
+            a stage of ``n`` blocks takes ``sum − (c0_ms·n + c1_ms)``, as the model predicts.
+        emulate_batch: With ``emulate``, a batch of ``b`` takes ``T(1)·(1 + emulate_batch·(b−1))``
+            (the device profile's ``batching.per_extra_item``).
+        slowdown: Multiply the stage time by this (≥ 1) by sleeping: the measured compute time, or
+            with ``emulate`` the emulated device's (a device this much slower than its profile).
+        batch_window_ms: Time to wait for more requests of the same stage to batch together.
+        max_batch: Largest batch.
+        plan_history: Plans kept for requests in flight.
+        max_payload_bytes: Largest activation accepted.
+        uplink_mbps: Emulated uplink rate (None: no shaping).
+        uplink_delay_ms: Emulated one-way delay on the uplink.
+        uplink_trace: Bandwidth series (Mbit/s per ``trace_dt_s``) the uplink replays in a loop.
+        trace_dt_s: Step of ``uplink_trace``, s.
+        stats_interval_s: Period of stats messages, s.
+    """
+
+    node: str
+    model: str
+    cluster: str = "default"
+    input_shape: tuple[int, ...] | None = None
+    weights: str | None = None
+    bind: str = "127.0.0.1"
+    port: int = 0
+    advertise: str = "127.0.0.1"
+    threads: int = 1
+    device: str = ""
+    emulate: tuple[float, ...] | None = None
+    emulate_correction: tuple[float, float] = (0.0, 0.0)
+    emulate_batch: float = 1.0
+    slowdown: float = 1.0
+    batch_window_ms: float = 0.0
+    max_batch: int = 8
+    plan_history: int = 4
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    uplink_mbps: float | None = None
+    uplink_delay_ms: float = 0.0
+    uplink_trace: tuple[float, ...] = ()
+    trace_dt_s: float = 1.0
+    stats_interval_s: float = 1.0
+
+
+def check_plan(plan: PlanMessage, model: str, num_blocks: int, known: set[str],
+               online: set[str] | None = None) -> str:
+    """Why a plan cannot run here ("" if it can).
+
+    Wrong model, a node never seen in the cluster (``known``), a split out of range or not
+    non-decreasing, or work for a node that is not online (``online``; default: every known node).
+    A plan may name an offline node that it gives no blocks to: that is how a controller plans
+    around a dead node while keeping the chain's shape.
+    """
+    online = known if online is None else online
+    if plan.model != model:
+        return f"plan is for model '{plan.model}' but this node holds '{model}'"
+    for node in plan.devices:
+        if node not in known:
+            return f"plan names unknown node '{node}'"
+    for i, s in enumerate(plan.splits):
+        if not 0 <= s <= num_blocks:
+            return f"split {i + 1} = {s} is out of range 0..{num_blocks}"
+    bounds = [0, *plan.splits, num_blocks]
+    if any(b < a for a, b in itertools.pairwise(bounds)):
+        return f"splits {list(plan.splits)} are not non-decreasing"
+    for i, node in enumerate(plan.devices):
+        if (bounds[i + 1] > bounds[i] or i == 0) and node not in online:
+            return f"plan gives work to node '{node}', which is offline"
+    return ""
+
+
+@dataclass
+class _Stats:
+    stages: dict[tuple[int, int, int, int], list[float]] = field(default_factory=lambda: defaultdict(list))
+    transfers: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
+
+
+class NodeRuntime:
+    """One node of the cluster (see the module docstring).
+
+    Args:
+        config: Node configuration.
+        broker: MQTT broker.
+        agent: Optional in-process monitor agent told about every transfer (passive bandwidth).
+        ca_file: CA bundle for an ``mqtts://`` broker.
+    """
+
+    def __init__(self, config: NodeConfig, broker: BrokerAddress, agent: Any = None,
+                 ca_file: str | None = None) -> None:
+        self.config = config
+        self.broker = broker
+        self.ca_file = ca_file
+        self.agent = agent
+        self.shaper = (LinkShaper(config.uplink_mbps or config.uplink_trace[0], config.uplink_delay_ms)
+                       if (config.uplink_mbps or config.uplink_trace) else None)
+        self.plans: dict[int, PlanMessage] = {}
+        self.peers: dict[str, str] = {}  # node id -> data endpoint of online peers
+        self._seen: set[str] = set()  # every node that ever announced a status (online or not)
+        self.endpoint = ""
+        self.processed = 0
+        self.rejected = 0
+        self._lock = threading.Lock()
+        self._plan_arrived = threading.Condition(self._lock)
+        self._work: queue.Queue[tuple[float, Frame]] = queue.Queue(maxsize=1000)  # (arrival, frame)
+        self._stop = threading.Event()
+        self._stats = _Stats()
+        self._trace_start = time.time()
+        self._pinned = False  # uplink rate pinned by an emulation message, trace replay paused
+        self._threads: list[threading.Thread] = []
+        self._context: zmq.Context | None = None
+        self.transport: MqttTransport | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, wait_s: float | None = 10.0) -> NodeRuntime:
+        """Load the model, bind the data socket, join the control plane, start the threads."""
+        cfg = self.config
+        torch.set_num_threads(cfg.threads)
+        shape = cfg.input_shape or default_input_shape(cfg.model)
+        self.part = partition(build_model(cfg.model, cfg.weights), shape, name=cfg.model)
+        with torch.inference_mode():  # first runs allocate; keep that out of request latency
+            for x in self.part.activations(torch.zeros(shape)):
+                del x
+        self._context = zmq.Context()
+        self._pull = self._context.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.RCVHWM, 1000)
+        # hard guard against memory exhaustion; sizes below it are checked with an error reply
+        self._pull.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_payload_bytes + 8192)
+        try:
+            port = self._pull.bind_to_random_port(f"tcp://{cfg.bind}") if cfg.port == 0 else cfg.port
+            if cfg.port:
+                self._pull.bind(f"tcp://{cfg.bind}:{cfg.port}")
+        except zmq.ZMQError as exc:
+            self._pull.close(linger=0)
+            self._context.term()
+            self._context = None
+            raise AdaptiveError(f"cannot bind the data socket on {cfg.bind}:{cfg.port or 'any port'}: "
+                                f"{exc}") from None
+        self.endpoint = f"tcp://{cfg.advertise}:{port}"
+        self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed)
+        base = f"adaptive/{cfg.cluster}"
+        self.transport = MqttTransport(
+            self.broker, client_id=f"node-{cfg.cluster}-{cfg.node}", will=self._status("offline"),
+            on_connect_messages=lambda: [self._status("online")],
+            subscriptions=[(plan_topic(cfg.cluster), 1), (f"{base}/node/+/status", 1),
+                           (f"{base}/emulation", 1)],
+            on_message=self._on_mqtt, ca_file=self.ca_file)
+        self.transport.start(wait_s)
+        for target, name in ((self._receive_loop, "receive"), (self._work_loop, "work"),
+                             (self._stats_loop, "stats"), (self._trace_loop, "trace")):
+            t = threading.Thread(target=target, name=f"{cfg.node}-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def close(self) -> None:
+        """Stop, publish ``offline``, close sockets."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self.transport is not None:
+            self.transport.close(final=[self._status("offline")])
+        if self._context is not None:
+            self.outbox.close()
+            self._pull.close(linger=0)
+            self._context.term()
+
+    def _status(self, state: str) -> Message:
+        cfg = self.config
+        msg = Status(node=cfg.node, state=state, ts=time.time(), device=cfg.device,
+                     accelerator="cpu", memory_mb=0.0, data_endpoint=self.endpoint)
+        return Message(status_topic(cfg.cluster, cfg.node), msg.encode(), qos=1, retain=True)
+
+    # ------------------------------------------------------------------ control plane
+
+    def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/emulation"):
+            self._on_emulation(payload)
+            return
+        try:
+            _, kind, node = parse_topic(topic)
+            if kind == "status" and node is not None:
+                status = Status.decode(payload)
+                with self._lock:
+                    self._seen.add(node)
+                    if status.state == "online" and status.data_endpoint:
+                        self.peers[node] = status.data_endpoint
+                    elif status.state != "online":  # (an online status without endpoint: a monitor's)
+                        self.peers.pop(node, None)
+            elif kind == "plan" and payload:
+                self._apply_plan(PlanMessage.decode(payload))
+        except SchemaError as exc:
+            self.rejected += 1
+            log.warning("dropped message on %s: %s", topic, exc)
+
+    def _on_emulation(self, payload: bytes) -> None:
+        """Emulation control for one-machine clusters (demo, benchmarks), JSON ``{"v": 1, ...}``.
+
+        ``"trace_start": unix_s`` restarts the uplink trace replay from that time;
+        ``"uplink_mbps": rate`` pins the emulated uplink to ``rate`` (pausing any replay until the
+        next ``trace_start``). Anything else is logged and dropped.
+        """
+        import json
+        import math
+
+        try:
+            msg = json.loads(payload) if len(payload) < 256 else None
+        except ValueError:
+            msg = None
+
+        def number(key: str) -> float | None:
+            x = msg.get(key) if isinstance(msg, dict) and msg.get("v") == 1 else None
+            ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            return float(x) if ok else None
+
+        start, rate = number("trace_start"), number("uplink_mbps")
+        if start is not None:
+            self._pinned = False
+            self._trace_start = start
+        elif rate is not None and rate > 0 and self.shaper is not None:
+            self._pinned = True
+            self.shaper.set_rate(rate)
+        else:
+            self.rejected += 1
+            log.warning("dropped emulation control message (expected trace_start or uplink_mbps > 0 "
+                        "on a node with an emulated uplink)")
+
+    def _apply_plan(self, plan: PlanMessage) -> None:
+        cfg = self.config
+        with self._lock:
+            online = set(self.peers) | {cfg.node}
+            known = self._seen | online
+        error = check_plan(plan, cfg.model, self.part.num_blocks, known, online)
+        if not error:
+            with self._plan_arrived:
+                self.plans[plan.version] = plan
+                for old in sorted(self.plans)[: -cfg.plan_history]:
+                    del self.plans[old]
+                self._plan_arrived.notify_all()
+        else:
+            log.warning("rejected plan %d: %s", plan.version, error)
+        ack = Ack(node=cfg.node, version=plan.version, ok=not error, ts=time.time(), error=error)
+        assert self.transport is not None
+        self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
+
+    def _plan_for(self, version: int, wait_s: float = 2.0) -> PlanMessage | None:
+        """The plan of ``version``, waiting briefly if it is newer than any we hold (in flight)."""
+        deadline = time.monotonic() + wait_s
+        with self._plan_arrived:
+            while version not in self.plans:
+                newest = max(self.plans, default=0)
+                remaining = deadline - time.monotonic()
+                if version < newest or remaining <= 0 or self._stop.is_set():
+                    return None
+                self._plan_arrived.wait(remaining)
+            return self.plans[version]
+
+    # ------------------------------------------------------------------ data plane
+
+    def _receive_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._pull, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            parts = self._pull.recv_multipart(copy=False)
+            buffers = [p.buffer for p in parts]
+            try:
+                frame = decode_frame(buffers, self.config.max_payload_bytes)
+            except WireError as exc:
+                self.rejected += 1
+                self._reply_to_malformed(buffers, str(exc))
+                continue
+            if frame.kind != "work":
+                self.rejected += 1
+                continue
+            try:
+                self._work.put_nowait((time.monotonic(), frame))
+            except queue.Full:
+                self._reply(frame.error_reply(f"node {self.config.node} is overloaded"))
+
+    def _reply_to_malformed(self, parts: list[memoryview], message: str) -> None:
+        """Best effort: answer the client named in a header that parses, even if the frame is bad."""
+        import json
+
+        log.warning("dropped frame: %s", message)
+        try:
+            h = json.loads(bytes(parts[0])) if parts and len(parts[0]) <= 4096 else None
+        except ValueError:
+            return
+        if not isinstance(h, dict) or not isinstance(h.get("reply_to"), str) or not h["reply_to"]:
+            return
+        try:
+            frame = Frame(kind="error", request_id=str(h.get("id", "?"))[:64],
+                          client=str(h.get("client", "?"))[:64], reply_to=h["reply_to"][:128],
+                          version=0, hop=0, position=0, shape=(0,),
+                          error=f"node {self.config.node} rejected a frame: {message}")
+            if h["reply_to"].startswith("tcp://"):
+                self.outbox.send(frame.reply_to, frame)
+        except (TypeError, ValueError):
+            return
+
+    def _reply(self, frame: Frame) -> None:
+        if not self.outbox.send(frame.reply_to, frame):
+            log.warning("cannot answer %s: queue full", frame.reply_to)
+
+    def _on_send_failed(self, frame: Frame, reason: str) -> None:
+        if frame.kind == "work":
+            self._reply(frame.error_reply(reason))
+
+    def _on_sent(self, endpoint: str, frame: Frame, nbytes: int, seconds: float,
+                 wire_s: float | None) -> None:
+        peer = frame.client if frame.kind != "work" else self._node_at(endpoint)
+        with self._lock:
+            self._stats.transfers[peer].append((nbytes, seconds * 1e3))
+        if self.agent is not None and frame.kind == "work" and wire_s is not None:
+            # the emulated uplink paces everything this node sends: credit it to the chain successor
+            with self._lock:
+                plan = self.plans.get(frame.version)
+            chain = plan.devices if plan is not None else ()
+            me = chain.index(self.config.node) if self.config.node in chain else -1
+            successor = chain[me + 1] if 0 <= me < len(chain) - 1 else peer
+            self.agent.observe_transfer(successor, nbytes, wire_s, link_level=True)
+
+    def _node_at(self, endpoint: str) -> str:
+        with self._lock:
+            for node, ep in self.peers.items():
+                if ep == endpoint:
+                    return node
+        return "unknown"
+
+    def _work_loop(self) -> None:
+        """Take frames in arrival order; batch those of the same stage that arrive within the window."""
+        while not self._stop.is_set():
+            try:
+                first = self._work.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = [first]
+            key = (first[1].version, first[1].hop, first[1].position, first[1].shape[1:])
+            deadline = time.monotonic() + self.config.batch_window_ms / 1e3
+            while len(batch) < self.config.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = self._work.get(timeout=remaining) if remaining > 0 else self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if (nxt[1].version, nxt[1].hop, nxt[1].position, nxt[1].shape[1:]) == key:
+                    batch.append(nxt)
+                else:
+                    self._process([nxt])
+            self._process(batch)
+
+    def _process(self, arrivals: list[tuple[float, Frame]]) -> None:
+        started = time.monotonic()
+        batch = [f for _, f in arrivals]
+        queued_ms = [round((started - t) * 1e3, 3) for t, _ in arrivals]
+        head = batch[0]
+        plan = self._plan_for(head.version)
+        if plan is None:
+            for f in batch:
+                self._reply(f.error_reply(f"plan version {head.version} is unknown or expired on "
+                                          f"node {self.config.node}"))
+            return
+        L = self.part.num_blocks
+        bounds = [0, *plan.splits, L]
+        h = head.hop
+        if h >= len(plan.devices) or plan.devices[h] != self.config.node or head.position != bounds[h]:
+            for f in batch:
+                self._reply(f.error_reply(f"misrouted: node {self.config.node} got hop {f.hop} at "
+                                          f"position {f.position} of plan {plan.version}"))
+            return
+        start, stop = bounds[h], bounds[h + 1]
+        try:
+            x = np.concatenate([f.tensor() for f in batch], axis=0)
+            t0 = time.perf_counter()
+            y = self.part.run(start, stop, torch.from_numpy(x)).numpy() if stop > start else x
+            compute = time.perf_counter() - t0
+        except (WireError, RuntimeError, ValueError) as exc:
+            for f in batch:
+                self._reply(f.error_reply(f"node {self.config.node} failed on blocks [{start}, {stop}): "
+                                          f"{str(exc).splitlines()[0][:200]}"))
+            return
+        spent = self._pad(start, stop, len(batch), compute)
+        with self._lock:
+            self._stats.stages[(plan.version, start, stop, len(batch))].append(spent * 1e3)
+            self.processed += len(batch)
+        nxt = next((j for j in range(h + 1, len(plan.devices)) if bounds[j + 1] > bounds[j]), None)
+        for i, f in enumerate(batch):
+            out = y[i : i + 1] if len(batch) > 1 else y
+            trace = (*f.trace, (self.config.node, queued_ms[i], round(spent * 1e3, 3), len(batch)))
+            if nxt is None:
+                self._reply(tensor_frame(f, out, kind="result", position=L, trace=trace))
+                continue
+            codec = plan.codecs[nxt - 1] if plan.codecs else "none"
+            frame = tensor_frame(f, out, codec, hop=nxt, position=stop, trace=trace)
+            with self._lock:
+                endpoint = self.peers.get(plan.devices[nxt])
+            if endpoint is None or not self.outbox.send(endpoint, frame):
+                self._reply(f.error_reply(f"next node {plan.devices[nxt]} is unreachable"))
+
+    def _pad(self, start: int, stop: int, batch: int, compute_s: float) -> float:
+        """Sleep so the stage takes what the emulated device would; return the stage time, s."""
+        cfg = self.config
+        if cfg.emulate is not None and stop > start:
+            c0, c1 = cfg.emulate_correction
+            base = max(sum(cfg.emulate[start:stop]) - (c0 * (stop - start) + c1), 0.0)
+            target = base / 1e3 * (1 + cfg.emulate_batch * (batch - 1))
+            target *= max(cfg.slowdown, 1.0)
+        else:
+            target = compute_s * max(cfg.slowdown, 1.0)
+        if target > compute_s:
+            time.sleep(target - compute_s)
+            return target
+        return compute_s
+
+    # ------------------------------------------------------------------ periodic
+
+    def _stats_loop(self) -> None:
+        cfg = self.config
+        while not self._stop.wait(cfg.stats_interval_s):
+            with self._lock:
+                stats, self._stats = self._stats, _Stats()
+            if not stats.stages and not stats.transfers:
+                continue
+            stages = tuple(StageTiming(v, a, b, n, len(ms), round(statistics.median(ms), 3))
+                           for (v, a, b, n), ms in list(stats.stages.items())[:64])
+            transfers = tuple(TransferTiming(peer, len(x), int(statistics.median(b for b, _ in x)),
+                                             round(statistics.median(m for _, m in x), 3))
+                              for peer, x in list(stats.transfers.items())[:64] if peer != "unknown")
+            msg = StatsMessage(cfg.node, round(time.time(), 3), stages, transfers)
+            assert self.transport is not None
+            self.transport.publish(Message(stats_topic(cfg.cluster, cfg.node), msg.encode(), qos=1))
+
+    def _trace_loop(self) -> None:
+        cfg = self.config
+        if not cfg.uplink_trace or self.shaper is None:
+            return
+        n = len(cfg.uplink_trace)
+        while not self._stop.is_set():
+            if not self._pinned:
+                step = int((time.time() - self._trace_start) // cfg.trace_dt_s) % n
+                self.shaper.set_rate(max(cfg.uplink_trace[step], 0.01))
+            self._stop.wait(min(0.1, cfg.trace_dt_s / 4))
+
+
+def emulated_latency(profile: ModelProfile, device: str) -> tuple[float, ...]:
+    """Per-block latency of ``device`` from a model profile, for :attr:`NodeConfig.emulate`."""
+    return tuple(float(x) for x in profile.latency_for(device))
+
+
+def load_trace_series(path: str | Path, dt_s: float,
+                      scale_median_mbps: float | None = None) -> tuple[float, ...]:
+    """A bandwidth trace file as one value per ``dt_s``, optionally scaled to a median."""
+    from adaptive.traces import load_trace, resample
+
+    values = resample(load_trace(path), dt_s)
+    if scale_median_mbps:
+        values = values * (scale_median_mbps / max(float(np.median(values[values > 0])), 1e-9))
+    return tuple(float(v) for v in np.clip(values, 0.05, None))
+
+
+def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, probe_port: int = 0,
+                   probe_interval_s: float = 2.0, interval_s: float = 1.0) -> Any:
+    """Run a node's monitor agent in the node's process; returns the started agent.
+
+    Its status announces the runtime's data endpoint. When the uplink is emulated in the runtime,
+    the agent's probes go through the node's shaper and the runtime reports every activation's wire
+    time to it as a passive estimate (:meth:`monitor.agent.MonitorAgent.observe_transfer`); on a real
+    link the agent reads the kernel's estimates as usual.
+    """
+    from monitor.agent import AgentConfig, MonitorAgent
+
+    cfg = node.config
+    limiters = dict.fromkeys(peers, node.shaper) if node.shaper is not None else {}
+    emulated = node.shaper is not None  # the kernel cannot see an emulated link; keep probes small on it
+    extra: dict[str, Any] = {"probe_bytes": 250_000} if emulated else {}
+    agent = MonitorAgent(AgentConfig(node=cfg.node, cluster=cfg.cluster, interval_s=interval_s, peers=peers,
+                                     probe_port=probe_port, probe_interval_s=probe_interval_s,
+                                     device=cfg.device, data_endpoint=node.endpoint, passive=not emulated,
+                                     **extra),
+                         node.broker, limiters=limiters)
+    agent.transport.ca_file = node.ca_file
+    agent.start()
+    node.agent = agent
+    return agent

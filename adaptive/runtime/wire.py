@@ -1,0 +1,179 @@
+"""Frames between nodes and clients: a small JSON header plus raw tensor bytes. Never pickle.
+
+A frame is a ZeroMQ multipart message of exactly two parts: the UTF-8 JSON header (at most
+:data:`MAX_HEADER_BYTES`) and the payload (the activation encoded by a codec of
+:mod:`adaptive.codecs`, at most the receiver's limit). Everything in the header is type- and
+range-checked, and the payload size must equal what the header's shape, dtype and codec imply; a
+frame that fails is rejected with a :class:`WireError` naming the problem, before any tensor is
+built.
+
+Header fields: ``v`` (1), ``kind`` (``work``, ``result``, ``error``), ``id`` (request id),
+``client``, ``reply_to`` (the client's ``tcp://`` endpoint), ``version`` (plan version), ``hop``
+(index in the plan's device list of the node that must process it), ``position`` (split position of
+the activation, 0..L), ``shape``, ``codec`` (``none``, ``fp16``, ``int8``), ``params`` (codec
+parameters), ``sent_at`` (client send time, Unix s), ``error`` (for ``error`` frames), ``trace``
+(per-node timing records ``[node, queue_ms, exec_ms, batch]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from adaptive import codecs
+from adaptive.errors import AdaptiveError
+
+__all__ = ["MAX_HEADER_BYTES", "Frame", "WireError", "decode_frame", "encode_frame", "tensor_frame"]
+
+VERSION = 1
+MAX_HEADER_BYTES = 4096
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_ITEM = {"none": 4, "fp16": 2, "int8": 1}
+
+
+class WireError(AdaptiveError):
+    """A frame is malformed, truncated, oversized or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded frame header plus its payload bytes.
+
+    Attributes:
+        kind: ``work`` (an activation to process), ``result`` or ``error`` (to the client).
+        request_id: Request id, unique per client.
+        client: Client id.
+        reply_to: The client's result endpoint (``tcp://host:port``).
+        version: Plan version the request runs under.
+        hop: Index in the plan's devices of the node that must process this frame.
+        position: Split position of the activation (0 = the input).
+        shape: Tensor shape (batch first).
+        codec: Payload codec.
+        params: Codec parameters.
+        sent_at: Client send time, Unix s.
+        error: Error message (``error`` frames).
+        trace: Timing records ``[node, queue_ms, exec_ms, batch]`` appended by each node.
+        payload: Encoded tensor bytes.
+    """
+
+    kind: str
+    request_id: str
+    client: str
+    reply_to: str
+    version: int
+    hop: int
+    position: int
+    shape: tuple[int, ...]
+    codec: str = "none"
+    params: tuple[float, ...] = ()
+    sent_at: float = 0.0
+    error: str = ""
+    trace: tuple[tuple[str, float, float, int], ...] = ()
+    payload: bytes | memoryview = field(default=b"", repr=False)
+
+    def tensor(self) -> np.ndarray:
+        """The payload decoded to a float32 array of ``shape``."""
+        try:
+            return codecs.decode(self.codec, self.payload, self.params, self.shape)
+        except AdaptiveError as exc:
+            raise WireError(str(exc)) from None
+
+    def error_reply(self, message: str) -> Frame:
+        """An ``error`` frame for this request's client."""
+        return replace(self, kind="error", error=message[:300], shape=(0,), codec="none", params=(),
+                       payload=b"")
+
+
+def tensor_frame(base: Frame, array: np.ndarray, codec: str = "none", **changes: Any) -> Frame:
+    """``base`` carrying ``array`` encoded with ``codec`` (other fields changed by keyword)."""
+    enc = codecs.encode(codec, array)
+    return replace(base, shape=tuple(int(s) for s in array.shape), codec=codec, params=enc.params,
+                   payload=enc.payload.tobytes(), **changes)
+
+
+def encode_frame(frame: Frame) -> list[bytes]:
+    """The two ZeroMQ message parts."""
+    header = {"v": VERSION, "kind": frame.kind, "id": frame.request_id, "client": frame.client,
+              "reply_to": frame.reply_to, "version": frame.version, "hop": frame.hop,
+              "position": frame.position, "shape": list(frame.shape), "codec": frame.codec,
+              "params": list(frame.params), "sent_at": frame.sent_at, "error": frame.error,
+              "trace": [list(t) for t in frame.trace]}
+    raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    return [raw, bytes(frame.payload)]
+
+
+def _int(h: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = h.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise WireError(f"header field '{key}': expected an integer in {lo}..{hi}, found {v!r}"[:160])
+    return v
+
+
+def _str(h: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None, limit: int = 300) -> str:
+    v = h.get(key, "")
+    if not isinstance(v, str) or len(v) > limit or (pattern is not None and not pattern.match(v)):
+        raise WireError(f"header field '{key}': invalid value {v!r}"[:160])
+    return v
+
+
+def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
+    """Validate and decode the parts of a received message.
+
+    Raises:
+        WireError: Wrong part count, bad or oversized header, unknown fields' values, or a payload
+            whose size does not match the header (truncated) or exceeds ``max_payload``.
+    """
+    if len(parts) != 2:
+        raise WireError(f"expected 2 message parts (header, payload), found {len(parts)}")
+    raw, payload = parts
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        h = json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError):
+        raise WireError("header is not valid JSON") from None
+    if not isinstance(h, dict) or h.get("v") != VERSION:
+        raise WireError(f"header must be a JSON object with v={VERSION}")
+    kind = h.get("kind")
+    if kind not in ("work", "result", "error"):
+        raise WireError(f"header field 'kind': expected work, result or error, found {kind!r}"[:160])
+    shape = h.get("shape")
+    if (not isinstance(shape, list) or len(shape) > 8
+            or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**31 for s in shape)):
+        raise WireError("header field 'shape': expected up to 8 non-negative integers")
+    codec = h.get("codec", "none")
+    if codec not in _ITEM:
+        raise WireError(f"header field 'codec': expected none, fp16 or int8, found {codec!r}"[:160])
+    params = h.get("params", [])
+    if (not isinstance(params, list) or len(params) > 4
+            or any(not isinstance(p, int | float) or isinstance(p, bool) or not math.isfinite(p)
+                   for p in params)):
+        raise WireError("header field 'params': expected up to 4 finite numbers")
+    trace = h.get("trace", [])
+    if not isinstance(trace, list) or len(trace) > 32 or any(
+            not isinstance(t, list) or len(t) != 4 for t in trace):
+        raise WireError("header field 'trace': expected up to 32 records of 4 values")
+    sent_at = h.get("sent_at", 0.0)
+    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
+        raise WireError("header field 'sent_at': expected a number")
+    expected = int(np.prod(shape, dtype=np.int64)) * _ITEM[codec] if kind != "error" else 0
+    if len(payload) > max_payload:
+        raise WireError(f"payload of {len(payload)} bytes exceeds the limit of {max_payload}")
+    if kind != "error" and len(payload) != expected:
+        raise WireError(f"payload has {len(payload)} bytes but shape {shape} with codec {codec} "
+                        f"needs {expected} (truncated or inconsistent frame)")
+    return Frame(kind=kind, request_id=_str(h, "id", _ID), client=_str(h, "client", _ID),
+                 reply_to=_str(h, "reply_to", limit=128), version=_int(h, "version", 0, 2**31),
+                 hop=_int(h, "hop", 0, 63), position=_int(h, "position", 0, 100_000),
+                 shape=tuple(shape), codec=codec, params=tuple(float(p) for p in params),
+                 sent_at=float(sent_at), error=_str(h, "error"),
+                 trace=tuple((str(t[0])[:64], float(t[1]), float(t[2]), int(t[3])) for t in trace),
+                 payload=payload)
