@@ -5,8 +5,8 @@ Modules import only :mod:`argparse` at the top, so ``adaptive monitor`` works on
 with the base dependencies, and ``adaptive --help`` is instant; torch, gymnasium and friends are
 imported inside the subcommands that need them.
 
-User mistakes (:class:`~adaptive.errors.AdaptiveError`, missing files) print one line on stderr
-and exit with code 2, like argparse's own usage errors.
+User mistakes (:class:`~adaptive.errors.AdaptiveError`, missing files, a missing optional extra)
+print one line on stderr and exit with code 2, like argparse's own usage errors.
 """
 
 from __future__ import annotations
@@ -31,6 +31,19 @@ _COMMANDS: dict[str, str] = {
     "broker": "monitoring",
     "train": "learning",
     "evaluate": "learning",
+    "node": "live",
+    "controller": "live",
+    "client": "live",
+    "demo": "live",
+}
+
+
+# top-level module of an optional dependency -> the extra that installs it
+_EXTRAS: dict[str, str] = {
+    "torch": "runtime", "torchvision": "runtime", "zmq": "runtime",
+    "gymnasium": "train", "stable_baselines3": "train", "sb3_contrib": "train", "matplotlib": "train",
+    "tensorboard": "train", "tqdm": "train", "rich": "train",
+    "amqtt": "broker",
 }
 
 
@@ -53,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adaptive`` console script; returns the exit code."""
     from adaptive.errors import AdaptiveError
+    from monitor.schema import SchemaError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,11 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except AdaptiveError as exc:
+    except (AdaptiveError, SchemaError) as exc:  # SchemaError: an id or message breaking the MQTT contract
         print(f"adaptive {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"adaptive {args.command}: error: file not found: {exc.filename}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"adaptive {args.command}: error: needs the '{extra}' extra (no module '{exc.name}'): "
+              f"pip install 'adaptive-split[{extra}]', or [all] for everything", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,311 @@
+"""``adaptive node``, ``controller`` and ``client``: the live system, one process each."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from typing import Any
+
+__all__ = ["add_parsers", "build_policy"]
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the live subcommands."""
+    p = sub.add_parser("node", help="run a node runtime (executes model stages)",
+                       description="Hold a model replica, run this node's stage of each request.")
+    p.add_argument("--node", required=True, help="node id")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    p.add_argument("--cluster", default="default")
+    p.add_argument("--model", required=True, help="zoo model name")
+    p.add_argument("--input-shape", help="e.g. 1,3,224,224 (default: the model's)")
+    p.add_argument("--weights", help="local state_dict file (default: random initialisation)")
+    p.add_argument("--bind", default="127.0.0.1", help="address of the data socket")
+    p.add_argument("--port", type=int, default=0, help="data port (0: any free port)")
+    p.add_argument("--advertise", default="127.0.0.1", help="host name peers use to reach this node")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="", help="device profile name announced in the status")
+    p.add_argument("--emulate", metavar="DEVICE", help="pad stages to this device's latency in the "
+                   "shipped model profile (one-machine clusters)")
+    p.add_argument("--slowdown", type=float, default=1.0,
+                   help="multiply stage time, measured or --emulate'd, by this (default 1)")
+    p.add_argument("--batch-window-ms", type=float, default=0.0, help="batching window (default 0)")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--uplink-mbps", type=float, help="emulated uplink rate, Mbit/s")
+    p.add_argument("--uplink-delay-ms", type=float, default=0.0, help="emulated one-way delay, ms")
+    p.add_argument("--uplink-trace", help="bandwidth trace CSV the uplink replays")
+    p.add_argument("--trace-median-mbps", type=float, help="scale the trace to this median")
+    p.add_argument("--trace-dt", type=float, default=1.0, help="seconds per trace step (default 1)")
+    p.add_argument("--monitor", action="store_true",
+                   help="also run the monitor agent in this process (recommended: its status then carries "
+                        "this node's data endpoint; probes go through an emulated uplink if any)")
+    p.add_argument("--peers", default="", help="with --monitor: ID=HOST:PORT,.. to probe")
+    p.add_argument("--probe-port", type=int, default=0, help="with --monitor: probe sink port (0: any)")
+    p.add_argument("--probe-interval", type=float, default=2.0, help="with --monitor: seconds per probe")
+    p.add_argument("--interval", type=float, default=1.0, help="with --monitor: telemetry period, s")
+    p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.set_defaults(func=_run_node)
+
+    p = sub.add_parser("controller", help="run the controller daemon (telemetry in, plans out)",
+                       description="Choose and publish split plans from live telemetry.")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    p.add_argument("--config", required=True, help="controller config YAML")
+    p.add_argument("--policy", default="hysteresis",
+                   help="ppo[:PATH] | greedy | hysteresis | static (default hysteresis)")
+    p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.set_defaults(func=_run_controller)
+
+    p = sub.add_parser("demo", help="the whole system on one machine in about two minutes",
+                       description="Broker, three emulated nodes with monitors, the controller and a client; "
+                                   "adaptive vs the best static plan vs device-only on a real trace.")
+    p.add_argument("--model", default="mobilenet_v2", help="zoo model with a shipped profile")
+    p.add_argument("--policy", default="auto",
+                   help="auto | ppo[:PATH] | greedy | hysteresis | static (default auto: the shipped PPO "
+                        "policy, trained for mobilenet_v2 on this chain, else hysteresis)")
+    p.add_argument("--trace", help="bandwidth trace CSV for the pi's uplink (default: a shipped 5G trace)")
+    p.add_argument("--trace-median-mbps", type=float, default=8.0, help="scale the trace to this median")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds for the three phases (default 120)")
+    p.add_argument("--out", default="runs/demo", help="directory for the plot, CSV and JSON")
+    p.add_argument("--no-view", action="store_true", help="no live terminal view")
+    p.set_defaults(func=_run_demo)
+
+    p = sub.add_parser("client", help="send inference requests and record their latency",
+                       description="Load generator: open loop (--rate) or closed loop (--concurrency).")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    p.add_argument("--cluster", default="default")
+    p.add_argument("--client", default="client-1", help="client id")
+    p.add_argument("--model", required=True, help="zoo model name (for the input shape)")
+    p.add_argument("--input-shape", help="input shape (default: the model's)")
+    p.add_argument("--rate", type=float, help="requests per second (open loop)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (closed loop)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+    p.add_argument("--out", help="write records to this .csv or .jsonl")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before a request times out")
+    p.add_argument("--bind", default="127.0.0.1", help="address of the result socket")
+    p.add_argument("--advertise", default="127.0.0.1", help="host name nodes use to reach this client")
+    p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.set_defaults(func=_run_client)
+
+
+def _broker(url: str) -> Any:
+    from adaptive.errors import AdaptiveError
+    from monitor.transport import parse_broker_url
+
+    try:
+        return parse_broker_url(url)
+    except ValueError as exc:
+        raise AdaptiveError(str(exc)) from None
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    from adaptive.cli.args import parse_ints
+
+    return tuple(parse_ints(text, "--input-shape")) if text else None
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from adaptive.errors import AdaptiveError
+    from adaptive.profiles import resolve_device, resolve_model
+    from adaptive.runtime.node import (
+        NodeConfig,
+        NodeRuntime,
+        attach_monitor,
+        emulated_latency,
+        load_trace_series,
+    )
+
+    broker = _broker(args.broker)
+    emulate, correction, emulate_batch = None, (0.0, 0.0), 1.0
+    if args.emulate:
+        profile = resolve_model(args.model)
+        emulate = emulated_latency(profile, args.emulate)
+        c = profile.correction_for(args.emulate)
+        correction = (c.c0_ms, c.c1_ms)
+        emulate_batch = resolve_device(args.emulate).batch_per_extra_item
+    trace = ()
+    if args.uplink_trace:
+        trace = load_trace_series(args.uplink_trace, args.trace_dt, args.trace_median_mbps)
+    if args.slowdown < 1 or args.threads < 1 or args.max_batch < 1:
+        raise AdaptiveError("--slowdown must be >= 1, --threads and --max-batch >= 1")
+    if (args.uplink_mbps is not None and not args.uplink_mbps > 0) or args.uplink_delay_ms < 0 \
+            or args.batch_window_ms < 0 or not args.trace_dt > 0:
+        raise AdaptiveError("--uplink-mbps and --trace-dt must be > 0, --uplink-delay-ms and "
+                            "--batch-window-ms >= 0")
+    config = NodeConfig(node=args.node, model=args.model, cluster=args.cluster,
+                        input_shape=_shape(args.input_shape), weights=args.weights,
+                        bind=args.bind, port=args.port, advertise=args.advertise, threads=args.threads,
+                        device=args.device, emulate=emulate, emulate_correction=correction,
+                        emulate_batch=emulate_batch,
+                        slowdown=args.slowdown,
+                        batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+                        uplink_mbps=args.uplink_mbps, uplink_delay_ms=args.uplink_delay_ms,
+                        uplink_trace=trace, trace_dt_s=args.trace_dt)
+    from monitor.cli import parse_peers
+
+    try:
+        peers = parse_peers(args.peers)
+    except ValueError as exc:
+        raise AdaptiveError(str(exc)) from None
+    node = NodeRuntime(config, broker, ca_file=args.ca_file)
+    try:
+        node.start()
+    except ConnectionError as exc:
+        raise AdaptiveError(str(exc)) from None
+    agent = None
+    if args.monitor:
+        agent = attach_monitor(node, peers, probe_port=args.probe_port,
+                               probe_interval_s=args.probe_interval, interval_s=args.interval)
+    print(f"node {args.node} serving {args.model} on {node.endpoint}", flush=True)
+    _wait_for_signal()
+    if agent is not None:
+        agent.close()
+    node.close()
+    return 0
+
+
+def build_policy(spec: str, config: Any) -> tuple[Any, Any, Any, str, Any]:
+    """Wire a policy for the controller: ``(policy, candidates, obs_spec, name, on_model)``."""
+    from adaptive.errors import AdaptiveError
+    from adaptive.latency import Conditions, SplitModel
+    from adaptive.observation import ObservationSpec, candidate_plans
+    from adaptive.plans import PlanArray
+    from adaptive.profiles import resolve_device, resolve_model
+
+    name, _, path = spec.partition(":")
+    if name == "ppo":
+        from importlib import resources
+        from pathlib import Path
+
+        from agents.ppo import load_policy
+
+        model, sidecar = load_policy(path or Path(str(resources.files("agents.trained").joinpath(
+            "ppo_default.zip"))))
+        chain_devices = [c.device for c in config.chain]
+        if list(sidecar.devices) != chain_devices or sidecar.model_profile != config.model_profile:
+            raise AdaptiveError(f"the PPO policy was trained for {sidecar.model_profile} on "
+                                f"{list(sidecar.devices)}; the controller runs {config.model_profile} "
+                                f"on {chain_devices}")
+        return model, sidecar.candidates(), sidecar.observation, "ppo", None
+    if name not in ("greedy", "hysteresis", "static"):
+        raise AdaptiveError(f"--policy: unknown policy '{spec}' "
+                            "(expected ppo[:PATH], greedy, hysteresis, static)")
+    from agents.policies import Greedy, Hysteresis
+
+    split_model = SplitModel(resolve_model(config.model_profile),
+                             [resolve_device(c.device) for c in config.chain])
+    candidates = candidate_plans(split_model, max_plans=config.max_plans)
+    M = split_model.num_devices - 1
+    nominal = split_model.evaluate(PlanArray.from_splits([[split_model.num_blocks] * M]), Conditions(1.0))
+    obs_spec = ObservationSpec(split_model.num_devices, len(candidates), float(nominal.latency_ms[0]),
+                               history=config.history)
+    if name == "hysteresis":
+        policy: Any = Hysteresis(split_model, candidates, obs_spec, min_dwell=0, margin=0.05)
+    else:
+        policy = Greedy(split_model, candidates, obs_spec)
+    if name == "static":
+        policy = _FirstChoice(policy)
+
+    def on_model(model: SplitModel) -> None:
+        base = policy.inner if isinstance(policy, _FirstChoice) else policy
+        base.model = model
+
+    return policy, candidates, obs_spec, name, on_model
+
+
+class _FirstChoice:
+    """Static: the inner policy's first choice, kept for the whole run (unless it becomes invalid)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.choice: int | None = None
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True, action_masks: Any = None) -> tuple[int, Any]:
+        """The first choice, again."""
+        if self.choice is None or (action_masks is not None and not action_masks[self.choice]):
+            self.choice = int(self.inner.predict(observation, action_masks=action_masks)[0])
+        return self.choice, state
+
+
+def _run_controller(args: argparse.Namespace) -> int:
+    from adaptive.controller import Controller, ControllerConfig
+    from adaptive.errors import AdaptiveError
+
+    config = ControllerConfig.load(args.config)
+    policy, candidates, obs_spec, name, on_model = build_policy(args.policy, config)
+    controller = Controller(config, _broker(args.broker), policy, candidates=candidates, obs_spec=obs_spec,
+                            policy_name=name, on_model=on_model, ca_file=args.ca_file)
+    try:
+        controller.start()
+    except ConnectionError as exc:
+        raise AdaptiveError(str(exc)) from None
+    print(f"controller for cluster '{config.cluster}': {len(candidates)} candidate plans, policy {name}",
+          flush=True)
+    _wait_for_signal()
+    controller.close()
+    return 0
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    import numpy as np
+
+    from adaptive.errors import AdaptiveError
+    from adaptive.runtime.client import InferenceClient, write_records
+    from adaptive.zoo import default_input_shape
+
+    shape = _shape(args.input_shape) or default_input_shape(args.model)
+    if args.duration <= 0 or (args.rate is not None and args.rate <= 0) or args.concurrency < 1:
+        raise AdaptiveError("--duration and --rate must be > 0, --concurrency >= 1")
+    client = InferenceClient(args.client, _broker(args.broker), args.cluster, shape, timeout_s=args.timeout,
+                             bind=args.bind, advertise=args.advertise, ca_file=args.ca_file)
+    try:
+        client.start()
+    except ConnectionError as exc:
+        raise AdaptiveError(str(exc)) from None
+    try:
+        records = client.run(args.duration, rate_hz=args.rate, concurrency=args.concurrency)
+    finally:
+        client.close()
+    if args.out:
+        write_records(client.records, args.out)
+    outcomes = Counter(r.outcome for r in client.records)
+    ok = [r.latency_ms for r in records if r.outcome == "ok" and r.latency_ms is not None]
+    med = f", median {np.median(ok):.1f} ms, p95 {np.percentile(ok, 95):.1f} ms" if ok else ""
+    print(f"{len(client.records)} requests: {dict(outcomes)}{med}"
+          + (f"; records in {args.out}" if args.out else ""))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from adaptive.demo import DemoConfig, run_demo
+    from adaptive.errors import AdaptiveError
+
+    if args.duration < 15 or args.trace_median_mbps <= 0:
+        raise AdaptiveError("--duration must be >= 15 s and --trace-median-mbps > 0")
+    summary = run_demo(DemoConfig(model=args.model, policy=args.policy, trace=args.trace,
+                                  trace_median_mbps=args.trace_median_mbps, duration_s=args.duration,
+                                  out=args.out, view=not args.no_view))
+    print(f"\n{summary['model']} on pi -> jetson -> jetson2, trace {summary['trace']} "
+          f"(median {summary['trace_median_mbps']:g} Mbit/s), {summary['phase_s']:.0f} s per phase, "
+          f"policy {summary['policy']}")
+    print(f"{'phase':<13}{'requests':>9}{'ok':>6}{'err':>5}{'timeout':>8}{'mean ms':>9}{'median':>8}"
+          f"{'p95':>8}{'plans':>6}{'speedup':>9}")
+    for p in summary["phases"]:
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        print(f"{p['phase']:<13}{p['requests']:>9}{p['ok']:>6}{p['errors']:>5}{p['timeouts']:>8}"
+              f"{fmt(p['mean_ms'], '>9.1f')}{fmt(p['median_ms'], '>8.1f')}{fmt(p['p95_ms'], '>8.1f')}"
+              f"{p['plan_versions']:>6}{fmt(p['speedup_vs_device_only'], '>8.2f')}x")
+    print(f"plot, requests.csv, summary.json and node logs in {args.out}")
+    return 0

@@ -1,0 +1,462 @@
+"""The controller daemon: live telemetry in, versioned split plans out.
+
+Every ``interval_s`` it builds the policy's observation from the newest telemetry with the same
+mapping the environment uses (:mod:`adaptive.observation`), masks plans that do not fit reported
+memory or that give work to a dead node, asks the policy, and — if the plan changes and the last
+change is at least ``min_dwell_s`` old (or the current plan uses a dead node) — publishes the next
+plan version (retained, QoS 1) and collects the nodes' acks.
+
+Online calibration: nodes report measured stage times (:class:`monitor.schema.StatsMessage`); the
+controller keeps a scale factor per node, an exponentially weighted mean of measured / predicted
+stage time, and rebuilds its latency model from the scaled profiles whenever a scale has moved 2%
+from the one the model was built with, so predictions (and the policy's observations) track the
+real devices. The policy is any object with Stable-Baselines3's
+``predict``; the CLI wires concrete policies in, so this module never imports ``agents``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adaptive.errors import AdaptiveError
+from adaptive.latency import ConditionBatch, SplitModel
+from adaptive.observation import CandidatePlans, ObservationSpec, candidate_plans
+from adaptive.profiles import DeviceProfile, ModelProfile, resolve_device, resolve_model
+from monitor.collector import Collector
+from monitor.schema import (
+    Ack,
+    Message,
+    PlanMessage,
+    SchemaError,
+    StatsMessage,
+    parse_topic,
+    plan_topic,
+)
+from monitor.transport import BrokerAddress, MqttTransport
+
+__all__ = ["ChainNode", "Controller", "ControllerConfig", "Decision", "scaled_profiles"]
+
+log = logging.getLogger(__name__)
+
+
+def scaled_profiles(profile: ModelProfile, devices: list[DeviceProfile], scales: list[float],
+                    nodes: list[str]) -> tuple[ModelProfile, list[DeviceProfile]]:
+    """Profiles in which node ``i``'s compute (blocks, correction, codec costs) is ``scales[i]``×.
+
+    Each node gets its own copy of its device, named ``<device>@<node>``, so two nodes with the same
+    device profile are scaled separately. Link, data-movement and power data stay as they are.
+    """
+    latency = dict(profile.latency_ms)
+    spread = dict(profile.latency_spread_ms)
+    correction = dict(profile.correction)
+    encode = [dict(c.encode) for c in profile.codecs]
+    decode = [dict(c.decode) for c in profile.codecs]
+    renamed = []
+    for dev, k, node in zip(devices, scales, nodes, strict=True):
+        name = f"{dev.name}@{node}"
+        renamed.append(dataclasses.replace(dev, name=name))
+        latency[name] = profile.latency_for(dev.name) * k
+        if dev.name in profile.latency_spread_ms:
+            spread[name] = profile.latency_spread_ms[dev.name] * k
+        corr = profile.correction_for(dev.name)
+        correction[name] = dataclasses.replace(corr, c0_ms=corr.c0_ms * k, c1_ms=corr.c1_ms * k)
+        for i, codec in enumerate(profile.codecs):
+            for costs, table in ((codec.encode, encode[i]), (codec.decode, decode[i])):
+                cost = costs.get(dev.name, costs.get("default"))
+                if cost is not None:
+                    table[name] = dataclasses.replace(cost, per_kb_ms=cost.per_kb_ms * k,
+                                                      offset_ms=cost.offset_ms * k)
+    codecs = tuple(dataclasses.replace(c, encode=encode[i], decode=decode[i])
+                   for i, c in enumerate(profile.codecs))
+    return (dataclasses.replace(profile, latency_ms=latency, latency_spread_ms=spread,
+                                correction=correction, codecs=codecs), renamed)
+
+
+@dataclass(frozen=True)
+class ChainNode:
+    """A node of the chain and the device profile that describes it."""
+
+    node: str
+    device: str
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Configuration of the controller (YAML keys are these field names).
+
+    Attributes:
+        model_profile: Shipped model name or profile path.
+        chain: Nodes in chain order (the first holds the input) with their device profiles.
+        cluster: Cluster id.
+        interval_s: Decision period, s.
+        min_dwell_s: Least time between plan changes, s (a dead node overrides it).
+        stale_after_s: Telemetry older than this marks a node dead, s.
+        ack_timeout_s: Acks expected within this, s.
+        clients: Clients sharing the accelerators (for predictions).
+        default_bandwidth_mbps: Assumed before a link has any estimate, Mbit/s.
+        calibrate: Refit per-device scale factors from measured stage times.
+        calibration_weight: Weight of each new measurement in the scale's moving average, (0, 1].
+        max_plans: Candidate plans when no trained policy fixes them.
+        history: Bandwidth samples per link in the observation (a trained policy's sidecar wins).
+    """
+
+    model_profile: str
+    chain: tuple[ChainNode, ...]
+    cluster: str = "default"
+    interval_s: float = 1.0
+    min_dwell_s: float = 3.0
+    stale_after_s: float = 3.0
+    ack_timeout_s: float = 3.0
+    clients: int = 1
+    default_bandwidth_mbps: float = 10.0
+    calibrate: bool = True
+    calibration_weight: float = 0.3
+    max_plans: int = 32
+    history: int = 4
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "<dict>") -> ControllerConfig:
+        """Build from a mapping (``chain`` is a list of ``{node, device}``)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(doc) - known
+        if unknown:
+            raise AdaptiveError(f"{source}: unknown controller config key(s) {sorted(unknown)}")
+        try:
+            chain = tuple(ChainNode(str(c["node"]), str(c["device"])) for c in doc["chain"])
+            kwargs = {k: v for k, v in doc.items() if k != "chain"}
+            cfg = cls(chain=chain, **kwargs)
+        except (KeyError, TypeError) as exc:
+            raise AdaptiveError(f"{source}: controller config needs model_profile and a chain of "
+                                f"{{node, device}} ({exc})") from None
+        if len(cfg.chain) < 1 or len({c.node for c in cfg.chain}) != len(cfg.chain):
+            raise AdaptiveError(f"{source}: chain must list distinct nodes")
+        if not cfg.interval_s > 0 or cfg.min_dwell_s < 0 or not cfg.stale_after_s > 0:
+            raise AdaptiveError(f"{source}: interval_s and stale_after_s must be > 0, min_dwell_s >= 0")
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> ControllerConfig:
+        """Read YAML."""
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AdaptiveError(f"{path}: controller config not found") from None
+        except yaml.YAMLError:
+            raise AdaptiveError(f"{path}: invalid YAML") from None
+        if not isinstance(doc, dict):
+            raise AdaptiveError(f"{path}: expected a mapping")
+        return cls.from_dict(doc, str(path))
+
+
+@dataclass
+class Decision:
+    """One published plan and how its switch went.
+
+    Attributes:
+        version: Plan version.
+        action: Index of the plan among the candidates.
+        issued_at: Unix time it was published, s.
+        predicted_ms: Predicted end-to-end latency when it was chosen, ms.
+        acked: Nodes that accepted it.
+        rejected: Nodes that refused it, with their error.
+        applied_at: When every expected node had accepted it (None until then).
+        expected: The chain nodes alive when it was issued.
+        missing: Expected nodes with no answer after ``ack_timeout_s``.
+    """
+
+    version: int
+    action: int
+    issued_at: float
+    predicted_ms: float
+    acked: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)
+    applied_at: float | None = None
+    expected: frozenset[str] = frozenset()
+    missing: tuple[str, ...] = ()
+
+
+class Controller:
+    """Turns telemetry into plans (see the module docstring).
+
+    Args:
+        config: Controller configuration.
+        broker: MQTT broker.
+        policy: Anything with ``predict(obs, action_masks=...)``.
+        candidates: The action set (a trained policy's sidecar fixes it; else derived here).
+        obs_spec: The observation layout (likewise).
+        policy_name: Name published with each plan.
+        on_model: Called with each new (calibrated) model, e.g. to update a heuristic policy.
+    """
+
+    def __init__(self, config: ControllerConfig, broker: BrokerAddress, policy: Any, *,
+                 candidates: CandidatePlans | None = None, obs_spec: ObservationSpec | None = None,
+                 policy_name: str = "policy", on_model: Callable[[SplitModel], None] | None = None,
+                 ca_file: str | None = None) -> None:
+        self.config = config
+        self.policy = policy
+        self.policy_name = policy_name
+        self.on_model = on_model
+        self.profile: ModelProfile = resolve_model(config.model_profile)
+        self.devices: list[DeviceProfile] = [resolve_device(c.device) for c in config.chain]
+        self.scales = {c.node: 1.0 for c in config.chain}
+        self._model_scales = dict(self.scales)  # the scales self.model was built with
+        self.scale_history: deque[tuple[float, dict[str, float]]] = deque(maxlen=10_000)
+        self._base_model = SplitModel(self.profile, self.devices)  # the profiles as shipped
+        self.model = self._base_model
+        self.candidates = candidates or candidate_plans(self.model, max_plans=config.max_plans)
+        if obs_spec is None:
+            D = len(self.devices)
+            nominal = self.model.evaluate(self.candidates.plans.take(0), ConditionBatch(
+                np.ones((1, D - 1)), np.zeros((1, D - 1)), np.zeros((1, D)), np.ones(1),
+                np.array([[d.memory_mb for d in self.devices]])))
+            obs_spec = ObservationSpec(len(self.devices), len(self.candidates),
+                                       float(nominal.latency_ms[0, 0]), history=config.history)
+        if obs_spec.num_devices != len(self.devices) or obs_spec.num_plans != len(self.candidates):
+            raise AdaptiveError(f"policy expects {obs_spec.num_devices} devices and {obs_spec.num_plans} "
+                                f"plans; the chain has {len(self.devices)} devices")
+        self.obs_spec = obs_spec
+        M = len(self.devices) - 1
+        self._bw_history = deque([np.full(M, config.default_bandwidth_mbps)] * obs_spec.history,
+                                 maxlen=obs_spec.history)
+        self.collector = Collector(broker, config.cluster, client_id=f"controller-{config.cluster}-view",
+                                   ca_file=ca_file)
+        self.transport = MqttTransport(
+            broker, client_id=f"controller-{config.cluster}",
+            subscriptions=[(plan_topic(config.cluster), 1), (f"adaptive/{config.cluster}/node/+/ack", 1),
+                           (f"adaptive/{config.cluster}/node/+/stats", 1)],
+            on_message=self._on_message, ca_file=ca_file)
+        self.current: int | None = None
+        self.version = 0
+        self.last_switch = 0.0
+        self.decisions: list[Decision] = []
+        self.observed: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._retained_seen = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, wait_s: float = 10.0) -> Controller:
+        """Connect, learn the last plan version from the retained topic, start deciding."""
+        self.collector.start(wait_s)
+        self.transport.start(wait_s)
+        self._retained_seen.wait(1.0)  # a retained plan from an earlier run arrives on subscribe
+        self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop deciding and disconnect (the retained plan stays in force)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.transport.close()
+        self.collector.close()
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            _, kind, node = parse_topic(topic)
+            if kind == "plan":
+                if payload:
+                    plan = PlanMessage.decode(payload)
+                    with self._lock:
+                        self.version = max(self.version, plan.version)
+                self._retained_seen.set()
+            elif kind == "ack":
+                ack = Ack.decode(payload)
+                if ack.node != node:
+                    raise SchemaError(f"ack names node '{ack.node}' on the topic of '{node}'")
+                self._on_ack(ack)
+            elif kind == "stats" and self.config.calibrate:
+                stats = StatsMessage.decode(payload)
+                if stats.node != node:
+                    raise SchemaError(f"stats name node '{stats.node}' on the topic of '{node}'")
+                self._calibrate(stats)
+        except SchemaError as exc:
+            log.warning("dropped message on %s: %s", topic, exc)
+
+    def _on_ack(self, ack: Ack) -> None:
+        with self._lock:
+            decision = next((d for d in reversed(self.decisions) if d.version == ack.version), None)
+            if decision is None:
+                return
+            if ack.ok:
+                decision.acked.add(ack.node)
+            else:
+                decision.rejected[ack.node] = ack.error
+                log.warning("node %s rejected plan %d: %s", ack.node, ack.version, ack.error)
+            if decision.applied_at is None and decision.expected <= decision.acked:
+                decision.applied_at = time.time()
+
+    def _calibrate(self, stats: StatsMessage) -> None:
+        idx = next((i for i, c in enumerate(self.config.chain) if c.node == stats.node), None)
+        if idx is None:
+            return
+        w = self.config.calibration_weight
+        updated = False
+        for st in stats.stages:
+            a, b = np.array([st.start]), np.array([st.stop])
+            base = float(self._base_model.exec_base(idx, a, b)[0])
+            # the first device serves its own client; accelerators batch (seed 000 Sec. V-D)
+            batching = 1 + self.devices[idx].batch_per_extra_item * (st.batch - 1) if idx else 1.0
+            predicted = base * batching
+            if predicted < 0.5 or st.exec_ms <= 0:
+                continue  # too small to compare reliably
+            ratio = float(np.clip(st.exec_ms / predicted, 0.05, 20.0))
+            with self._lock:
+                self.scales[stats.node] = (1 - w) * self.scales[stats.node] + w * ratio
+            updated = True
+        if not updated:
+            return
+        with self._lock:
+            self.scale_history.append((time.time(), dict(self.scales)))
+            drift = max(abs(self.scales[n] / self._model_scales[n] - 1) for n in self.scales)
+        if drift > 0.02:  # rebuild when the model's scales are 2% off, not on every small step
+            self._rebuild_model()
+
+    def _rebuild_model(self) -> None:
+        """Rebuild the model with every node's compute scaled by its fitted factor."""
+        with self._lock:
+            scales = dict(self.scales)
+        names = [c.node for c in self.config.chain]
+        model = SplitModel(*scaled_profiles(self.profile, self.devices, [scales[n] for n in names], names))
+        self.model = model
+        with self._lock:
+            self._model_scales = scales
+        if self.on_model is not None:
+            self.on_model(model)
+
+    # ------------------------------------------------------------------ decisions
+
+    def observe(self, now: float | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``(observation, action mask, dead nodes)`` from the newest telemetry."""
+        now = time.time() if now is None else now
+        cfg = self.config
+        views = self.collector.nodes()
+        D = len(cfg.chain)
+        cpu, mem, dead = np.zeros(D), np.array([d.memory_mb for d in self.devices]), []
+        for i, c in enumerate(cfg.chain):
+            v = views.get(c.node)
+            if v is None or not v.online() or not v.fresh(now, cfg.stale_after_s) or v.telemetry is None:
+                dead.append(c.node)
+                continue
+            cpu[i] = v.telemetry.cpu_percent / 100
+            mem[i] = min(v.telemetry.available_mb, self.devices[i].memory_mb)
+        bw = self._bw_history[-1].copy()
+        for m in range(1, D):
+            v = views.get(cfg.chain[m - 1].node)
+            est = v.telemetry.links.get(cfg.chain[m].node) if v and v.telemetry else None
+            if est is not None:
+                value = est.passive_mbps or est.bandwidth_mbps
+                if value:
+                    bw[m - 1] = value
+        self._bw_history.append(bw)
+        hist = np.stack(list(self._bw_history))[None]  # (1, H, M)
+        cond = ConditionBatch(hist[:, -1], np.zeros((1, D - 1)), cpu[None],
+                              np.array([float(cfg.clients)]), mem[None])
+        pred = self.model.evaluate(self.candidates.plans, cond)
+        total = np.array([d.memory_mb for d in self.devices])
+        static = self.obs_spec.static_part(cpu[None], (mem / total)[None], hist, np.array([cfg.clients]),
+                                           pred.latency_ms, pred.feasible)[0]
+        dwell = int((now - self.last_switch) / cfg.interval_s) if self.current is not None else 0
+        obs = self.obs_spec.encode(static, self.current or 0, dwell)
+        mask = pred.feasible[0] & self._alive_mask(dead)
+        if not mask.any():
+            mask = self._alive_mask(dead) if self._alive_mask(dead).any() else np.ones_like(mask)
+        with self._lock:
+            self.observed = {"cpu": cpu.tolist(), "available_mb": mem.tolist(),
+                             "bandwidth_mbps": bw.tolist(), "dead": dead,
+                             "predicted_ms": pred.latency_ms[0].tolist()}
+        return obs, mask, dead
+
+    def _alive_mask(self, dead: list[str]) -> np.ndarray:
+        """Plans that give no blocks to a dead node (the first node must be alive for any plan)."""
+        L = self.model.num_blocks
+        splits = self.candidates.plans.splits
+        bounds = np.column_stack([np.zeros(len(splits), np.int64), splits, np.full(len(splits), L)])
+        ok = np.ones(len(splits), bool)
+        for i, c in enumerate(self.config.chain):
+            if c.node in dead and i > 0:
+                ok &= bounds[:, i + 1] == bounds[:, i]
+        return ok
+
+    def step(self, now: float | None = None) -> Decision | None:
+        """Decide once; publish a new plan if it changes. Returns the decision published, if any."""
+        now = time.time() if now is None else now
+        obs, mask, dead = self.observe(now)
+        action, _ = self.policy.predict(obs, deterministic=True, action_masks=mask)
+        action = int(action)
+        if not mask[action]:
+            action = int(np.flatnonzero(mask)[0])
+        must_move = self.current is not None and not mask[self.current]
+        dwell_ok = now - self.last_switch >= self.config.min_dwell_s
+        if self.current is not None and action == self.current:
+            return None
+        if self.current is not None and not (dwell_ok or must_move):
+            return None
+        return self._publish(action, now, dead)
+
+    def _publish(self, action: int, now: float, dead: list[str]) -> Decision:
+        plan = self.candidates.plan(action)
+        with self._lock:
+            self.version += 1
+            version = self.version
+            predicted = float(self.observed.get("predicted_ms", [0.0] * (action + 1))[action])
+        msg = PlanMessage(version=version, model=self.profile.model,
+                          devices=tuple(c.node for c in self.config.chain), splits=plan.splits,
+                          issued_at=round(now, 3), policy=self.policy_name,
+                          predicted_ms=round(predicted, 3) if np.isfinite(predicted) else None,
+                          codecs=plan.codecs)
+        expected = frozenset(c.node for c in self.config.chain if c.node not in dead)
+        decision = Decision(version, action, now, predicted, expected=expected)
+        with self._lock:
+            self.decisions.append(decision)
+        self.transport.publish(Message(plan_topic(self.config.cluster), msg.encode(), qos=1, retain=True))
+        self.current, self.last_switch = action, now
+        log.info("plan %d: %s (predicted %.1f ms) by %s", version, plan, predicted, self.policy_name)
+        return decision
+
+    def check_acks(self, now: float | None = None) -> None:
+        """Flag the newest plan if some chain node has not acked it within ``ack_timeout_s``.
+
+        The plan is retained, so a node that was away picks it up on reconnect; until then the
+        nodes that did not ack are logged and listed in :attr:`Decision.missing`.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            d = self.decisions[-1] if self.decisions else None
+            if (d is None or d.applied_at is not None or d.missing
+                    or now - d.issued_at < self.config.ack_timeout_s):
+                return
+            d.missing = tuple(c.node for c in self.config.chain
+                              if c.node in d.expected and c.node not in d.acked | set(d.rejected))
+            if not d.missing:
+                return
+        log.warning("plan %d: no ack from %s after %.1f s", d.version, ", ".join(d.missing),
+                    self.config.ack_timeout_s)
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.check_acks()
+                self.step()
+            except (AdaptiveError, ValueError) as exc:
+                log.warning("decision skipped: %s", exc)
+            next_at += self.config.interval_s
+            self._stop.wait(max(0.0, next_at - time.monotonic()))

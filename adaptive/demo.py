@@ -1,0 +1,450 @@
+"""``adaptive demo``: a whole emulated cluster on one machine, in about two minutes.
+
+It starts the embedded MQTT broker; three node processes — a slow ``pi`` edge emulating a
+Raspberry Pi 4, a ``jetson`` (Jetson Nano) and a second accelerator ``jetson2`` (AGX Orin) — each
+padding its stages to its device's latency and running its monitor agent in-process; the
+controller and a closed-loop client. The ``pi``'s uplink replays a real bandwidth trace; the
+accelerators share a 1 Gbit/s LAN.
+
+Three phases see the same stretch of the trace (the replay restarts for each): the adaptive
+controller, the best static plan for the trace's mean bandwidth (Neurosurgeon-style), and
+device-only. A live terminal view shows bandwidth, plan and latency; at the end a summary table is
+printed and a plot, the per-request CSV and a JSON summary are saved.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adaptive.errors import AdaptiveError
+
+__all__ = ["DemoConfig", "run_demo"]
+
+CHAIN = (("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin"))
+DEFAULT_TRACE = "5gophers-5g-car-driving-trace-1-Verizon.csv"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs.
+
+    Attributes:
+        model: Zoo model with a shipped profile (default MobileNetV2).
+        policy: ``auto`` (the shipped PPO policy if it was trained for this model and chain, else
+            ``hysteresis``), ``ppo[:PATH]``, ``greedy``, ``hysteresis`` or ``static``.
+        trace: Bandwidth trace CSV for the ``pi`` uplink (default: a shipped 5G driving trace).
+        trace_median_mbps: The trace is scaled to this median, Mbit/s.
+        duration_s: Total length of the three phases, s.
+        out: Directory for the plot, CSV and JSON.
+        view: Show the live terminal view.
+        cluster: Cluster id.
+    """
+
+    model: str = "mobilenet_v2"
+    policy: str = "auto"
+    trace: str | None = None
+    trace_median_mbps: float = 8.0
+    duration_s: float = 120.0
+    out: str = "runs/demo"
+    view: bool = True
+    cluster: str = "demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _trace_path(cfg: DemoConfig) -> Path:
+    if cfg.trace:
+        return Path(cfg.trace)
+    return Path(str(resources.files("envs.data").joinpath("traces", DEFAULT_TRACE)))
+
+
+def _spawn_nodes(cfg: DemoConfig, broker_url: str, trace: Path, logs: Path) -> list[subprocess.Popen]:
+    probe = {name: _free_port() for name, _ in CHAIN}
+    procs = []
+    for i, (name, device) in enumerate(CHAIN):
+        args = [
+            sys.executable,
+            "-m",
+            "adaptive",
+            "node",
+            "--node",
+            name,
+            "--broker",
+            broker_url,
+            "--cluster",
+            cfg.cluster,
+            "--model",
+            cfg.model,
+            "--device",
+            device,
+            "--emulate",
+            device,
+            "--monitor",
+            "--probe-port",
+            str(probe[name]),
+            "--probe-interval",
+            "1",
+            "--interval",
+            "1",
+        ]
+        if i + 1 < len(CHAIN):
+            nxt = CHAIN[i + 1][0]
+            args += ["--peers", f"{nxt}=127.0.0.1:{probe[nxt]}"]
+        if i == 0:
+            args += ["--uplink-trace", str(trace), "--trace-median-mbps", str(cfg.trace_median_mbps)]
+        else:
+            args += ["--uplink-mbps", "1000"]
+        log = (logs / f"node-{name}.log").open("w")
+        procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait_online(collector: Any, procs: list[subprocess.Popen], timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    names = [n for n, _ in CHAIN]
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise AdaptiveError(f"a node process exited with code {p.returncode} (see its log)")
+        views = collector.nodes()
+        if all(
+            n in views and views[n].status and views[n].status.data_endpoint and views[n].telemetry_count > 0
+            for n in names
+        ):
+            return
+        time.sleep(0.2)
+    raise AdaptiveError(f"nodes did not come online within {timeout_s:g} s")
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo; return the summary (also written to ``<out>/summary.json``)."""
+    from adaptive.broker import EmbeddedBroker
+    from adaptive.cli.live import build_policy
+    from adaptive.controller import Controller, ControllerConfig
+    from adaptive.profiles import resolve_model
+    from adaptive.runtime.client import InferenceClient, write_records
+    from adaptive.runtime.node import load_trace_series
+    from adaptive.zoo import default_input_shape
+    from monitor.collector import Collector
+    from monitor.schema import Message, PlanMessage, plan_topic
+    from monitor.transport import MqttTransport, parse_broker_url
+
+    profile = resolve_model(cfg.model)  # fail fast: a shipped profile covering every demo device
+    missing = [d for _, d in CHAIN if d not in profile.latency_ms]
+    if missing:
+        raise AdaptiveError(f"model profile {cfg.model} has no latencies for {missing}; the demo emulates "
+                            f"{[d for _, d in CHAIN]}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trace_file = _trace_path(cfg)
+    series = load_trace_series(trace_file, 1.0, cfg.trace_median_mbps)
+    phase_s = cfg.duration_s / 3
+    broker = EmbeddedBroker("127.0.0.1", _free_port()).start()
+    url = parse_broker_url(broker.url)
+    procs = _spawn_nodes(cfg, broker.url, trace_file, out)
+    ctl_cfg = ControllerConfig.from_dict(
+        {
+            "model_profile": cfg.model,
+            "cluster": cfg.cluster,
+            "chain": [{"node": n, "device": d} for n, d in CHAIN],
+            "interval_s": 1.0,
+            "min_dwell_s": 2.0,
+            "stale_after_s": 3.0,
+        }
+    )
+    policy, candidates, obs_spec, name, on_model = build_policy(_policy_spec(cfg), ctl_cfg)
+    control = MqttTransport(url, f"demo-{cfg.cluster}")
+    phases: list[dict[str, Any]] = []
+    records: list[Any] = []
+    timeline: list[tuple[float, str, float, float, str, float]] = []
+    controller = client = view = None
+    try:
+        control.start()
+        with Collector(url, cfg.cluster) as collector:
+            _wait_online(collector, procs)
+            controller = Controller(
+                ctl_cfg,
+                url,
+                policy,
+                candidates=candidates,
+                obs_spec=obs_spec,
+                policy_name=name,
+                on_model=on_model,
+            ).start()
+            controller.step()  # the first plan, before any request
+            client = InferenceClient(
+                "demo", url, cfg.cluster, default_input_shape(cfg.model), timeout_s=30.0
+            ).start()
+            view = _View(cfg) if cfg.view else None
+            for phase in ("adaptive", "static", "device-only"):
+                start = time.time()
+                control.publish(
+                    Message(
+                        f"adaptive/{cfg.cluster}/emulation",
+                        json.dumps({"v": 1, "trace_start": start}).encode(),
+                        1,
+                    )
+                )
+                if phase != "adaptive":
+                    if phase == "static":
+                        controller.close()  # fixed plans from here on
+                    action = _static_action(controller, series[: int(phase_s)]) if phase == "static" else 0
+                    plan = candidates.plan(action)
+                    controller.version += 1
+                    msg = PlanMessage(
+                        controller.version,
+                        controller.profile.model,
+                        tuple(n for n, _ in CHAIN),
+                        plan.splits,
+                        round(time.time(), 3),
+                        phase,
+                        None,
+                        plan.codecs,
+                    )
+                    control.publish(Message(plan_topic(cfg.cluster), msg.encode(), 1, True))
+                    deadline = time.monotonic() + 5
+                    while (
+                        client.plan is None or client.plan.version < controller.version
+                    ) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                done = len(client.records)
+                end = start + phase_s
+                while time.time() < end:
+                    client.run(min(1.0, max(end - time.time(), 0.05)), concurrency=1)
+                    now = time.time()
+                    recent = [r.latency_ms for r in client.records[-5:] if r.latency_ms is not None]
+                    true_bw = series[int(now - start) % len(series)]
+                    est = _estimate(collector)
+                    shown = client.plan
+                    timeline.append(
+                        (
+                            now - start,
+                            phase,
+                            true_bw,
+                            est,
+                            str(list(shown.splits)) if shown else "",
+                            float(np.median(recent)) if recent else float("nan"),
+                        )
+                    )
+                    if view is not None:
+                        view.update(phase, now - start, phase_s, true_bw, est, shown, client.records[done:])
+                phase_records = client.records[done:]
+                records += [(phase, r) for r in phase_records]
+                phases.append(_summarise(phase, phase_records))
+                if view is not None:
+                    view.finish(phases[-1])
+    finally:
+        if view is not None:
+            view.close()
+        if client is not None:
+            client.close()
+        if controller is not None and not controller._stop.is_set():
+            controller.close()
+        control.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.close()
+    base = next(p for p in phases if p["phase"] == "device-only")["mean_ms"]
+    for p in phases:
+        p["speedup_vs_device_only"] = round(base / p["mean_ms"], 3) if p["mean_ms"] else None
+    summary = {
+        "model": cfg.model,
+        "policy": name,
+        "trace": trace_file.name,
+        "trace_median_mbps": cfg.trace_median_mbps,
+        "phase_s": phase_s,
+        "phases": phases,
+    }
+    write_records([r for _, r in records], out / "requests.csv")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _plot(timeline, records, out / "demo.png", cfg, name)
+    return summary
+
+
+def _policy_spec(cfg: DemoConfig) -> str:
+    """``auto``: the shipped PPO policy when its sidecar matches the demo's model and chain."""
+    if cfg.policy != "auto":
+        return cfg.policy
+    from adaptive.observation import PolicySpec
+
+    sidecar = PolicySpec.load(Path(str(resources.files("agents.trained").joinpath("ppo_default.json"))))
+    match = sidecar.model_profile == cfg.model and list(sidecar.devices) == [d for _, d in CHAIN]
+    return "ppo" if match else "hysteresis"
+
+
+def _estimate(collector: Any) -> float:
+    """The pi's newest estimate of its uplink, as the controller reads it (passive, else probes)."""
+    view = collector.nodes().get(CHAIN[0][0])
+    link = view.telemetry.links.get(CHAIN[1][0]) if view is not None and view.telemetry else None
+    value = (link.passive_mbps or link.bandwidth_mbps) if link is not None else None
+    return float(value) if value else float("nan")
+
+
+def _static_action(controller: Any, bandwidth: Any) -> int:
+    """Neurosurgeon-style: the best candidate for the phase's mean bandwidth, then fixed."""
+    from adaptive.latency import Conditions
+
+    mean_bw = float(np.mean(bandwidth))
+    pred = controller.model.evaluate(
+        controller.candidates.plans, Conditions(bandwidth_mbps=[mean_bw, 1000.0])
+    )
+    return int(np.argmin(np.where(pred.feasible, pred.latency_ms, np.inf)))
+
+
+def _summarise(phase: str, records: list[Any]) -> dict[str, Any]:
+    lat = np.array([r.latency_ms for r in records if r.outcome == "ok"])
+    versions = sorted({r.version for r in records})
+    return {
+        "phase": phase,
+        "requests": len(records),
+        "ok": int(sum(r.outcome == "ok" for r in records)),
+        "errors": int(sum(r.outcome == "error" for r in records)),
+        "timeouts": int(sum(r.outcome == "timeout" for r in records)),
+        "mean_ms": round(float(lat.mean()), 2) if lat.size else None,
+        "median_ms": round(float(np.median(lat)), 2) if lat.size else None,
+        "p95_ms": round(float(np.percentile(lat, 95)), 2) if lat.size else None,
+        "plan_versions": len(versions),
+    }
+
+
+class _View:
+    """The live terminal view (rich): one row per phase, the running one updated 4 times a second."""
+
+    def __init__(self, cfg: DemoConfig) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+        self.cfg = cfg
+        self.finished: list[dict[str, Any]] = []
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Keep a finished phase's row."""
+        self.finished.append(summary)
+
+    def update(
+        self, phase: str, t: float, total: float, bw: float, est: float, plan: Any, records: list[Any]
+    ) -> None:
+        """Redraw with the running phase's state."""
+        from rich.table import Table
+
+        table = Table(
+            title=f"adaptive demo: {self.cfg.model}, pi -> jetson -> jetson2",
+            caption="bandwidth in Mbit/s; latency in ms",
+        )
+        for col, justify in (
+            ("phase", "left"),
+            ("time, s", "right"),
+            ("pi uplink", "right"),
+            ("estimate", "right"),
+            ("plan", "left"),
+            ("last 5", "right"),
+            ("mean", "right"),
+            ("ok/err/t.o.", "right"),
+        ):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for done in self.finished:
+            table.add_row(
+                done["phase"],
+                "done",
+                "",
+                "",
+                f"{done['plan_versions']} plan(s)",
+                "",
+                f"{done['mean_ms']:.0f}" if done["mean_ms"] is not None else "-",
+                f"{done['ok']}/{done['errors']}/{done['timeouts']}",
+                style="dim",
+            )
+        ok = [r.latency_ms for r in records if r.outcome == "ok"]
+        plan_text = "-"
+        if plan is not None:
+            plan_text = str(list(plan.splits)) + (f" {','.join(plan.codecs)}" if plan.codecs else "")
+        table.add_row(
+            phase,
+            f"{t:.0f}/{total:.0f}",
+            f"{bw:.2f}",
+            f"{est:.2f}" if est == est else "-",
+            plan_text,
+            f"{np.median(ok[-5:]):.0f}" if ok else "-",
+            f"{np.mean(ok):.0f}" if ok else "-",
+            f"{sum(r.outcome == 'ok' for r in records)}/{sum(r.outcome == 'error' for r in records)}/"
+            f"{sum(r.outcome == 'timeout' for r in records)}",
+            style="bold",
+        )
+        self.live.update(table)
+
+    def close(self) -> None:
+        """Stop refreshing (the last table stays on screen)."""
+        self.live.stop()
+
+
+def _plot(timeline: list[Any], records: list[Any], path: Path, cfg: DemoConfig, policy: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    phases = ("adaptive", "static", "device-only")
+    colors = {"adaptive": "tab:green", "static": "tab:orange", "device-only": "tab:gray"}
+    adaptive = [x for x in timeline if x[1] == "adaptive"]
+    axes[0].step(
+        [x[0] for x in adaptive],
+        [x[2] for x in adaptive],
+        where="post",
+        color="black",
+        label="pi uplink (trace)",
+    )
+    axes[0].plot(
+        [x[0] for x in adaptive], [x[3] for x in adaptive], color="tab:blue", label="estimated (monitor)"
+    )
+    axes[0].set_ylabel("Mbit/s")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    for phase in phases:
+        rs = [r for p, r in records if p == phase and r.outcome == "ok"]
+        if rs:
+            t0 = min(r.sent_at for r in rs)
+            axes[1].plot(
+                [r.sent_at - t0 for r in rs],
+                [r.latency_ms for r in rs],
+                ".",
+                ms=3,
+                color=colors[phase],
+                label=phase,
+            )
+    axes[1].set_ylabel("latency, ms")
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    labels = sorted({x[4] for x in adaptive})
+    axes[2].step(
+        [x[0] for x in adaptive], [labels.index(x[4]) for x in adaptive], where="post", color="tab:green"
+    )
+    axes[2].set_yticks(range(len(labels)), labels, fontsize=7)
+    axes[2].set_ylabel("plan (adaptive)")
+    axes[2].set_xlabel("time in phase, s")
+    axes[0].set_title(f"adaptive demo: {cfg.model}, policy {policy}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,325 @@
+"""Live system benchmarks: reaction time, runtime overhead, and measured vs predicted latency.
+
+Nodes run as separate processes (``python -m adaptive node``) on real sockets with the embedded
+broker; the ``pi`` node pads its stages to the Raspberry Pi 4 profile and its uplink is emulated;
+the accelerator is this machine itself (``xeon-vm``, measured by ``adaptive profile model``), since
+one machine can emulate slower devices but not faster ones.
+
+* ``reaction``: the pi's uplink drops from 30 to 2 Mbit/s and back, repeatedly, under closed-loop
+  load; time from the change to the new plan acked by every node (1 Hz telemetry, 1 s probes).
+* ``calibration``: the accelerator emulates a Jetson Nano 2x slower than its profile; time under
+  closed-loop load until the controller's fitted scale stays within 10% (5%) of 2.
+* ``overhead``: per-request latency through the runtime minus the same stages executed in-process
+  plus the model's predicted transfer time.
+* ``accuracy``: median measured end-to-end latency per split vs the model's prediction, MAPE, for
+  two models; once with the pi emulated (its stage padded to the Pi 4 profile, so the error is the
+  host's compute, the transfers and the runtime) and once with both nodes computing for real on
+  this machine (no padding: the ``xeon-vm`` profile must predict both stages).
+
+Usage: python benchmarks/bench_live.py [--what reaction,calibration,overhead,accuracy] [--json]
+(--json prints every sample; the default prints the summary figures.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from adaptive.broker import EmbeddedBroker
+from adaptive.latency import Conditions, SplitModel
+from adaptive.plans import PlanArray
+from adaptive.profiles import resolve_device, resolve_model
+from adaptive.runtime.client import InferenceClient
+from adaptive.zoo import default_input_shape
+from monitor.collector import Collector
+from monitor.schema import Message, PlanMessage, plan_topic
+from monitor.transport import MqttTransport, parse_broker_url
+
+CLUSTER = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """Broker + pi (emulated Raspberry Pi 4, shaped uplink) + host accelerator, as processes."""
+
+    def __init__(self, model: str, uplink_mbps: float, monitors: bool = False,
+                 pi_device: str = "raspberry-pi-4", host_emulate: str | None = None,
+                 host_slowdown: float = 1.0) -> None:
+        self.model = model
+        self.broker = EmbeddedBroker("127.0.0.1", free_port()).start()
+        self.url = parse_broker_url(self.broker.url)
+        probe = {"pi": free_port(), "host": free_port()}
+        common = [sys.executable, "-m", "adaptive", "node", "--broker", self.broker.url, "--cluster", CLUSTER,
+                  "--model", model]
+        pi = [*common, "--node", "pi", "--device", pi_device, "--uplink-mbps", str(uplink_mbps)]
+        if pi_device != "xeon-vm":  # a device this machine is not: pad its stages to the profile
+            pi += ["--emulate", pi_device]
+        host = [*common, "--node", "host", "--device", host_emulate or "xeon-vm", "--uplink-mbps", "1000",
+                "--slowdown", str(host_slowdown)]
+        if host_emulate:
+            host += ["--emulate", host_emulate]
+        if monitors:
+            pi += ["--monitor", "--probe-port", str(probe["pi"]), "--peers",
+                   f"host=127.0.0.1:{probe['host']}", "--probe-interval", "1", "--interval", "1"]
+            host += ["--monitor", "--probe-port", str(probe["host"]), "--interval", "1"]
+        self.procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      for c in (pi, host)]
+        self.control = MqttTransport(self.url, "bench-control").start()
+        self.version = 0
+        with Collector(self.url, CLUSTER) as col:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                v = col.nodes()
+                if all(n in v and v[n].status and v[n].status.data_endpoint for n in ("pi", "host")):
+                    break
+                time.sleep(0.2)
+            else:
+                raise RuntimeError("nodes did not come up")
+
+    def publish(self, splits: tuple[int, ...], codecs: tuple[str, ...] = ()) -> None:
+        """Publish the next plan version (retained, QoS 1)."""
+        self.version += 1
+        msg = PlanMessage(self.version, self.model, ("pi", "host"), splits, time.time(), "bench", None,
+                          codecs)
+        self.control.publish(Message(plan_topic(CLUSTER), msg.encode(), 1, True))
+
+    def close(self) -> None:
+        """Stop the nodes and the broker."""
+        self.control.close()
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(timeout=10)
+        self.broker.close()
+
+
+def latency_of(cluster: Cluster, splits: tuple[int, ...], n: int,
+               codecs: tuple[str, ...] = ()) -> list[float]:
+    cluster.publish(splits, codecs)
+    time.sleep(0.5)
+    with InferenceClient(f"bench{cluster.version}", cluster.url, CLUSTER, default_input_shape(cluster.model),
+                         timeout_s=30) as client:
+        while client.plan is None or client.plan.version < cluster.version:
+            time.sleep(0.02)
+        client.run(0.1, concurrency=1)  # warm-up: sockets, first-run allocations
+        client.records.clear()
+        while len(client.records) < n:
+            client.run(0.2, concurrency=1)
+        return [r.latency_ms for r in client.records if r.outcome == "ok"]
+
+
+def accuracy(model: str, bw: float, pi_device: str = "raspberry-pi-4") -> dict[str, Any]:
+    sm = SplitModel(resolve_model(model), [resolve_device(pi_device), resolve_device("xeon-vm")])
+    L = sm.num_blocks
+    splits = sorted({0, L, *np.linspace(1, L - 1, 5).round().astype(int).tolist()})
+    pred = sm.evaluate(PlanArray.from_splits([[s] for s in splits]), Conditions(bandwidth_mbps=bw))
+    cluster = Cluster(model, bw, pi_device=pi_device)
+    rows = []
+    try:
+        for s, p in zip(splits, pred.latency_ms, strict=True):
+            measured = statistics.median(latency_of(cluster, (s,), 15))
+            rows.append({"split": s, "predicted_ms": round(float(p), 2), "measured_ms": round(measured, 2),
+                         "error_pct": round((float(p) / measured - 1) * 100, 1)})
+    finally:
+        cluster.close()
+    mape = float(np.mean([abs(r["error_pct"]) for r in rows]))
+    return {"model": model, "first_device": pi_device, "bandwidth_mbps": bw, "rows": rows,
+            "mape_pct": round(mape, 1)}
+
+
+def overhead(model: str, bw: float) -> dict[str, Any]:
+    """Runtime latency minus (stages executed in-process + predicted transfer and result return).
+
+    The pi's stage is padded to its profile latency by the runtime (its real compute runs inside
+    that time), so the in-process baseline takes the padded time for it and measures the host's.
+    """
+    import torch
+
+    from adaptive.partition import partition
+    from adaptive.zoo import build_model
+
+    torch.set_num_threads(1)
+    part = partition(build_model(model), default_input_shape(model), name=model)
+    sm = SplitModel(resolve_model(model), [resolve_device("raspberry-pi-4"), resolve_device("xeon-vm")])
+    L = part.num_blocks
+    s = L // 2
+    x = torch.randn(default_input_shape(model))
+    pi_ms = float(sum(resolve_model(model).latency_for("raspberry-pi-4")[:s]))  # the pi's padded stage
+    with torch.inference_mode():
+        mid = part.run(0, s, x)
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            part.run(s, L, mid)
+            times.append((time.perf_counter() - t0) * 1e3)
+        host = statistics.median(times[5:])  # the host's stage, measured in-process
+    pred = sm.evaluate(PlanArray.from_splits([[s]]), Conditions(bandwidth_mbps=bw))
+    transfer = float(pred.comm_ms[0].sum())
+    cluster = Cluster(model, bw)
+    try:
+        measured = statistics.median(latency_of(cluster, (s,), 30))
+    finally:
+        cluster.close()
+    in_process = pi_ms + host + transfer
+    return {"model": model, "split": s, "bandwidth_mbps": bw, "measured_ms": round(measured, 2),
+            "in_process_plus_transfer_ms": round(in_process, 2),
+            "overhead_ms": round(measured - in_process, 2),
+            "overhead_pct": round((measured / in_process - 1) * 100, 1)}
+
+
+def reaction(model: str = "mobilenet_v2", cycles: int = 8) -> dict[str, Any]:
+    from adaptive.cli.live import build_policy
+    from adaptive.controller import Controller, ControllerConfig
+
+    rng = np.random.default_rng(0)
+    cluster = Cluster(model, 30.0, monitors=True)
+    cfg = ControllerConfig.from_dict({"model_profile": model, "cluster": CLUSTER, "interval_s": 1.0,
+                                      "min_dwell_s": 0.0, "stale_after_s": 3.0,
+                                      "chain": [{"node": "pi", "device": "raspberry-pi-4"},
+                                                {"node": "host", "device": "xeon-vm"}]})
+    policy, cands, spec, name, on_model = build_policy("greedy", cfg)
+    ctl = Controller(cfg, cluster.url, policy, candidates=cands, obs_spec=spec, policy_name=name,
+                     on_model=on_model).start()
+    samples = []
+    try:
+        shape = default_input_shape(model)
+        with InferenceClient("react", cluster.url, CLUSTER, shape, timeout_s=30) as client:
+            stop = threading.Event()
+
+            def keep_loading() -> None:
+                while not stop.is_set():
+                    client.run(0.5, concurrency=1)
+
+            load = threading.Thread(target=keep_loading, daemon=True)
+            load.start()
+            time.sleep(8)
+            for i in range(cycles * 2):
+                rate = 2.0 if i % 2 == 0 else 30.0
+                time.sleep(rng.uniform(0, cfg.interval_s))  # no phase lock with the 1 Hz loops
+                before = ctl.decisions[-1].version if ctl.decisions else 0
+                t0 = time.time()
+                _set_uplink(cluster, rate)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    d = ctl.decisions[-1] if ctl.decisions else None
+                    if d is not None and d.version > before and d.applied_at is not None:
+                        samples.append({"to_mbps": rate, "decided_s": round(d.issued_at - t0, 2),
+                                        "applied_s": round(d.applied_at - t0, 2),
+                                        "plan": str(cands.plan(d.action))})
+                        break
+                    time.sleep(0.05)
+                else:
+                    samples.append({"to_mbps": rate, "decided_s": None, "applied_s": None})
+                time.sleep(6)
+            stop.set()
+            load.join()
+    finally:
+        ctl.close()
+        cluster.close()
+    applied = [s["applied_s"] for s in samples if s["applied_s"] is not None]
+    return {"samples": samples, "median_s": round(statistics.median(applied), 2) if applied else None,
+            "p90_s": round(float(np.percentile(applied, 90)), 2) if applied else None,
+            "max_s": max(applied) if applied else None,
+            "missed": sum(s["applied_s"] is None for s in samples)}
+
+
+def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str, Any]:
+    """How fast online calibration finds an accelerator ``slowdown`` times slower than its profile.
+
+    The host node emulates a Jetson Nano (stages padded to the profile's latencies) times
+    ``slowdown``, so the true scale is exactly ``slowdown``; the controller believes the profile.
+    Closed-loop load starts once the first plan (everything on the accelerator) is applied.
+    """
+    from adaptive.cli.live import build_policy
+    from adaptive.controller import Controller, ControllerConfig
+
+    cluster = Cluster(model, 20.0, monitors=True, host_emulate="jetson-nano", host_slowdown=slowdown)
+    cfg = ControllerConfig.from_dict({"model_profile": model, "cluster": CLUSTER, "interval_s": 1.0,
+                                      "chain": [{"node": "pi", "device": "raspberry-pi-4"},
+                                                {"node": "host", "device": "jetson-nano"}]})
+    policy, cands, spec, name, on_model = build_policy("static", cfg)
+    policy.choice = next(i for i in range(len(cands)) if cands.plan(i).splits == (0,)
+                         and all(c == "none" for c in cands.plan(i).codecs))
+    ctl = Controller(cfg, cluster.url, policy, candidates=cands, obs_spec=spec, policy_name=name,
+                     on_model=on_model).start()
+    try:
+        deadline = time.monotonic() + 20
+        while not (ctl.decisions and ctl.decisions[-1].applied_at) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with InferenceClient("cal", cluster.url, CLUSTER, default_input_shape(model), timeout_s=30) as client:
+            start = time.time()
+            client.run(20.0, concurrency=1)
+        history = [(round(t - start, 2), round(s["host"], 3)) for t, s in ctl.scale_history if t >= start]
+    finally:
+        ctl.close()
+        cluster.close()
+
+    def settled(tol: float) -> float | None:
+        return next((t for i, (t, _) in enumerate(history)
+                     if all(abs(v / slowdown - 1) < tol for _, v in history[i:])), None)
+
+    return {"model": model, "true_scale": slowdown, "final_scale": history[-1][1] if history else 1.0,
+            "within_10pct_s": settled(0.10), "within_5pct_s": settled(0.05), "history": history}
+
+
+def _set_uplink(cluster: Cluster, rate: float) -> None:
+    """Pin the pi's emulated uplink to ``rate`` Mbit/s (the node's emulation control topic)."""
+    cluster.control.publish(Message(f"adaptive/{CLUSTER}/emulation",
+                                    json.dumps({"v": 1, "uplink_mbps": rate}).encode(), 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--what", default="reaction,calibration,overhead,accuracy")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    out: dict[str, Any] = {}
+    what = args.what.split(",")
+    if "reaction" in what:
+        out["reaction"] = reaction()
+    if "calibration" in what:
+        out["calibration"] = calibration()
+    if "overhead" in what:
+        out["overhead"] = [overhead("mobilenet_v2", 20.0), overhead("vgg16_cifar", 20.0)]
+    if "accuracy" in what:
+        out["accuracy"] = [accuracy(m, 20.0, first) for first in ("raspberry-pi-4", "xeon-vm")
+                           for m in ("mobilenet_v2", "vgg16_cifar")]
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    if "reaction" in out:
+        r = out["reaction"]
+        print(f"reaction (bandwidth step -> new plan acked by all nodes), {len(r['samples'])} steps: "
+              f"median {r['median_s']} s, p90 {r['p90_s']} s, max {r['max_s']} s, missed {r['missed']}")
+    if "calibration" in out:
+        c = out["calibration"]
+        print(f"calibration: accelerator {c['true_scale']:g}x slower than its profile; fitted scale within "
+              f"10% after {c['within_10pct_s']} s of load, within 5% after {c['within_5pct_s']} s, "
+              f"final {c['final_scale']}")
+    for o in out.get("overhead", []):
+        print(f"overhead {o['model']} split {o['split']} at {o['bandwidth_mbps']:g} Mbit/s: runtime "
+              f"{o['measured_ms']} ms vs in-process + predicted transfer "
+              f"{o['in_process_plus_transfer_ms']} ms "
+              f"({o['overhead_ms']:+} ms, {o['overhead_pct']:+}%)")
+    for a in out.get("accuracy", []):
+        rows = ", ".join(f"{r['split']}: {r['measured_ms']:.0f}/{r['predicted_ms']:.0f}" for r in a["rows"])
+        print(f"accuracy {a['model']} on {a['first_device']} -> xeon-vm at {a['bandwidth_mbps']:g} Mbit/s: "
+              f"MAPE {a['mape_pct']}% (split: measured/predicted ms {rows})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""``adaptive demo`` end to end, and bad input to the live commands (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "adaptive", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_demo_runs_three_phases_and_loses_nothing(tmp_path):
+    out = tmp_path / "demo"
+    proc = run("demo", "--duration", "15", "--no-view", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy"] == "ppo"  # the shipped policy matches the default model and chain
+    assert [p["phase"] for p in summary["phases"]] == ["adaptive", "static", "device-only"]
+    for phase in summary["phases"]:
+        assert phase["requests"] > 5, phase
+        assert phase["ok"] == phase["requests"], phase  # no error, no timeout, nothing lost
+    assert summary["phases"][2]["speedup_vs_device_only"] == 1.0
+    with (out / "requests.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(p["requests"] for p in summary["phases"])
+    assert {r["outcome"] for r in rows} == {"ok"}
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "device-only" in proc.stdout and "speedup" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--duration", "5"], "--duration must be >= 15"),
+        (["demo", "--policy", "nope"], "unknown policy 'nope'"),
+        (["demo", "--trace", "/nonexistent/trace.csv"], "trace file not found"),
+        (["demo", "--model", "no_such_net"], "unknown model"),
+        (["controller", "--config", "/nonexistent/ctl.yaml"], "controller config not found"),
+        (["controller", "--config", "CONFIG", "--policy", "ppo"], "the PPO policy was trained for"),
+        (["controller", "--config", "CONFIG", "--broker", "http://x"], "broker URL must start with"),
+        (["node", "--node", "a/b", "--model", "resnet20_cifar"], "node must match"),
+        (["node", "--node", "a", "--model", "no_such_net"], "unknown model"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--uplink-trace", "/nonexistent.csv"],
+         "trace file not found"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--broker", "mqtt://127.0.0.1:1"],
+         "cannot reach broker"),
+        (["client", "--model", "resnet20_cifar", "--duration", "0"], "--duration and --rate must be > 0"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--uplink-mbps", "0"], "--uplink-mbps"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--bind", "192.0.2.1"],
+         "cannot bind the data socket"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--monitor", "--peers", "b"], "ID=HOST:PORT"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    config = tmp_path / "ctl.yaml"
+    config.write_text("model_profile: mobilenet_v2\nchain:\n  - {node: pi, device: raspberry-pi-4}\n"
+                      "  - {node: jetson, device: jetson-nano}\n")
+    proc = run(*[str(config) if a == "CONFIG" else a for a in args])
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_missing_extra_is_named_in_one_line():
+    code = ("import sys; sys.modules['zmq'] = None  # as if pyzmq were not installed\n"
+            "from adaptive.cli import main\n"
+            "sys.exit(main(['client', '--model', 'resnet20_cifar']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "needs the 'runtime' extra" in proc.stderr and "pip install" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
