@@ -70,20 +70,33 @@ class PsutilSampler:
     Args:
         interfaces: Network interfaces to count (default: all except loopback).
         sysfs: Root of sysfs (tests point it at a fake tree).
+        exclude_pid: A process whose CPU use is left out of ``cpu_percent`` (the node runtime
+            hosting this agent), so it reports background load, as the latency model expects.
     """
 
-    def __init__(self, interfaces: list[str] | None = None, sysfs: str = "/sys") -> None:
+    def __init__(self, interfaces: list[str] | None = None, sysfs: str = "/sys",
+                 exclude_pid: int | None = None) -> None:
         self.interfaces = interfaces
         self.sysfs = sysfs
         self._primed = False
+        self._excluded = psutil.Process(exclude_pid) if exclude_pid is not None else None
 
     def sample(self) -> ResourceSample:
         """Read everything; CPU utilisation covers the time since the previous call."""
         if not self._primed:  # psutil's first cpu_percent call has no reference point
             psutil.cpu_percent(interval=None)
             psutil.cpu_percent(interval=None, percpu=True)
+            if self._excluded is not None:
+                self._excluded.cpu_percent(interval=None)
             time.sleep(0.05)
             self._primed = True
+        cpu = float(psutil.cpu_percent(interval=None))
+        if self._excluded is not None:  # its share of the whole machine, over the same interval
+            try:
+                own = self._excluded.cpu_percent(interval=None) / (psutil.cpu_count() or 1)
+            except psutil.Error:
+                own = 0.0
+            cpu = min(max(cpu - own, 0.0), 100.0)
         vm = psutil.virtual_memory()
         sw = psutil.swap_memory()
         counters = psutil.net_io_counters(pernic=True)
@@ -92,7 +105,7 @@ class PsutilSampler:
         rx = sum(counters[n].bytes_recv for n in names if n in counters)
         return ResourceSample(
             ts=time.time(),
-            cpu_percent=float(psutil.cpu_percent(interval=None)),
+            cpu_percent=round(cpu, 2),
             per_core=tuple(float(x) for x in psutil.cpu_percent(interval=None, percpu=True)),
             load1=float(os.getloadavg()[0]),
             total_mb=vm.total / 1e6,

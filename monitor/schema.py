@@ -202,7 +202,8 @@ class Telemetry:
         node: Node id.
         ts: Unix time of the sample, s.
         seq: Sequence number, increasing per agent run.
-        cpu_percent: Total CPU utilisation, % (0–100).
+        cpu_percent: Total CPU utilisation, % (0–100); an agent hosted by a node runtime leaves the
+            runtime's own share out (background load).
         per_core: Per-core utilisation, %.
         load1: One-minute load average.
         total_mb: Physical memory, MB (10^6 bytes).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import statistics
 import threading
@@ -540,12 +541,14 @@ def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, prob
                    probe_interval_s: float = 2.0, interval_s: float = 1.0) -> Any:
     """Run a node's monitor agent in the node's process; returns the started agent.
 
-    Its status announces the runtime's data endpoint. When the uplink is emulated in the runtime,
+    Its status announces the runtime's data endpoint, and its ``cpu_percent`` leaves out this
+    process (the runtime's own inference is not background load). When the uplink is emulated,
     the agent's probes go through the node's shaper and the runtime reports every activation's wire
     time to it as a passive estimate (:meth:`monitor.agent.MonitorAgent.observe_transfer`); on a real
     link the agent reads the kernel's estimates as usual.
     """
     from monitor.agent import AgentConfig, MonitorAgent
+    from monitor.sampler import PsutilSampler
 
     cfg = node.config
     limiters = dict.fromkeys(peers, node.shaper) if node.shaper is not None else {}
@@ -555,7 +558,7 @@ def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, prob
                                      probe_port=probe_port, probe_interval_s=probe_interval_s,
                                      device=cfg.device, data_endpoint=node.endpoint, passive=not emulated,
                                      **extra),
-                         node.broker, limiters=limiters)
+                         node.broker, limiters=limiters, sampler=PsutilSampler(exclude_pid=os.getpid()))
     agent.transport.ca_file = node.ca_file
     agent.start()
     node.agent = agent

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
+import time
+
+import psutil
 
 from monitor.sampler import PsutilSampler, passive_rates
 
@@ -13,6 +17,19 @@ def test_psutil_sample_is_sane():
     assert 0 <= s.cpu_percent <= 100 and all(0 <= c <= 100 for c in s.per_core)
     assert s.total_mb > s.available_mb > 0 and 0 <= s.mem_percent <= 100
     assert s.net_tx_bytes >= 0 and s.net_rx_bytes >= 0
+
+
+def test_cpu_of_the_hosting_runtime_is_not_background_load():
+    """An agent inside the node process leaves the runtime's own compute out of ``cpu_percent``."""
+    sampler = PsutilSampler(exclude_pid=os.getpid())
+    sampler.sample()
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:  # this process keeps one core busy
+        pass
+    s = sampler.sample()
+    whole = sum(s.per_core) / len(s.per_core)  # per-core figures include this process
+    own = 100 / (psutil.cpu_count() or 1)  # one busy core, as a share of the machine
+    assert whole - s.cpu_percent >= 0.6 * own, (whole, s.cpu_percent)
 
 
 def test_temperature_and_jetson_power_from_sysfs(tmp_path):
