@@ -15,16 +15,25 @@ codec         encoding                           bytes (n elements)     max abs.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
 from adaptive.errors import AdaptiveError
 
-__all__ = ["BYTES_RATIO", "CODECS", "Encoded", "decode", "encode"]
+__all__ = ["BYTES_RATIO", "CODECS", "ITEMSIZE", "Encoded", "decode", "encode", "payload_bytes"]
 
 CODECS = ("none", "fp16", "int8")
-BYTES_RATIO = {"none": 1.0, "fp16": 0.5, "int8": 0.25}
+ITEMSIZE = {"none": 4, "fp16": 2, "int8": 1}  # payload bytes per element
+BYTES_RATIO = {c: n / ITEMSIZE["none"] for c, n in ITEMSIZE.items()}
+
+
+def payload_bytes(codec: str, shape: tuple[int, ...] | list[int]) -> int:
+    """Payload size of a ``shape`` tensor encoded with ``codec`` (exact, no overflow)."""
+    if codec not in ITEMSIZE:
+        raise AdaptiveError(f"unknown codec '{codec}' (expected one of {', '.join(CODECS)})")
+    return math.prod(int(s) for s in shape) * ITEMSIZE[codec]
 
 
 class Encoded(NamedTuple):
@@ -63,12 +72,9 @@ def decode(codec: str, payload: np.ndarray | bytes | memoryview, params: tuple[f
         AdaptiveError: Unknown codec, or a payload whose size does not match ``shape``.
     """
     buf = np.frombuffer(payload, dtype=np.uint8)
-    n = int(np.prod(shape, dtype=np.int64))
-    itemsize = {"none": 4, "fp16": 2, "int8": 1}.get(codec)
-    if itemsize is None:
-        raise AdaptiveError(f"unknown codec '{codec}' (expected one of {', '.join(CODECS)})")
-    if buf.size != n * itemsize:
-        raise AdaptiveError(f"{codec} payload has {buf.size} bytes, expected {n * itemsize} "
+    expected = payload_bytes(codec, shape)
+    if buf.size != expected:
+        raise AdaptiveError(f"{codec} payload has {buf.size} bytes, expected {expected} "
                             f"for shape {list(shape)}")
     if codec == "none":
         return buf.view(np.float32).reshape(shape)

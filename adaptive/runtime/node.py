@@ -17,7 +17,9 @@ bandwidth trace. Imports torch; import lazily.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import math
 import os
 import queue
 import statistics
@@ -277,9 +279,6 @@ class NodeRuntime:
         ``"uplink_mbps": rate`` pins the emulated uplink to ``rate`` (pausing any replay until the
         next ``trace_start``). Anything else is logged and dropped.
         """
-        import json
-        import math
-
         try:
             msg = json.loads(payload) if len(payload) < 256 else None
         except ValueError:
@@ -348,6 +347,10 @@ class NodeRuntime:
                 self.rejected += 1
                 self._reply_to_malformed(buffers, str(exc))
                 continue
+            except Exception:  # a decoder bug must not stop the node: drop the frame, keep serving
+                self.rejected += 1
+                log.exception("dropped a frame that broke the decoder")
+                continue
             if frame.kind != "work":
                 self.rejected += 1
                 continue
@@ -358,8 +361,6 @@ class NodeRuntime:
 
     def _reply_to_malformed(self, parts: list[memoryview], message: str) -> None:
         """Best effort: answer the client named in a header that parses, even if the frame is bad."""
-        import json
-
         log.warning("dropped frame: %s", message)
         try:
             h = json.loads(bytes(parts[0])) if parts and len(parts[0]) <= 4096 else None
@@ -425,8 +426,17 @@ class NodeRuntime:
                 if (nxt[1].version, nxt[1].hop, nxt[1].position, nxt[1].shape[1:]) == key:
                     batch.append(nxt)
                 else:
-                    self._process([nxt])
-            self._process(batch)
+                    self._guarded([nxt])
+            self._guarded(batch)
+
+    def _guarded(self, arrivals: list[tuple[float, Frame]]) -> None:
+        """:meth:`_process`, answering every request with an error if something unexpected breaks."""
+        try:
+            self._process(arrivals)
+        except Exception as exc:  # never lose a request silently, never stop the work thread
+            log.exception("stage failed unexpectedly")
+            for _, f in arrivals:
+                self._reply(f.error_reply(f"node {self.config.node} failed: {exc.__class__.__name__}"))
 
     def _process(self, arrivals: list[tuple[float, Frame]]) -> None:
         started = time.monotonic()

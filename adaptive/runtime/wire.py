@@ -34,7 +34,6 @@ VERSION = 1
 MAX_HEADER_BYTES = 4096
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_ITEM = {"none": 4, "fp16": 2, "int8": 1}
 
 
 class WireError(AdaptiveError):
@@ -124,6 +123,16 @@ def _str(h: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None, li
     return v
 
 
+def _trace_record(t: Any) -> bool:
+    """``[node, queue_ms, exec_ms, batch]`` with a short string, finite numbers and a batch size."""
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    return (isinstance(t, list) and len(t) == 4 and isinstance(t[0], str) and len(t[0]) <= 64
+            and number(t[1]) and number(t[2]) and isinstance(t[3], int) and not isinstance(t[3], bool)
+            and 0 < t[3] <= 4096)
+
+
 def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
     """Validate and decode the parts of a received message.
 
@@ -150,7 +159,7 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
             or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**31 for s in shape)):
         raise WireError("header field 'shape': expected up to 8 non-negative integers")
     codec = h.get("codec", "none")
-    if codec not in _ITEM:
+    if not isinstance(codec, str) or codec not in codecs.ITEMSIZE:
         raise WireError(f"header field 'codec': expected none, fp16 or int8, found {codec!r}"[:160])
     params = h.get("params", [])
     if (not isinstance(params, list) or len(params) > 4
@@ -158,13 +167,12 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
                    for p in params)):
         raise WireError("header field 'params': expected up to 4 finite numbers")
     trace = h.get("trace", [])
-    if not isinstance(trace, list) or len(trace) > 32 or any(
-            not isinstance(t, list) or len(t) != 4 for t in trace):
-        raise WireError("header field 'trace': expected up to 32 records of 4 values")
+    if not isinstance(trace, list) or len(trace) > 32 or not all(map(_trace_record, trace)):
+        raise WireError("header field 'trace': expected up to 32 records [node, queue_ms, exec_ms, batch]")
     sent_at = h.get("sent_at", 0.0)
     if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
         raise WireError("header field 'sent_at': expected a number")
-    expected = int(np.prod(shape, dtype=np.int64)) * _ITEM[codec] if kind != "error" else 0
+    expected = codecs.payload_bytes(codec, shape) if kind != "error" else 0
     if len(payload) > max_payload:
         raise WireError(f"payload of {len(payload)} bytes exceeds the limit of {max_payload}")
     if kind != "error" and len(payload) != expected:
@@ -175,5 +183,5 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
                  hop=_int(h, "hop", 0, 63), position=_int(h, "position", 0, 100_000),
                  shape=tuple(shape), codec=codec, params=tuple(float(p) for p in params),
                  sent_at=float(sent_at), error=_str(h, "error"),
-                 trace=tuple((str(t[0])[:64], float(t[1]), float(t[2]), int(t[3])) for t in trace),
+                 trace=tuple((t[0], float(t[1]), float(t[2]), t[3]) for t in trace),
                  payload=payload)

@@ -46,6 +46,9 @@ def parts(**header):
     (parts(id="a/b"), "'id'"),
     (parts(version=-1), "'version'"),
     (parts(trace=[[1, 2, 3]]), "trace"),
+    (parts(trace=[["pi", "slow", 1.0, 1]]), "trace"),
+    (parts(trace=[["pi", 0.0, 1.0, 1e400]]), "trace"),
+    (parts(shape=[2**30] * 8), "truncated or inconsistent"),  # huge product: no int64 overflow
 ])
 def test_bad_frames(frame, message):
     with pytest.raises(WireError, match=message):
@@ -66,3 +69,23 @@ def test_random_bytes_only_raise_wire_error(raw):
     except WireError:
         return
     assert isinstance(frame, Frame)  # the rare valid frame decodes to a Frame
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                max_size=4),
+                    max_leaves=12)
+FIELDS = ["v", "kind", "id", "client", "reply_to", "version", "hop", "position", "shape", "codec", "params",
+          "sent_at", "error", "trace"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=5), st.binary(max_size=64))
+def test_any_value_in_any_header_field_only_raises_wire_error(fields, payload):
+    """A well-formed header with arbitrary JSON values: a node must never see anything but WireError."""
+    raw = parts(**fields)
+    try:
+        frame = decode_frame([json.dumps(json.loads(raw[0]), allow_nan=True).encode(), payload])
+    except WireError:
+        return
+    assert isinstance(frame, Frame)
