@@ -100,7 +100,11 @@ class ControllerConfig:
         cluster: Cluster id.
         interval_s: Decision period, s.
         min_dwell_s: Least time between plan changes, s (a dead node overrides it).
-        stale_after_s: Telemetry older than this marks a node dead, s.
+        stale_after_s: Telemetry older than this marks a node dead, s. After our own broker
+            session comes back from a loss, every node gets ``stale_after_s + reconnect_grace_s``
+            from that moment before it can be judged stale (the broker's outage is not theirs).
+        reconnect_grace_s: Time nodes get to reconnect after a broker outage (paho's backoff is
+            at most 4 s), s.
         ack_timeout_s: Acks expected within this, s.
         clients: Clients sharing the accelerators (for predictions).
         default_bandwidth_mbps: Assumed before a link has any estimate, Mbit/s.
@@ -116,6 +120,7 @@ class ControllerConfig:
     interval_s: float = 1.0
     min_dwell_s: float = 3.0
     stale_after_s: float = 3.0
+    reconnect_grace_s: float = 5.0
     ack_timeout_s: float = 3.0
     clients: int = 1
     default_bandwidth_mbps: float = 10.0
@@ -140,8 +145,10 @@ class ControllerConfig:
                                 f"{{node, device}} ({exc})") from None
         if len(cfg.chain) < 1 or len({c.node for c in cfg.chain}) != len(cfg.chain):
             raise AdaptiveError(f"{source}: chain must list distinct nodes")
-        if not cfg.interval_s > 0 or cfg.min_dwell_s < 0 or not cfg.stale_after_s > 0:
-            raise AdaptiveError(f"{source}: interval_s and stale_after_s must be > 0, min_dwell_s >= 0")
+        if (not cfg.interval_s > 0 or cfg.min_dwell_s < 0 or not cfg.stale_after_s > 0
+                or cfg.reconnect_grace_s < 0):
+            raise AdaptiveError(f"{source}: interval_s and stale_after_s must be > 0, min_dwell_s and "
+                                "reconnect_grace_s >= 0")
         return cfg
 
     @classmethod
@@ -198,13 +205,16 @@ class Controller:
         obs_spec: The observation layout (likewise).
         policy_name: Name published with each plan.
         on_model: Called with each new (calibrated) model, e.g. to update a heuristic policy.
+        ca_file: CA bundle for an ``mqtts://`` broker.
+        metrics: Prometheus metrics (:class:`adaptive.metrics.ControllerMetrics`), or None.
     """
 
     def __init__(self, config: ControllerConfig, broker: BrokerAddress, policy: Any, *,
                  candidates: CandidatePlans | None = None, obs_spec: ObservationSpec | None = None,
                  policy_name: str = "policy", on_model: Callable[[SplitModel], None] | None = None,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, metrics: Any = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.policy = policy
         self.policy_name = policy_name
         self.on_model = on_model
@@ -236,8 +246,9 @@ class Controller:
             broker, client_id=f"controller-{config.cluster}",
             subscriptions=[(plan_topic(config.cluster), 1), (f"adaptive/{config.cluster}/node/+/ack", 1),
                            (f"adaptive/{config.cluster}/node/+/stats", 1)],
-            on_message=self._on_message, ca_file=ca_file)
+            on_message=self._on_message, ca_file=ca_file, on_connect_messages=self._retained)
         self.current: int | None = None
+        self._last_plan: Message | None = None  # republished on every reconnect (a new broker forgot it)
         self.version = 0
         self.last_switch = 0.0
         self.decisions: list[Decision] = []
@@ -265,6 +276,14 @@ class Controller:
             self._thread.join(timeout=5)
         self.transport.close()
         self.collector.close()
+
+    def _retained(self) -> list[Message]:
+        with self._lock:
+            return [self._last_plan] if self._last_plan is not None else []
+
+    def connected(self) -> bool:
+        """Both broker sessions (telemetry view and control) are up."""
+        return self.transport.connected and self.collector.transport.connected
 
     # ------------------------------------------------------------------ messages
 
@@ -350,21 +369,27 @@ class Controller:
         views = self.collector.nodes()
         D = len(cfg.chain)
         cpu, mem, dead = np.zeros(D), np.array([d.memory_mb for d in self.devices]), []
+        # after our own session comes back, nodes get time to reconnect before they can look stale
+        grace = now < self.collector.reconnected_at() + cfg.stale_after_s + cfg.reconnect_grace_s
         for i, c in enumerate(cfg.chain):
             v = views.get(c.node)
-            if v is None or not v.online() or not v.fresh(now, cfg.stale_after_s) or v.telemetry is None:
+            if (v is None or not v.online() or v.telemetry is None
+                    or not (grace or v.fresh(now, cfg.stale_after_s))):
                 dead.append(c.node)
                 continue
             cpu[i] = v.telemetry.cpu_percent / 100
             mem[i] = min(v.telemetry.available_mb, self.devices[i].memory_mb)
         bw = self._bw_history[-1].copy()
+        ages: list[float | None] = [None] * (D - 1)
         for m in range(1, D):
             v = views.get(cfg.chain[m - 1].node)
             est = v.telemetry.links.get(cfg.chain[m].node) if v and v.telemetry else None
-            if est is not None:
+            if est is not None and v is not None and v.telemetry is not None:
                 value = est.passive_mbps or est.bandwidth_mbps
                 if value:
                     bw[m - 1] = value
+                    measured = v.telemetry.ts if est.passive_mbps else (est.measured_at or v.telemetry.ts)
+                    ages[m - 1] = max(now - measured, 0.0)
         self._bw_history.append(bw)
         hist = np.stack(list(self._bw_history))[None]  # (1, H, M)
         cond = ConditionBatch(hist[:, -1], np.zeros((1, D - 1)), cpu[None],
@@ -382,6 +407,11 @@ class Controller:
             self.observed = {"cpu": cpu.tolist(), "available_mb": mem.tolist(),
                              "bandwidth_mbps": bw.tolist(), "dead": dead,
                              "predicted_ms": pred.latency_ms[0].tolist()}
+            scales = dict(self.scales)
+        if self.metrics is not None:
+            names = [c.node for c in cfg.chain]
+            links = {f"{names[m]}->{names[m + 1]}": (float(bw[m]), ages[m]) for m in range(D - 1)}
+            self.metrics.observed(links, {n: n not in dead for n in names}, scales, self.connected())
         return obs, mask, dead
 
     def _alive_mask(self, dead: list[str]) -> np.ndarray:
@@ -396,8 +426,13 @@ class Controller:
         return ok
 
     def step(self, now: float | None = None) -> Decision | None:
-        """Decide once; publish a new plan if it changes. Returns the decision published, if any."""
+        """Decide once; publish a new plan if it changes. Returns the decision published, if any.
+
+        Nothing is decided while the broker is away: the telemetry is frozen and nobody would hear.
+        """
         now = time.time() if now is None else now
+        if not self.connected():
+            return None
         obs, mask, dead = self.observe(now)
         action, _ = self.policy.predict(obs, deterministic=True, action_masks=mask)
         action = int(action)
@@ -411,7 +446,7 @@ class Controller:
             return None
         return self._publish(action, now, dead)
 
-    def _publish(self, action: int, now: float, dead: list[str]) -> Decision:
+    def _publish(self, action: int, now: float, dead: list[str], keep_switch_time: bool = False) -> Decision:
         plan = self.candidates.plan(action)
         with self._lock:
             self.version += 1
@@ -421,34 +456,44 @@ class Controller:
                           devices=tuple(c.node for c in self.config.chain), splits=plan.splits,
                           issued_at=round(now, 3), policy=self.policy_name,
                           predicted_ms=round(predicted, 3) if np.isfinite(predicted) else None,
-                          codecs=plan.codecs)
+                          codecs=plan.codecs, num_blocks=self.model.num_blocks)
         expected = frozenset(c.node for c in self.config.chain if c.node not in dead)
         decision = Decision(version, action, now, predicted, expected=expected)
+        message = Message(plan_topic(self.config.cluster), msg.encode(), qos=1, retain=True)
         with self._lock:
             self.decisions.append(decision)
-        self.transport.publish(Message(plan_topic(self.config.cluster), msg.encode(), qos=1, retain=True))
-        self.current, self.last_switch = action, now
+            self._last_plan = message
+        self.transport.publish(message)
+        self.current = action
+        if not keep_switch_time:
+            self.last_switch = now
+        if self.metrics is not None:
+            self.metrics.switched(version, predicted)
         log.info("plan %d: %s (predicted %.1f ms) by %s", version, plan, predicted, self.policy_name)
         return decision
 
     def check_acks(self, now: float | None = None) -> None:
-        """Flag the newest plan if some chain node has not acked it within ``ack_timeout_s``.
+        """Re-issue the newest plan if some chain node refused it or has not acked it in ``ack_timeout_s``.
 
-        The plan is retained, so a node that was away picks it up on reconnect; until then the
-        nodes that did not ack are logged and listed in :attr:`Decision.missing`.
+        A node refuses a plan that names a peer it has not heard of yet or one it believes offline
+        (both happen while a cluster starts or a broker restarts), and a node that was away may have
+        missed it. The same plan then goes out again under a new version, at most once per
+        ``ack_timeout_s``; the nodes still missing are logged and listed in :attr:`Decision.missing`.
         """
         now = time.time() if now is None else now
         with self._lock:
             d = self.decisions[-1] if self.decisions else None
-            if (d is None or d.applied_at is not None or d.missing
-                    or now - d.issued_at < self.config.ack_timeout_s):
+            if d is None or d.applied_at is not None or now - d.issued_at < self.config.ack_timeout_s:
                 return
             d.missing = tuple(c.node for c in self.config.chain
-                              if c.node in d.expected and c.node not in d.acked | set(d.rejected))
+                              if c.node in d.expected and c.node not in d.acked)
             if not d.missing:
                 return
-        log.warning("plan %d: no ack from %s after %.1f s", d.version, ", ".join(d.missing),
-                    self.config.ack_timeout_s)
+        log.warning("plan %d: not applied by %s after %.1f s; issuing it again", d.version,
+                    ", ".join(d.missing), self.config.ack_timeout_s)
+        _, mask, dead = self.observe(now)
+        if mask[d.action] and self.connected():
+            self._publish(d.action, now, dead, keep_switch_time=True)
 
     def _loop(self) -> None:
         next_at = time.monotonic()

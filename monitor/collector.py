@@ -4,7 +4,8 @@ Every message is validated (:mod:`monitor.schema`); a malformed one, or one whos
 another node than its topic, is logged and dropped and counted in :attr:`Collector.rejected`,
 never raised. A node is *stale* when its newest telemetry is older than ``stale_after_s`` and
 *offline* when its retained status says so (the Last Will) — callers such as the controller
-plan around both.
+plan around both. Statuses go through :class:`monitor.presence.Presence`, so the Last Wills a
+broker publishes as it shuts down do not mark every node offline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from monitor.presence import Presence
 from monitor.schema import SchemaError, Status, Telemetry, check_id, parse_topic
 from monitor.transport import BrokerAddress, MqttTransport
 
@@ -59,11 +61,15 @@ class Collector:
         client_id: MQTT client id.
         on_update: Called as ``on_update(node_view)`` after each valid message (paho thread).
         ca_file: CA bundle for ``mqtts://`` brokers (default: the system's).
+        offline_hold_s: How long an ``offline`` status waits before it takes effect
+            (:class:`~monitor.presence.Presence`), s.
     """
 
     def __init__(self, broker: BrokerAddress, cluster: str = "default", *, client_id: str | None = None,
-                 on_update: Callable[[NodeView], None] | None = None, ca_file: str | None = None) -> None:
+                 on_update: Callable[[NodeView], None] | None = None, ca_file: str | None = None,
+                 offline_hold_s: float = 0.5) -> None:
         self.cluster = check_id(cluster, "cluster")
+        self.presence = Presence(offline_hold_s)
         self.on_update = on_update
         self.rejected = 0
         self._nodes: dict[str, NodeView] = {}
@@ -72,7 +78,7 @@ class Collector:
         self.transport = MqttTransport(
             broker, client_id=client_id or f"collector-{cluster}-{int(time.time() * 1e3) % 10**9}",
             subscriptions=[(base + "telemetry", 1), (base + "status", 1)], on_message=self.handle,
-            ca_file=ca_file)
+            ca_file=ca_file, on_disconnect=self.presence.disconnected)
 
     def start(self, wait_s: float | None = 10.0) -> Collector:
         """Connect and subscribe."""
@@ -106,17 +112,26 @@ class Collector:
         with self._lock:
             view = self._nodes.get(node, NodeView(node))
             if isinstance(record, Telemetry):
-                view = NodeView(node, record, time.time(), view.status, view.telemetry_count + 1)
+                view = NodeView(node, record, time.time(), None, view.telemetry_count + 1)
             else:
-                view = NodeView(node, view.telemetry, view.received_at, record, view.telemetry_count)
+                self.presence.update(record)
             self._nodes[node] = view
         if self.on_update is not None:
-            self.on_update(view)
+            self.on_update(self._view(view))
+
+    def _view(self, view: NodeView) -> NodeView:
+        return NodeView(view.node, view.telemetry, view.received_at, self.presence.status(view.node),
+                        view.telemetry_count)
 
     def nodes(self) -> dict[str, NodeView]:
-        """A snapshot of every node seen."""
+        """A snapshot of every node seen, with its effective status."""
         with self._lock:
-            return dict(self._nodes)
+            views = list(self._nodes.values())
+        return {v.node: self._view(v) for v in views}
+
+    def reconnected_at(self) -> float:
+        """Unix time our broker session last came back after a loss (0 if it never dropped)."""
+        return self.transport.connected_at if self.transport.connects > 1 else 0.0
 
     def live_nodes(self, stale_after_s: float = 3.0, now: float | None = None) -> list[str]:
         """Nodes online with fresh telemetry."""

@@ -378,6 +378,8 @@ class PlanMessage:
         policy: Name of the policy that chose it.
         predicted_ms: Predicted end-to-end latency, ms (None if unknown).
         codecs: Codec per split (``none``, ``fp16``, ``int8``); empty means none.
+        num_blocks: The model's block count ``L`` (0: not given), so a client can tell whether the
+            last node has work (``s_M < L``) without loading the model.
     """
 
     version: int
@@ -388,6 +390,7 @@ class PlanMessage:
     policy: str
     predicted_ms: float | None = None
     codecs: tuple[str, ...] = ()
+    num_blocks: int = 0
 
     def encode(self) -> bytes:
         """Compact JSON bytes."""
@@ -397,6 +400,8 @@ class PlanMessage:
                                "predicted_ms": self.predicted_ms}
         if self.codecs:
             obj["codecs"] = list(self.codecs)
+        if self.num_blocks:
+            obj["num_blocks"] = self.num_blocks
         return _dump(obj)
 
     @classmethod
@@ -421,12 +426,15 @@ class PlanMessage:
         if not isinstance(codecs, list) or (codecs and len(codecs) != len(splits)) or any(
                 c not in ("none", "fp16", "int8") for c in codecs):
             raise SchemaError(f"{w}: field 'codecs': expected {len(splits)} of none/fp16/int8")
+        num_blocks = _int(obj, "num_blocks", w, lo=0) if "num_blocks" in obj else 0
+        if num_blocks and splits and splits[-1] > num_blocks:
+            raise SchemaError(f"{w}: field 'splits': {splits[-1]} exceeds num_blocks {num_blocks}")
         return cls(version=_int(obj, "version", w, lo=1), model=_str(obj, "model", w) or "",
                    devices=tuple(devices), splits=tuple(splits),
                    issued_at=float(_num(obj, "issued_at", w, lo=0)),
                    policy=_str(obj, "policy", w) or "",
                    predicted_ms=_num(obj, "predicted_ms", w, lo=0, optional=True, allow_null=True),
-                   codecs=tuple(codecs))
+                   codecs=tuple(codecs), num_blocks=num_blocks)
 
 
 @dataclass(frozen=True)

@@ -95,13 +95,16 @@ class MqttTransport:
         buffer_size: Messages kept while disconnected.
         ca_file: CA bundle for TLS (default: the system's).
         keepalive_s: MQTT keep-alive, s; the broker fires the Last Will after 1.5× this.
+        on_disconnect: Called (paho's thread, no arguments) whenever the session drops, e.g. to
+            :meth:`monitor.presence.Presence.disconnected`.
     """
 
     def __init__(self, address: BrokerAddress, client_id: str, *, will: Message | None = None,
                  on_connect_messages: Callable[[], Sequence[Message]] | None = None,
                  subscriptions: Sequence[tuple[str, int]] = (),
                  on_message: Callable[[str, bytes], None] | None = None,
-                 buffer_size: int = 1000, ca_file: str | None = None, keepalive_s: int = 10) -> None:
+                 buffer_size: int = 1000, ca_file: str | None = None, keepalive_s: int = 10,
+                 on_disconnect: Callable[[], None] | None = None) -> None:
         self.address = address
         self.client_id = client_id
         self.will = will
@@ -110,8 +113,10 @@ class MqttTransport:
         self.on_message = on_message
         self.ca_file = ca_file
         self.keepalive_s = keepalive_s
+        self.on_disconnect = on_disconnect
         self.dropped = 0
         self.connects = 0
+        self.connected_at = 0.0  # time.time() of the newest successful connect
         self._buffer: deque[Message] = deque(maxlen=buffer_size)
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -142,7 +147,7 @@ class MqttTransport:
             client.tls_set(ca_certs=self.ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if self.will is not None:
             client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-        client.reconnect_delay_set(min_delay=1, max_delay=16)
+        client.reconnect_delay_set(min_delay=1, max_delay=4)  # back within 4 s of a broker restart
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -211,6 +216,7 @@ class MqttTransport:
             log.warning("broker %s refused the session: %s", self.address.url, reason_code)
             return
         self.connects += 1
+        self.connected_at = time.time()
         self._subscribed.clear()
         self._pending_subs = set()
         for topic, qos in self.subscriptions:
@@ -239,6 +245,11 @@ class MqttTransport:
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason_code: mqtt.ReasonCode, properties: object) -> None:
         self._connected.clear()
+        if self.on_disconnect is not None:
+            try:
+                self.on_disconnect()
+            except Exception:  # a hook bug must not kill paho's network thread
+                log.exception("on_disconnect hook failed")
         if reason_code.is_failure:
             log.warning("lost broker %s (%s); paho reconnects with backoff", self.address.url, reason_code)
 

@@ -35,6 +35,7 @@ _COMMANDS: dict[str, str] = {
     "controller": "live",
     "client": "live",
     "demo": "live",
+    "keys": "live",
 }
 
 

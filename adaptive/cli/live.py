@@ -1,4 +1,4 @@
-"""``adaptive node``, ``controller`` and ``client``: the live system, one process each."""
+"""``adaptive node``, ``controller``, ``client`` and ``keys``: the live system, one process each."""
 
 from __future__ import annotations
 
@@ -47,6 +47,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-interval", type=float, default=2.0, help="with --monitor: seconds per probe")
     p.add_argument("--interval", type=float, default=1.0, help="with --monitor: telemetry period, s")
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.add_argument("--curve-keys", metavar="DIR",
+                   help="CurveZMQ key directory (from 'adaptive keys'): authenticate and encrypt the data "
+                        "plane, admitting only the public keys in DIR; needs DIR/<node>.key_secret")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
     p.set_defaults(func=_run_node)
 
     p = sub.add_parser("controller", help="run the controller daemon (telemetry in, plans out)",
@@ -56,6 +62,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="hysteresis",
                    help="ppo[:PATH] | greedy | hysteresis | static (default hysteresis)")
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
     p.set_defaults(func=_run_controller)
 
     p = sub.add_parser("demo", help="the whole system on one machine in about two minutes",
@@ -82,12 +91,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, help="requests per second (open loop)")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight (closed loop)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
-    p.add_argument("--out", help="write records to this .csv or .jsonl")
+    p.add_argument("--out", help="append each record to this .csv or .jsonl as it completes")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a request times out")
+    p.add_argument("--retries", type=int, default=3,
+                   help="times a request is sent again when a node fails it (default 3)")
+    p.add_argument("--wait", type=float, default=30.0,
+                   help="seconds to wait at start for a plan and its first node (default 30)")
     p.add_argument("--bind", default="127.0.0.1", help="address of the result socket")
     p.add_argument("--advertise", default="127.0.0.1", help="host name nodes use to reach this client")
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.add_argument("--curve-keys", metavar="DIR",
+                   help="CurveZMQ key directory; needs DIR/<client>.key_secret and the nodes' public keys")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
     p.set_defaults(func=_run_client)
+
+    p = sub.add_parser("keys", help="make CurveZMQ key pairs for a secured data plane",
+                       description="Write DIR/<ID>.key (public) and DIR/<ID>.key_secret for each id. Give "
+                                   "every node and client all the .key files and only its own .key_secret.")
+    p.add_argument("dir", help="key directory (created if missing)")
+    p.add_argument("ids", nargs="+", metavar="ID", help="node and client ids")
+    p.add_argument("--overwrite", action="store_true", help="replace existing keys")
+    p.set_defaults(func=_run_keys)
 
 
 def _broker(url: str) -> Any:
@@ -156,7 +182,10 @@ def _run_node(args: argparse.Namespace) -> int:
         peers = parse_peers(args.peers)
     except ValueError as exc:
         raise AdaptiveError(str(exc)) from None
-    node = NodeRuntime(config, broker, ca_file=args.ca_file)
+    curve = _curve(args.curve_keys, args.node)
+    metrics = _metrics("node", args)
+    node = NodeRuntime(config, broker, ca_file=args.ca_file, curve=curve,
+                       metrics=metrics.node(args.node) if metrics else None)
     try:
         node.start()
     except ConnectionError as exc:
@@ -170,6 +199,38 @@ def _run_node(args: argparse.Namespace) -> int:
     if agent is not None:
         agent.close()
     node.close()
+    return 0
+
+
+def _curve(directory: str | None, identity: str) -> Any:
+    if directory is None:
+        return None
+    from adaptive.runtime.security import CurveKeys
+
+    return CurveKeys(directory, identity)
+
+
+def _metrics(role: str, args: argparse.Namespace) -> Any:
+    """Start the Prometheus endpoint if ``--metrics-port`` was given; returns the metrics or None."""
+    if args.metrics_port is None:
+        return None
+    from adaptive.errors import AdaptiveError
+    from adaptive.metrics import Metrics
+
+    if not 0 < args.metrics_port < 65536:
+        raise AdaptiveError(f"--metrics-port must be in 1..65535, found {args.metrics_port}")
+    metrics = Metrics()
+    metrics.serve(args.metrics_port, args.metrics_bind)
+    log.info("%s metrics on http://%s:%d/metrics", role, args.metrics_bind, args.metrics_port)
+    return metrics
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    from adaptive.runtime.security import generate
+
+    written = generate(args.dir, args.ids, overwrite=args.overwrite)
+    print(f"wrote {len(written)} key pair(s) to {args.dir}: " + ", ".join(p.stem for p in written))
+    print("give every node and client all the .key files and only its own .key_secret")
     return 0
 
 
@@ -243,8 +304,10 @@ def _run_controller(args: argparse.Namespace) -> int:
 
     config = ControllerConfig.load(args.config)
     policy, candidates, obs_spec, name, on_model = build_policy(args.policy, config)
+    metrics = _metrics("controller", args)
     controller = Controller(config, _broker(args.broker), policy, candidates=candidates, obs_spec=obs_spec,
-                            policy_name=name, on_model=on_model, ca_file=args.ca_file)
+                            policy_name=name, on_model=on_model, ca_file=args.ca_file,
+                            metrics=metrics.controller() if metrics else None)
     try:
         controller.start()
     except ConnectionError as exc:
@@ -262,28 +325,38 @@ def _run_client(args: argparse.Namespace) -> int:
     import numpy as np
 
     from adaptive.errors import AdaptiveError
-    from adaptive.runtime.client import InferenceClient, write_records
+    from adaptive.runtime.client import InferenceClient, RecordWriter
     from adaptive.zoo import default_input_shape
 
     shape = _shape(args.input_shape) or default_input_shape(args.model)
     if args.duration <= 0 or (args.rate is not None and args.rate <= 0) or args.concurrency < 1:
         raise AdaptiveError("--duration and --rate must be > 0, --concurrency >= 1")
-    client = InferenceClient(args.client, _broker(args.broker), args.cluster, shape, timeout_s=args.timeout,
-                             bind=args.bind, advertise=args.advertise, ca_file=args.ca_file)
+    if args.retries < 0 or args.wait < 0 or not args.timeout > 0:
+        raise AdaptiveError("--retries and --wait must be >= 0, --timeout > 0")
+    broker = _broker(args.broker)
+    curve = _curve(args.curve_keys, args.client)
+    metrics = _metrics("client", args)
+    writer = RecordWriter(args.out) if args.out else None
+    sinks = [s for s in (writer, metrics.client() if metrics else None) if s is not None]
+    client = InferenceClient(args.client, broker, args.cluster, shape, timeout_s=args.timeout,
+                             bind=args.bind, advertise=args.advertise, ca_file=args.ca_file,
+                             max_retries=args.retries, curve=curve,
+                             on_record=lambda r: [sink(r) for sink in sinks])
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop sending, let what is in flight finish, exit 0
+        signal.signal(sig, lambda *_: client.halt())
     try:
-        client.start()
-    except ConnectionError as exc:
-        raise AdaptiveError(str(exc)) from None
-    try:
+        client.start(args.wait)
         records = client.run(args.duration, rate_hz=args.rate, concurrency=args.concurrency)
     finally:
         client.close()
-    if args.out:
-        write_records(client.records, args.out)
+        if writer is not None:
+            writer.close()
     outcomes = Counter(r.outcome for r in client.records)
     ok = [r.latency_ms for r in records if r.outcome == "ok" and r.latency_ms is not None]
     med = f", median {np.median(ok):.1f} ms, p95 {np.percentile(ok, 95):.1f} ms" if ok else ""
+    retried = sum(r.retries > 0 for r in client.records)
     print(f"{len(client.records)} requests: {dict(outcomes)}{med}"
+          + (f"; {retried} needed a retry" if retried else "")
           + (f"; records in {args.out}" if args.out else ""))
     return 0
 

@@ -1,22 +1,39 @@
 """The inference client (and load generator): sends inputs to the chain, collects results.
 
-It learns the current plan and the first node's data endpoint from the retained MQTT topics,
-stamps each request with the plan version it starts under, and receives results and error frames
-on its own PULL socket. Every request ends as exactly one record: ``ok`` (a result), ``error``
-(an explicit error frame) or ``timeout`` (nothing arrived). Use :meth:`InferenceClient.run` for
-open-loop (``rate_hz``) or closed-loop load; :func:`write_records` saves CSV or JSONL.
+It learns the current plan and the nodes' data endpoints from the retained MQTT topics, stamps each
+request with the plan version it runs under, and receives results and error frames on its own PULL
+socket. It never dies on a transient, and it loses no request:
+
+* A request that cannot be routed (no plan yet, the first node unknown or not connected, or the
+  plan gives work to a node that went offline) waits, and goes out as soon as a usable plan is known.
+* A request whose node died is sent again under the current plan, at most ``max_retries`` times.
+  The node is taken for dead when an error frame says the failure is transient (``retry``), when a
+  node the request's plan gives work to goes offline, or when no answer comes within a deadline
+  derived from the plan's predicted latency and the answers seen so far (as TCP derives its
+  retransmission timeout from the round-trip times it measures).
+* Every request ends as exactly one record, with its retry count: ``ok`` (a result), ``error`` (an
+  error frame that is not transient, or retries exhausted) or ``timeout`` (nothing usable within
+  ``timeout_s`` of the first send). The first result wins; later answers to the same request are
+  ignored.
+
+Use :meth:`InferenceClient.run` for open-loop (``rate_hz``) or closed-loop load; ``on_record`` (e.g.
+a :class:`RecordWriter`) sees each record as it completes; :func:`write_records` saves a list.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -30,10 +47,13 @@ from adaptive.runtime.wire import (
     encode_frame,
     tensor_frame,
 )
+from monitor.presence import Presence
 from monitor.schema import PlanMessage, SchemaError, Status, parse_topic, plan_topic
 from monitor.transport import BrokerAddress, MqttTransport
 
-__all__ = ["InferenceClient", "RequestRecord", "write_records"]
+__all__ = ["InferenceClient", "RecordWriter", "RequestRecord", "write_records"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,13 +62,16 @@ class RequestRecord:
 
     Attributes:
         id: Request id.
-        sent_at: Unix time it was sent, s.
-        latency_ms: Until its result or error arrived, ms (None on timeout).
-        version: Plan version it ran under.
+        sent_at: Unix time it was first sent (or, if it never could be, created), s.
+        latency_ms: From ``sent_at`` until its result or error arrived, retries included, ms (None on
+            timeout).
+        version: Plan version its last attempt ran under (0: never sent).
         outcome: ``ok``, ``error`` or ``timeout``.
-        error: Error message, if any.
+        error: Error message, if any (for a request that never went out: why).
         hops: Per node along the way ``node:EXEC_MS``, plus ``+qQUEUE_MS`` when the request waited
             there and ``xBATCH`` when it ran in a batch.
+        retries: Times it was sent again after a node failed it.
+        plan: Splits of the plan its last attempt ran under, comma-separated (e.g. ``3,7``).
     """
 
     id: str
@@ -58,83 +81,142 @@ class RequestRecord:
     outcome: str
     error: str = ""
     hops: str = ""
+    retries: int = 0
+    plan: str = ""
+
+
+@dataclass
+class _Request:
+    rid: str
+    array: np.ndarray
+    created: float  # Unix s
+    created_mono: float
+    sent_at: float | None = None  # Unix s of the first send
+    wire_id: str = ""  # id of the attempt in flight
+    attempts: int = 0
+    attempt_sent: float = 0.0  # monotonic s
+    version: int = 0
+    plan: str = ""
+    nodes: tuple[str, ...] = ()  # nodes the attempt in flight gives work to
+    deadline: float = math.inf  # monotonic s: resend after this
+    in_flight: bool = False
+    reason: str = "not sent yet"
+    wire_ids: list[str] = field(default_factory=list)
 
 
 class InferenceClient:
-    """Sends requests under the current plan and records what comes back.
+    """Sends requests under the current plan and records what comes back (see the module docstring).
 
     Args:
         client_id: Client id (letters, digits, ``._:-``).
-        broker: MQTT broker (for the plan and the first node's endpoint).
+        broker: MQTT broker (for the plan and the nodes' endpoints).
         cluster: Cluster id.
         input_shape: Input tensor shape (batch first).
         codec: Codec for the input frame (the first node usually runs the first stage).
         bind: Address for the result socket.
         advertise: Host nodes use to reach the result socket.
-        timeout_s: A request without an answer after this long is a ``timeout``.
+        timeout_s: A request with no usable answer this long after it was created is a ``timeout``.
         on_result: Called as ``on_result(frame)`` with every result frame (e.g. to check outputs).
+        on_record: Called as ``on_record(record)`` as each request completes (e.g. to append it to a
+            file), from the client's threads.
         ca_file: CA bundle for an ``mqtts://`` broker.
+        max_retries: Sends of a request after the first, at most, when a node fails it.
+        min_deadline_s: An attempt is given at least this long before it is sent again, s.
+        deadline_factor: ... and at least this many times the plan's predicted latency.
+        curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`) for an authenticated,
+            encrypted data plane; None for plain TCP.
     """
 
     def __init__(self, client_id: str, broker: BrokerAddress, cluster: str, input_shape: tuple[int, ...],
                  *, codec: str = "none", bind: str = "127.0.0.1", advertise: str = "127.0.0.1",
                  timeout_s: float = 10.0, on_result: Callable[[Frame], None] | None = None,
-                 ca_file: str | None = None) -> None:
+                 on_record: Callable[[RequestRecord], None] | None = None, ca_file: str | None = None,
+                 max_retries: int = 3, min_deadline_s: float = 1.0, deadline_factor: float = 4.0,
+                 curve: Any = None) -> None:
+        if max_retries < 0 or not min_deadline_s > 0 or not deadline_factor > 0 or not timeout_s > 0:
+            raise AdaptiveError("max_retries must be >= 0; timeout_s, min_deadline_s and deadline_factor > 0")
         self.client_id = client_id
         self.cluster = cluster
         self.input_shape = tuple(input_shape)
         self.codec = codec
         self.timeout_s = timeout_s
         self.on_result = on_result
+        self.on_record = on_record
+        self.max_retries = max_retries
+        self.min_deadline_s = min_deadline_s
+        self.deadline_factor = deadline_factor
+        self.curve = curve
         self.plan: PlanMessage | None = None
-        self.endpoints: dict[str, str] = {}
+        self.presence = Presence()
         self.records: list[RequestRecord] = []
-        self._pending: dict[str, tuple[float, int]] = {}
-        self._lock = threading.Lock()
+        self.retried = 0  # attempts sent again
+        self._pending: dict[str, _Request] = {}
+        self._wire: dict[str, str] = {}  # wire id of an attempt -> request id
+        self._srtt: float | None = None  # smoothed answer time of ok attempts, s
+        self._rttvar = 0.0
+        self._lock = threading.RLock()
         self._answered = threading.Condition(self._lock)
-        self._send_lock = threading.Lock()
         self._ids = itertools.count()
         self._context = zmq.Context()
         self._pull = self._context.socket(zmq.PULL)
+        if curve is not None:
+            curve.start_authenticator(self._context)
+            curve.serve(self._pull)
         port = self._pull.bind_to_random_port(f"tcp://{bind}")
         self.reply_to = f"tcp://{advertise}:{port}"
         self._push: dict[str, zmq.Socket] = {}
         self._stop = threading.Event()
+        self._halt = threading.Event()
         self.transport = MqttTransport(broker, client_id=f"client-{cluster}-{client_id}",
                                        subscriptions=[(plan_topic(cluster), 1),
                                                       (f"adaptive/{cluster}/node/+/status", 1)],
-                                       on_message=self._on_mqtt, ca_file=ca_file)
+                                       on_message=self._on_mqtt, ca_file=ca_file,
+                                       on_disconnect=self.presence.disconnected)
         self._receiver = threading.Thread(target=self._receive_loop, name="client-results", daemon=True)
 
     def start(self, wait_s: float = 10.0) -> InferenceClient:
-        """Connect; wait until a plan and the first node's endpoint are known."""
-        self.transport.start(wait_s)
+        """Connect and wait up to ``wait_s`` until a plan and its first node's endpoint are known.
+
+        The connection is made in the background: a broker that is not up yet is a transient.
+
+        Raises:
+            AdaptiveError: Nothing usable within ``wait_s``, naming what is missing.
+        """
+        self.transport.start(None)
         self._receiver.start()
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and not self.ready():
+        while time.monotonic() < deadline and self._route()[0] is None:
             time.sleep(0.05)
-        if not self.ready():
-            raise AdaptiveError(f"no plan, or no endpoint for its first node, on cluster '{self.cluster}' "
-                                f"after {wait_s:g} s (is the controller running?)")
+        plan, _, reason = self._route()
+        if plan is None:
+            self.close()
+            why = (f"cannot reach broker {self.transport.address.url}" if not self.transport.connects
+                   else reason)
+            raise AdaptiveError(f"no usable plan on cluster '{self.cluster}' after {wait_s:g} s: {why} "
+                                "(are the controller and nodes running?)")
         return self
 
     def ready(self) -> bool:
-        """A plan is known and its first node is online."""
-        with self._lock:
-            return self.plan is not None and self.plan.devices[0] in self.endpoints
+        """A plan is known and its first node is online with an endpoint."""
+        return self._route()[0] is not None
 
     def close(self) -> None:
-        """Stop; outstanding requests are recorded as timeouts."""
+        """Stop; outstanding requests are recorded as timeouts (or errors if never sent)."""
         self._stop.set()
-        self._receiver.join(timeout=2)
+        if self._receiver.is_alive():
+            self._receiver.join(timeout=2)
         with self._lock:
-            for rid, (sent, version) in self._pending.items():
-                self.records.append(RequestRecord(rid, sent, None, version, "timeout"))
-            self._pending.clear()
+            for req in list(self._pending.values()):
+                self._finish(req, "timeout" if req.sent_at is not None else "error", None,
+                             "" if req.sent_at is not None else f"never sent: {req.reason}")
         self.transport.close()
-        for sock in self._push.values():
-            sock.close(linger=0)
+        with self._lock:
+            for sock in self._push.values():
+                sock.close(linger=0)
+            self._push.clear()
         self._pull.close(linger=0)
+        if self.curve is not None:
+            self.curve.stop_authenticator()
         self._context.term()
 
     def __enter__(self) -> InferenceClient:
@@ -153,39 +235,92 @@ class InferenceClient:
                         self.plan = plan
             elif kind == "status" and node is not None:
                 status = Status.decode(payload)
-                with self._lock:
-                    if status.state == "online" and status.data_endpoint:
-                        self.endpoints[node] = status.data_endpoint
-                    elif status.state != "online":  # (an online status without endpoint: a monitor's)
-                        self.endpoints.pop(node, None)
-        except SchemaError:
-            return
+                if status.node != node:
+                    raise SchemaError(f"status names node '{status.node}' on the topic of '{node}'")
+                self.presence.update(status)
+        except SchemaError as exc:
+            log.warning("dropped message on %s: %s", topic[:120], exc)
 
     # ------------------------------------------------------------------ requests
 
-    def send(self, x: np.ndarray | None = None) -> str:
-        """Send one request (random input by default); returns its id."""
+    def _route(self) -> tuple[PlanMessage | None, str, str]:
+        """``(plan, first node's endpoint, "")`` if a request can go out now, else ``(None, "", why)``."""
         with self._lock:
             plan = self.plan
-            endpoint = self.endpoints.get(plan.devices[0]) if plan else None
-        if plan is None or endpoint is None:
-            raise AdaptiveError("no plan or no endpoint for the first node")
+        if plan is None:
+            return None, "", "no plan yet"
+        endpoint = self.presence.endpoint(plan.devices[0])
+        if endpoint is None:
+            return None, "", f"first node '{plan.devices[0]}' has no data endpoint (offline?)"
+        offline = [n for n in _working_nodes(plan) if not self.presence.online(n)]
+        if offline:
+            return None, "", f"plan {plan.version} gives work to offline node '{offline[0]}'"
+        return plan, endpoint, ""
+
+    def send(self, x: np.ndarray | None = None) -> str:
+        """Send one request (random input by default); returns its id.
+
+        Never raises on a transient: a request that cannot go out now waits for a usable plan (up to
+        ``timeout_s``).
+        """
         array = x if x is not None else np.random.default_rng().standard_normal(self.input_shape, np.float32)
         rid = f"{self.client_id}-{next(self._ids)}"
-        sent = time.time()
-        base = Frame(kind="work", request_id=rid, client=self.client_id, reply_to=self.reply_to,
-                     version=plan.version, hop=0, position=0, shape=self.input_shape, sent_at=sent)
-        frame = tensor_frame(base, np.asarray(array, np.float32), self.codec)
+        req = _Request(rid, np.asarray(array, np.float32), time.time(), time.monotonic())
         with self._lock:
-            self._pending[rid] = (sent, plan.version)
-        with self._send_lock:  # ZeroMQ sockets are not thread-safe; send() may be called from several
-            sock = self._push.get(endpoint)
-            if sock is None:
-                sock = self._push[endpoint] = self._context.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.connect(endpoint)
-            sock.send_multipart(encode_frame(frame), copy=False)
+            self._pending[rid] = req
+            self._dispatch(req)
         return rid
+
+    def _deadline_s(self, plan: PlanMessage) -> float:
+        predicted = (plan.predicted_ms or 0.0) / 1e3
+        measured = self._srtt + 4 * self._rttvar if self._srtt is not None else 0.0
+        return max(self.min_deadline_s, self.deadline_factor * predicted, measured)
+
+    def _dispatch(self, req: _Request) -> None:
+        """Send ``req``'s next attempt if a route exists (caller holds the lock)."""
+        plan, endpoint, reason = self._route()
+        if plan is None:
+            req.in_flight, req.reason = False, reason
+            return
+        wire_id = req.rid if req.attempts == 0 else f"{req.rid}.{req.attempts}"
+        now = time.time()
+        base = Frame(kind="work", request_id=wire_id, client=self.client_id, reply_to=self.reply_to,
+                     version=plan.version, hop=0, position=0, shape=self.input_shape,
+                     sent_at=req.sent_at or now)
+        parts = encode_frame(tensor_frame(base, req.array, self.codec))
+        sock = self._push.get(endpoint)
+        if sock is None:
+            sock = self._push[endpoint] = self._context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # no connection, no queueing: the request waits here instead
+            if self.curve is not None:
+                self.curve.connect_to(sock, plan.devices[0])
+            sock.connect(endpoint)
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            req.in_flight, req.reason = False, f"cannot send to '{plan.devices[0]}': {exc}"
+            return
+        if req.attempts:
+            self.retried += 1
+        req.sent_at = req.sent_at or now
+        req.attempts += 1
+        req.wire_id = wire_id
+        req.wire_ids.append(wire_id)
+        self._wire[wire_id] = req.rid
+        req.version, req.nodes = plan.version, _working_nodes(plan)
+        req.plan = ",".join(str(x) for x in plan.splits)
+        req.attempt_sent = time.monotonic()
+        req.deadline = req.attempt_sent + self._deadline_s(plan)
+        req.in_flight = True
+
+    def _retry(self, req: _Request, reason: str) -> bool:
+        """Send ``req`` again if it has retries left (caller holds the lock)."""
+        if req.attempts > self.max_retries:
+            return False
+        req.in_flight, req.reason = False, reason
+        self._dispatch(req)
+        return True
 
     def _receive_loop(self) -> None:
         poller = zmq.Poller()
@@ -195,38 +330,77 @@ class InferenceClient:
                 parts = self._pull.recv_multipart(copy=False)
                 try:
                     frame = decode_frame([p.buffer for p in parts], DEFAULT_MAX_PAYLOAD)
-                except WireError:
+                except WireError as exc:
+                    log.warning("dropped frame: %s", exc)
                     continue
                 self._answer(frame)
-            self._expire()
+            self._tick()
 
     def _answer(self, frame: Frame) -> None:
         now = time.time()
         with self._answered:
-            entry = self._pending.pop(frame.request_id, None)
-            if entry is None:
-                return  # late or foreign
-            sent, version = entry
-            hops = " ".join(f"{n}:{e:.1f}" + (f"+q{q:.1f}" if q >= 0.05 else "") + (f"x{b}" if b > 1 else "")
-                            for n, q, e, b in frame.trace)
-            outcome = "ok" if frame.kind == "result" else "error"
-            if outcome == "ok" and self.on_result is not None:
+            req = self._pending.get(self._wire.get(frame.request_id, ""))
+            if req is None:
+                return  # late (already answered) or foreign
+            if frame.kind != "result":
+                if frame.request_id != req.wire_id:
+                    return  # an earlier attempt failed; the one in flight may still succeed
+                if frame.retry and self._retry(req, frame.error):
+                    return
+                self._finish(req, "error", round((now - (req.sent_at or now)) * 1e3, 3), frame.error,
+                             _hops(frame))
+                return
+            sample = time.monotonic() - req.attempt_sent
+            if frame.request_id == req.wire_id:
+                if self._srtt is None:
+                    self._srtt, self._rttvar = sample, sample / 2
+                else:
+                    self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+                    self._srtt = 0.875 * self._srtt + 0.125 * sample
+            if self.on_result is not None:
                 self.on_result(frame)
-            self.records.append(RequestRecord(frame.request_id, sent, round((now - sent) * 1e3, 3), version,
-                                              outcome, frame.error, hops))
-            self._answered.notify_all()
+            self._finish(req, "ok", round((now - (req.sent_at or now)) * 1e3, 3), "", _hops(frame))
 
-    def _expire(self) -> None:
-        now = time.time()
+    def _tick(self) -> None:
+        """Expire, resend and send what waits (the receive thread, every 50 ms)."""
+        now = time.monotonic()
         with self._answered:
-            for rid, (sent, version) in list(self._pending.items()):
-                if now - sent > self.timeout_s:
-                    del self._pending[rid]
-                    self.records.append(RequestRecord(rid, sent, None, version, "timeout"))
-                    self._answered.notify_all()
+            for req in list(self._pending.values()):
+                if now - req.created_mono > self.timeout_s:
+                    never = req.sent_at is None
+                    self._finish(req, "error" if never else "timeout", None,
+                                 f"never sent: {req.reason}" if never else "")
+                elif not req.in_flight:
+                    self._dispatch(req)
+                else:
+                    gone = next((n for n in req.nodes if not self.presence.online(n)), None)
+                    if gone is not None:
+                        self._retry(req, f"node '{gone}' went offline")
+                    elif now > req.deadline:
+                        self._retry(req, "no answer within its deadline")
+
+    def _finish(self, req: _Request, outcome: str, latency_ms: float | None, error: str,
+                hops: str = "") -> None:
+        """Record ``req`` once (caller holds the lock)."""
+        del self._pending[req.rid]
+        for w in req.wire_ids:
+            self._wire.pop(w, None)
+        record = RequestRecord(req.rid, req.sent_at or req.created, latency_ms, req.version, outcome, error,
+                               hops, max(req.attempts - 1, 0), req.plan)
+        self.records.append(record)
+        if self.on_record is not None:
+            try:
+                self.on_record(record)
+            except Exception:  # a sink's bug must not stop the client; the record stays in .records
+                log.exception("on_record failed")
+        self._answered.notify_all()
+
+    def halt(self) -> None:
+        """Make :meth:`run` stop sending (e.g. on a signal); what is in flight still completes."""
+        self._halt.set()
 
     def outstanding(self) -> int:
-        """Requests sent and not yet answered."""
+        """Requests sent (or waiting to be) and not yet recorded."""
         with self._lock:
             return len(self._pending)
 
@@ -240,21 +414,79 @@ class InferenceClient:
         end = time.monotonic() + duration_s
         if rate_hz:
             period, next_at = 1.0 / rate_hz, time.monotonic()
-            while time.monotonic() < end and not self._stop.is_set():
+            while time.monotonic() < end and not self._halt.is_set():
                 self.send()
                 next_at += period
                 time.sleep(max(0.0, next_at - time.monotonic()))
         else:
-            while time.monotonic() < end and not self._stop.is_set():
+            while time.monotonic() < end and not self._halt.is_set():
                 with self._answered:
-                    while len(self._pending) >= concurrency and not self._stop.is_set():
+                    while len(self._pending) >= concurrency and not self._halt.is_set():
                         self._answered.wait(0.1)
-                if time.monotonic() < end:
+                if time.monotonic() < end and not self._halt.is_set():
                     self.send()
         deadline = time.monotonic() + self.timeout_s + 1
         while self.outstanding() and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.records[first:]
+
+
+def _working_nodes(plan: PlanMessage) -> tuple[str, ...]:
+    """Nodes a plan gives blocks to.
+
+    The first always (it receives the input); the last unless the plan says the model ends at its split.
+    """
+    bounds = [0, *plan.splits, plan.num_blocks or math.inf]
+    return tuple(n for i, n in enumerate(plan.devices) if i == 0 or bounds[i + 1] > bounds[i])
+
+
+def _hops(frame: Frame) -> str:
+    return " ".join(f"{n}:{e:.1f}" + (f"+q{q:.1f}" if q >= 0.05 else "") + (f"x{b}" if b > 1 else "")
+                    for n, q, e, b in frame.trace)
+
+
+class RecordWriter:
+    """Appends each record to a CSV or JSONL file as it completes.
+
+    Each record is flushed, so a crash loses nothing already answered. Use as
+    ``InferenceClient(on_record=writer)``; thread-safe.
+
+    Args:
+        path: ``.jsonl`` for JSON lines, anything else for CSV (a header is written first).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._fh: io.TextIOBase = self.path.open("w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise AdaptiveError(f"cannot write records to '{path}': {exc.strerror or exc}") from None
+        self._jsonl = self.path.suffix == ".jsonl"
+        self._csv = None if self._jsonl else csv.DictWriter(self._fh, fieldnames=_FIELDS)
+        if self._csv is not None:
+            self._csv.writeheader()
+            self._fh.flush()
+        self._lock = threading.Lock()
+        self.written = 0
+
+    def __call__(self, record: RequestRecord) -> None:
+        """Append one record and flush it to the OS."""
+        with self._lock:
+            if self._jsonl:
+                self._fh.write(json.dumps(asdict(record)) + "\n")
+            else:
+                assert self._csv is not None
+                self._csv.writerow(asdict(record))
+            self._fh.flush()
+            self.written += 1
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._fh.close()
+
+
+_FIELDS = list(RequestRecord.__dataclass_fields__)
 
 
 def write_records(records: Iterable[RequestRecord], path: str | Path) -> None:
@@ -265,6 +497,6 @@ def write_records(records: Iterable[RequestRecord], path: str | Path) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         return
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(RequestRecord.__dataclass_fields__))
+        writer = csv.DictWriter(fh, fieldnames=_FIELDS)
         writer.writeheader()
         writer.writerows(rows)

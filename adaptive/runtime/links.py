@@ -13,9 +13,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
+from adaptive.errors import AdaptiveError
 from adaptive.runtime.shaping import LinkShaper
 from adaptive.runtime.wire import Frame, encode_frame
 
@@ -38,11 +40,17 @@ class OutLink:
             ``wire_s`` the emulated link's wire time (None when not shaped).
         on_failed: ``on_failed(frame, reason)`` when a frame cannot be sent.
         max_queue: Frames waiting at most; beyond it :meth:`send` refuses.
+        send_timeout_ms: A frame that cannot be handed to a connected peer within this fails, and
+            so does every frame queued behind it (the peer is gone), ms.
+        curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`): the link authenticates as
+            a client of ``peer``, whose public key it pins.
+        peer: Id of the receiver (its key name), with ``curve``.
     """
 
     def __init__(self, context: zmq.Context, endpoint: str, shaper: LinkShaper | None = None,
                  on_sent: SentCallback | None = None,
-                 on_failed: Callable[[Frame, str], None] | None = None, max_queue: int = 1000) -> None:
+                 on_failed: Callable[[Frame, str], None] | None = None, max_queue: int = 1000,
+                 send_timeout_ms: int = 1000, curve: Any = None, peer: str = "") -> None:
         self.endpoint = endpoint
         self.shaper = shaper
         self.on_sent = on_sent
@@ -51,7 +59,12 @@ class OutLink:
         self._socket = context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.SNDHWM, 1000)
-        self._socket.setsockopt(zmq.SNDTIMEO, 5000)
+        # queue only on a live connection: frames for a dead peer fail (and are answered) instead of
+        # waiting in ZeroMQ's buffer for a process that may never come back
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        self._socket.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
+        if curve is not None:
+            curve.connect_to(self._socket, peer)  # AdaptiveError when the peer has no key: nothing sent
         self._socket.connect(endpoint)
         self._thread = threading.Thread(target=self._run, name=f"out-{endpoint}", daemon=True)
         self._thread.start()
@@ -85,34 +98,57 @@ class OutLink:
                 self._socket.send_multipart(parts, copy=False)
             except zmq.ZMQError as exc:
                 log.warning("cannot send to %s: %s", self.endpoint, exc)
-                if self.on_failed is not None:
-                    self.on_failed(frame, f"cannot reach {self.endpoint}: {exc}")
+                if not self._fail([frame], f"cannot reach {self.endpoint}: {exc}"):
+                    break
                 continue
             if self.on_sent is not None:
                 self.on_sent(self.endpoint, frame, nbytes, time.monotonic() - started, wire_s)
         self._socket.close()
 
+    def _fail(self, frames: list[Frame], reason: str) -> bool:
+        """Fail ``frames`` and everything queued behind them; False if :meth:`close` was asked."""
+        stop = False
+        while True:
+            try:
+                queued = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if queued is None:
+                stop = True
+                break
+            frames.append(queued)
+        if self.on_failed is not None:
+            for f in frames:
+                self.on_failed(f, reason)
+        return not stop
+
 
 class Outbox:
-    """Lazily created :class:`OutLink` per endpoint, sharing one shaper and callbacks."""
+    """Lazily created :class:`OutLink` per endpoint, sharing one shaper, callbacks and CURVE keys."""
 
     def __init__(self, context: zmq.Context, shaper: LinkShaper | None = None,
                  on_sent: SentCallback | None = None,
-                 on_failed: Callable[[Frame, str], None] | None = None) -> None:
+                 on_failed: Callable[[Frame, str], None] | None = None, curve: Any = None) -> None:
         self.context = context
+        self.curve = curve
         self.shaper = shaper
         self.on_sent = on_sent
         self.on_failed = on_failed
         self._links: dict[str, OutLink] = {}
         self._lock = threading.Lock()
 
-    def send(self, endpoint: str, frame: Frame) -> bool:
-        """Queue ``frame`` for ``endpoint``."""
+    def send(self, endpoint: str, frame: Frame, peer: str = "") -> bool:
+        """Queue ``frame`` for ``endpoint``, where ``peer`` (a node or client id) listens."""
         with self._lock:
             link = self._links.get(endpoint)
             if link is None:
-                link = self._links[endpoint] = OutLink(self.context, endpoint, self.shaper,
-                                                       self.on_sent, self.on_failed)
+                try:
+                    link = OutLink(self.context, endpoint, self.shaper, self.on_sent, self.on_failed,
+                                   curve=self.curve, peer=peer)
+                except AdaptiveError as exc:
+                    log.warning("cannot open a link to %s: %s", endpoint, exc)
+                    return False
+                self._links[endpoint] = link
         return link.send(frame)
 
     def close(self) -> None:

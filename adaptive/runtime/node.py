@@ -41,6 +41,7 @@ from adaptive.runtime.links import Outbox
 from adaptive.runtime.shaping import LinkShaper
 from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
 from adaptive.zoo import build_model, default_input_shape
+from monitor.presence import Presence
 from monitor.schema import (
     Ack,
     Message,
@@ -133,6 +134,8 @@ def check_plan(plan: PlanMessage, model: str, num_blocks: int, known: set[str],
     online = known if online is None else online
     if plan.model != model:
         return f"plan is for model '{plan.model}' but this node holds '{model}'"
+    if plan.num_blocks and plan.num_blocks != num_blocks:
+        return f"plan says the model has {plan.num_blocks} blocks but this node's has {num_blocks}"
     for node in plan.devices:
         if node not in known:
             return f"plan names unknown node '{node}'"
@@ -162,19 +165,23 @@ class NodeRuntime:
         broker: MQTT broker.
         agent: Optional in-process monitor agent told about every transfer (passive bandwidth).
         ca_file: CA bundle for an ``mqtts://`` broker.
+        curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`) for an authenticated,
+            encrypted data plane; None for plain TCP.
+        metrics: Prometheus metrics (:class:`adaptive.runtime.metrics.NodeMetrics`), or None.
     """
 
     def __init__(self, config: NodeConfig, broker: BrokerAddress, agent: Any = None,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, curve: Any = None, metrics: Any = None) -> None:
         self.config = config
+        self.curve = curve
+        self.metrics = metrics
         self.broker = broker
         self.ca_file = ca_file
         self.agent = agent
         self.shaper = (LinkShaper(config.uplink_mbps or config.uplink_trace[0], config.uplink_delay_ms)
                        if (config.uplink_mbps or config.uplink_trace) else None)
         self.plans: dict[int, PlanMessage] = {}
-        self.peers: dict[str, str] = {}  # node id -> data endpoint of online peers
-        self._seen: set[str] = set()  # every node that ever announced a status (online or not)
+        self.presence = Presence()  # peers' statuses and data endpoints
         self.endpoint = ""
         self.processed = 0
         self.rejected = 0
@@ -203,6 +210,9 @@ class NodeRuntime:
         self._context = zmq.Context()
         self._pull = self._context.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 1000)
+        if self.curve is not None:  # only authorised keys complete the handshake; others never reach us
+            self.curve.start_authenticator(self._context)
+            self.curve.serve(self._pull)
         # hard guard against memory exhaustion; sizes below it are checked with an error reply
         self._pull.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_payload_bytes + 8192)
         try:
@@ -211,20 +221,26 @@ class NodeRuntime:
                 self._pull.bind(f"tcp://{cfg.bind}:{cfg.port}")
         except zmq.ZMQError as exc:
             self._pull.close(linger=0)
+            if self.curve is not None:
+                self.curve.stop_authenticator()
             self._context.term()
             self._context = None
             raise AdaptiveError(f"cannot bind the data socket on {cfg.bind}:{cfg.port or 'any port'}: "
                                 f"{exc}") from None
         self.endpoint = f"tcp://{cfg.advertise}:{port}"
-        self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed)
+        self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed, self.curve)
         base = f"adaptive/{cfg.cluster}"
         self.transport = MqttTransport(
             self.broker, client_id=f"node-{cfg.cluster}-{cfg.node}", will=self._status("offline"),
             on_connect_messages=lambda: [self._status("online")],
             subscriptions=[(plan_topic(cfg.cluster), 1), (f"{base}/node/+/status", 1),
                            (f"{base}/emulation", 1)],
-            on_message=self._on_mqtt, ca_file=self.ca_file)
+            on_message=self._on_mqtt, ca_file=self.ca_file, on_disconnect=self.presence.disconnected)
         self.transport.start(wait_s)
+        if self.metrics is not None:
+            shaper = self.shaper
+            self.metrics.watch(self._work.qsize, lambda: len(self.presence.endpoints()),
+                               (lambda: shaper.rate_mbps) if shaper is not None else None)
         for target, name in ((self._receive_loop, "receive"), (self._work_loop, "work"),
                              (self._stats_loop, "stats"), (self._trace_loop, "trace")):
             t = threading.Thread(target=target, name=f"{cfg.node}-{name}", daemon=True)
@@ -242,6 +258,8 @@ class NodeRuntime:
         if self._context is not None:
             self.outbox.close()
             self._pull.close(linger=0)
+            if self.curve is not None:
+                self.curve.stop_authenticator()
             self._context.term()
 
     def _status(self, state: str) -> Message:
@@ -260,12 +278,9 @@ class NodeRuntime:
             _, kind, node = parse_topic(topic)
             if kind == "status" and node is not None:
                 status = Status.decode(payload)
-                with self._lock:
-                    self._seen.add(node)
-                    if status.state == "online" and status.data_endpoint:
-                        self.peers[node] = status.data_endpoint
-                    elif status.state != "online":  # (an online status without endpoint: a monitor's)
-                        self.peers.pop(node, None)
+                if status.node != node:
+                    raise SchemaError(f"status names node '{status.node}' on the topic of '{node}'")
+                self.presence.update(status)
             elif kind == "plan" and payload:
                 self._apply_plan(PlanMessage.decode(payload))
         except SchemaError as exc:
@@ -303,9 +318,8 @@ class NodeRuntime:
 
     def _apply_plan(self, plan: PlanMessage) -> None:
         cfg = self.config
-        with self._lock:
-            online = set(self.peers) | {cfg.node}
-            known = self._seen | online
+        online = set(self.presence.endpoints()) | {cfg.node}
+        known = self.presence.seen() | online
         error = check_plan(plan, cfg.model, self.part.num_blocks, known, online)
         if not error:
             with self._plan_arrived:
@@ -315,6 +329,8 @@ class NodeRuntime:
                 self._plan_arrived.notify_all()
         else:
             log.warning("rejected plan %d: %s", plan.version, error)
+        if self.metrics is not None:
+            self.metrics.plan(plan.version, not error)
         ack = Ack(node=cfg.node, version=plan.version, ok=not error, ts=time.time(), error=error)
         assert self.transport is not None
         self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
@@ -345,6 +361,8 @@ class NodeRuntime:
                 frame = decode_frame(buffers, self.config.max_payload_bytes)
             except WireError as exc:
                 self.rejected += 1
+                if self.metrics is not None:
+                    self.metrics.frame("rejected")
                 self._reply_to_malformed(buffers, str(exc))
                 continue
             except Exception:  # a decoder bug must not stop the node: drop the frame, keep serving
@@ -357,7 +375,7 @@ class NodeRuntime:
             try:
                 self._work.put_nowait((time.monotonic(), frame))
             except queue.Full:
-                self._reply(frame.error_reply(f"node {self.config.node} is overloaded"))
+                self._reply(frame.error_reply(f"node {self.config.node} is overloaded", retry=True))
 
     def _reply_to_malformed(self, parts: list[memoryview], message: str) -> None:
         """Best effort: answer the client named in a header that parses, even if the frame is bad."""
@@ -374,17 +392,19 @@ class NodeRuntime:
                           version=0, hop=0, position=0, shape=(0,),
                           error=f"node {self.config.node} rejected a frame: {message}")
             if h["reply_to"].startswith("tcp://"):
-                self.outbox.send(frame.reply_to, frame)
+                self.outbox.send(frame.reply_to, frame, frame.client)
         except (TypeError, ValueError):
             return
 
     def _reply(self, frame: Frame) -> None:
-        if not self.outbox.send(frame.reply_to, frame):
+        if self.metrics is not None and frame.kind == "error":
+            self.metrics.frame("error")
+        if not self.outbox.send(frame.reply_to, frame, frame.client):
             log.warning("cannot answer %s: queue full", frame.reply_to)
 
     def _on_send_failed(self, frame: Frame, reason: str) -> None:
         if frame.kind == "work":
-            self._reply(frame.error_reply(reason))
+            self._reply(frame.error_reply(reason, retry=True))
 
     def _on_sent(self, endpoint: str, frame: Frame, nbytes: int, seconds: float,
                  wire_s: float | None) -> None:
@@ -401,11 +421,7 @@ class NodeRuntime:
             self.agent.observe_transfer(successor, nbytes, wire_s, link_level=True)
 
     def _node_at(self, endpoint: str) -> str:
-        with self._lock:
-            for node, ep in self.peers.items():
-                if ep == endpoint:
-                    return node
-        return "unknown"
+        return next((n for n, ep in self.presence.endpoints().items() if ep == endpoint), "unknown")
 
     def _work_loop(self) -> None:
         """Take frames in arrival order; batch those of the same stage that arrive within the window."""
@@ -447,7 +463,7 @@ class NodeRuntime:
         if plan is None:
             for f in batch:
                 self._reply(f.error_reply(f"plan version {head.version} is unknown or expired on "
-                                          f"node {self.config.node}"))
+                                          f"node {self.config.node}", retry=True))
             return
         L = self.part.num_blocks
         bounds = [0, *plan.splits, L]
@@ -455,7 +471,7 @@ class NodeRuntime:
         if h >= len(plan.devices) or plan.devices[h] != self.config.node or head.position != bounds[h]:
             for f in batch:
                 self._reply(f.error_reply(f"misrouted: node {self.config.node} got hop {f.hop} at "
-                                          f"position {f.position} of plan {plan.version}"))
+                                          f"position {f.position} of plan {plan.version}", retry=True))
             return
         start, stop = bounds[h], bounds[h + 1]
         try:
@@ -472,19 +488,23 @@ class NodeRuntime:
         with self._lock:
             self._stats.stages[(plan.version, start, stop, len(batch))].append(spent * 1e3)
             self.processed += len(batch)
+        label = ",".join(str(s) for s in plan.splits)
+        if self.metrics is not None:
+            self.metrics.executed(label, spent, [q / 1e3 for q in queued_ms])
         nxt = next((j for j in range(h + 1, len(plan.devices)) if bounds[j + 1] > bounds[j]), None)
         for i, f in enumerate(batch):
             out = y[i : i + 1] if len(batch) > 1 else y
             trace = (*f.trace, (self.config.node, queued_ms[i], round(spent * 1e3, 3), len(batch)))
             if nxt is None:
                 self._reply(tensor_frame(f, out, kind="result", position=L, trace=trace))
+                if self.metrics is not None:
+                    self.metrics.finished(label, f.sent_at)
                 continue
             codec = plan.codecs[nxt - 1] if plan.codecs else "none"
             frame = tensor_frame(f, out, codec, hop=nxt, position=stop, trace=trace)
-            with self._lock:
-                endpoint = self.peers.get(plan.devices[nxt])
-            if endpoint is None or not self.outbox.send(endpoint, frame):
-                self._reply(f.error_reply(f"next node {plan.devices[nxt]} is unreachable"))
+            endpoint = self.presence.endpoint(plan.devices[nxt])
+            if endpoint is None or not self.outbox.send(endpoint, frame, plan.devices[nxt]):
+                self._reply(f.error_reply(f"next node {plan.devices[nxt]} is unreachable", retry=True))
 
     def _pad(self, start: int, stop: int, batch: int, compute_s: float) -> float:
         """Sleep so the stage takes what the emulated device would; return the stage time, s."""

@@ -11,7 +11,9 @@ Header fields: ``v`` (1), ``kind`` (``work``, ``result``, ``error``), ``id`` (re
 ``client``, ``reply_to`` (the client's ``tcp://`` endpoint), ``version`` (plan version), ``hop``
 (index in the plan's device list of the node that must process it), ``position`` (split position of
 the activation, 0..L), ``shape``, ``codec`` (``none``, ``fp16``, ``int8``), ``params`` (codec
-parameters), ``sent_at`` (client send time, Unix s), ``error`` (for ``error`` frames), ``trace``
+parameters), ``sent_at`` (client send time, Unix s), ``error`` (for ``error`` frames), ``retry``
+(optional, ``error`` frames: true when the failure is transient — a node died or is unreachable,
+the plan changed, a queue was full — so the client may send the request again), ``trace``
 (per-node timing records ``[node, queue_ms, exec_ms, batch]``).
 """
 
@@ -57,6 +59,7 @@ class Frame:
         params: Codec parameters.
         sent_at: Client send time, Unix s.
         error: Error message (``error`` frames).
+        retry: The error is transient: the request may be sent again (``error`` frames).
         trace: Timing records ``[node, queue_ms, exec_ms, batch]`` appended by each node.
         payload: Encoded tensor bytes.
     """
@@ -73,6 +76,7 @@ class Frame:
     params: tuple[float, ...] = ()
     sent_at: float = 0.0
     error: str = ""
+    retry: bool = False
     trace: tuple[tuple[str, float, float, int], ...] = ()
     payload: bytes | memoryview = field(default=b"", repr=False)
 
@@ -83,10 +87,10 @@ class Frame:
         except AdaptiveError as exc:
             raise WireError(str(exc)) from None
 
-    def error_reply(self, message: str) -> Frame:
-        """An ``error`` frame for this request's client."""
-        return replace(self, kind="error", error=message[:300], shape=(0,), codec="none", params=(),
-                       payload=b"")
+    def error_reply(self, message: str, retry: bool = False) -> Frame:
+        """An ``error`` frame for this request's client (``retry``: the failure is transient)."""
+        return replace(self, kind="error", error=message[:300], retry=retry, shape=(0,), codec="none",
+                       params=(), payload=b"")
 
 
 def tensor_frame(base: Frame, array: np.ndarray, codec: str = "none", **changes: Any) -> Frame:
@@ -103,6 +107,8 @@ def encode_frame(frame: Frame) -> list[bytes]:
               "position": frame.position, "shape": list(frame.shape), "codec": frame.codec,
               "params": list(frame.params), "sent_at": frame.sent_at, "error": frame.error,
               "trace": [list(t) for t in frame.trace]}
+    if frame.retry:
+        header["retry"] = True
     raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if len(raw) > MAX_HEADER_BYTES:
         raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
@@ -172,6 +178,9 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
     sent_at = h.get("sent_at", 0.0)
     if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
         raise WireError("header field 'sent_at': expected a number")
+    retry = h.get("retry", False)
+    if not isinstance(retry, bool):
+        raise WireError(f"header field 'retry': expected true or false, found {retry!r}"[:160])
     expected = codecs.payload_bytes(codec, shape) if kind != "error" else 0
     if len(payload) > max_payload:
         raise WireError(f"payload of {len(payload)} bytes exceeds the limit of {max_payload}")
@@ -182,6 +191,6 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
                  reply_to=_str(h, "reply_to", limit=128), version=_int(h, "version", 0, 2**31),
                  hop=_int(h, "hop", 0, 63), position=_int(h, "position", 0, 100_000),
                  shape=tuple(shape), codec=codec, params=tuple(float(p) for p in params),
-                 sent_at=float(sent_at), error=_str(h, "error"),
+                 sent_at=float(sent_at), error=_str(h, "error"), retry=retry,
                  trace=tuple((t[0], float(t[1]), float(t[2]), t[3]) for t in trace),
                  payload=payload)

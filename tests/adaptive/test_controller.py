@@ -137,7 +137,7 @@ def test_forged_and_malformed_stats_are_dropped(cluster):
         ctl.close()
 
 
-def test_missing_acks_are_flagged_after_the_timeout():
+def test_plans_not_applied_are_flagged_after_the_timeout():
     from adaptive.controller import Decision
     from monitor.transport import BrokerAddress
 
@@ -149,7 +149,8 @@ def test_missing_acks_are_flagged_after_the_timeout():
     ctl.check_acks(now=101.0)
     assert d.missing == ()  # not yet
     ctl.check_acks(now=102.5)
-    assert d.missing == ("jetson2",)  # jetson answered (with a refusal); jetson2 did not
+    assert d.missing == ("jetson", "jetson2")  # jetson refused it, jetson2 did not answer
+    assert ctl.decisions == [d]  # re-issued only while the broker is there: nobody would hear it
 
 
 def test_bad_controller_config():

@@ -37,7 +37,7 @@ def cluster():
     control = MqttTransport(url, "test-control", subscriptions=[(f"adaptive/{CLUSTER}/node/+/ack", 1)],
                             on_message=lambda t, p: acks.append(Ack.decode(p))).start()
     deadline = time.monotonic() + 10
-    while any(set(NODES) - set(n.peers) for n in nodes) and time.monotonic() < deadline:
+    while any(set(NODES) - set(n.presence.endpoints()) for n in nodes) and time.monotonic() < deadline:
         time.sleep(0.05)
     state = {"url": url, "nodes": nodes, "control": control, "acks": acks, "version": 0}
     yield state
