@@ -1,0 +1,326 @@
+"""Soak: the live system for a long run, with plan switches every few seconds and node kills.
+
+Processes, all real: an MQTT broker (Mosquitto if installed, else the embedded one), three node
+runtimes with in-process monitors (``pi`` emulating a Raspberry Pi 4 with an emulated uplink,
+``jetson`` and ``jetson2``), the controller (greedy policy) and an open-loop client writing its
+records to disk. Every ``--switch-every`` seconds the pi's uplink flips between ``--low`` and
+``--high`` Mbit/s, so the controller moves the split; every ``--kill-every`` seconds the accelerator
+that holds the work is killed with SIGKILL and started again.
+
+It reports lost requests (anything not answered ``ok``, and anything sent but not on disk), the RSS
+growth of every process from the end of its warm-up to the end of its life, and p99 latency per
+window. Usage:
+
+    python benchmarks/bench_soak.py [--minutes 30] [--kill-every 300] [--rate 5] [--out runs/soak]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from monitor.schema import Message, PlanMessage, plan_topic
+from monitor.transport import MqttTransport, parse_broker_url
+
+CLUSTER, MODEL = "soak", "resnet20_cifar"
+CHAIN = [("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A process and its RSS samples (one incarnation)."""
+
+    def __init__(self, name: str, popen: subprocess.Popen) -> None:
+        self.name, self.popen, self.started = name, popen, time.monotonic()
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, RSS MB)
+
+    def sample(self) -> None:
+        """Record the current RSS."""
+        try:
+            rss = psutil.Process(self.popen.pid).memory_info().rss / 2**20
+        except psutil.Error:
+            return
+        self.samples.append((time.monotonic() - self.started, rss))
+
+    def growth(self, warmup_s: float) -> tuple[float, float, float] | None:
+        """(RSS at the end of warm-up, at the end, growth %), None if it did not outlive its warm-up."""
+        later = [(t, r) for t, r in self.samples if t >= warmup_s]
+        if len(later) < 2:
+            return None
+        base, end = later[0][1], later[-1][1]
+        return base, end, 100 * (end / base - 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--kill-every", type=float, default=300.0, help="seconds between node kills")
+    ap.add_argument("--switch-every", type=float, default=4.0, help="seconds between uplink flips")
+    ap.add_argument("--low", type=float, default=2.0)
+    ap.add_argument("--high", type=float, default=50.0)
+    ap.add_argument("--rate", type=float, default=5.0, help="requests per second")
+    ap.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS growth is measured")
+    ap.add_argument("--window", type=float, default=300.0, help="seconds per p99 window")
+    ap.add_argument("--out", default="runs/soak")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="soak-"))
+    duration = args.minutes * 60
+
+    port = free_port()
+    if shutil.which("mosquitto"):
+        (tmp / "mosquitto.conf").write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        )
+        broker_cmd = ["mosquitto", "-c", str(tmp / "mosquitto.conf")]
+    else:
+        broker_cmd = [sys.executable, "-m", "adaptive", "broker", "--port", str(port)]
+    url = f"mqtt://127.0.0.1:{port}"
+    procs: list[Proc] = []
+    live: dict[str, Proc] = {}
+
+    def spawn(name: str, cmd: list[str]) -> Proc:
+        log = (out / f"{name}.log").open("a")
+        p = Proc(name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(p)
+        live[name] = p
+        return p
+
+    spawn("broker", broker_cmd)
+    time.sleep(1.0)
+    probe = {n: free_port() for n, _ in CHAIN}
+
+    def node_cmd(i: int) -> list[str]:
+        name, device = CHAIN[i]
+        cmd = [
+            sys.executable,
+            "-m",
+            "adaptive",
+            "node",
+            "--node",
+            name,
+            "--broker",
+            url,
+            "--cluster",
+            CLUSTER,
+            "--model",
+            MODEL,
+            "--device",
+            device,
+            "--emulate",
+            device,
+            "--monitor",
+            "--probe-port",
+            str(probe[name]),
+            "--interval",
+            "1",
+            "--probe-interval",
+            "1",
+            "--uplink-mbps",
+            str(args.high) if i == 0 else "1000",
+        ]
+        if i + 1 < len(CHAIN):
+            cmd += ["--peers", f"{CHAIN[i + 1][0]}=127.0.0.1:{probe[CHAIN[i + 1][0]]}"]
+        return cmd
+
+    for i, (name, _) in enumerate(CHAIN):
+        spawn(name, node_cmd(i))
+    config = tmp / "controller.yaml"
+    config.write_text(
+        f"model_profile: {MODEL}\ncluster: {CLUSTER}\ninterval_s: 0.5\nmin_dwell_s: 1\n"
+        "chain:\n" + "".join(f"  - {{node: {n}, device: {d}}}\n" for n, d in CHAIN)
+    )
+    spawn(
+        "controller",
+        [
+            sys.executable,
+            "-m",
+            "adaptive",
+            "controller",
+            "--broker",
+            url,
+            "--config",
+            str(config),
+            "--policy",
+            "greedy",
+        ],
+    )
+    records = out / "requests.csv"
+    client = spawn(
+        "client",
+        [
+            sys.executable,
+            "-m",
+            "adaptive",
+            "client",
+            "--broker",
+            url,
+            "--cluster",
+            CLUSTER,
+            "--model",
+            MODEL,
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(duration),
+            "--out",
+            str(records),
+            "--timeout",
+            "20",
+            "--wait",
+            "180",
+        ],
+    )
+    plans: list[PlanMessage] = []
+    control = MqttTransport(
+        parse_broker_url(url),
+        "soak-control",
+        subscriptions=[(plan_topic(CLUSTER), 1)],
+        on_message=lambda t, p: plans.append(PlanMessage.decode(p)) if p else None,
+    )
+    control.start(30)
+    while not records.exists() or records.stat().st_size < 200:  # serving
+        if client.popen.poll() is not None:
+            raise SystemExit(f"client exited early; see {out}/client.log")
+        time.sleep(0.5)
+    t0 = time.monotonic()
+    kills: list[tuple[float, str]] = []
+    next_switch, next_kill, next_sample, high = t0, t0 + args.kill_every, t0, True
+    print(
+        f"soak: {args.minutes:g} min, uplink {args.low:g}<->{args.high:g} Mbit/s "
+        f"every {args.switch_every:g} s, "
+        f"a kill every {args.kill_every:g} s; logs in {out}",
+        flush=True,
+    )
+    try:
+        while client.popen.poll() is None:
+            now = time.monotonic()
+            if now >= next_switch:
+                high = not high
+                rate = args.high if high else args.low
+                control.publish(
+                    Message(
+                        f"adaptive/{CLUSTER}/emulation", json.dumps({"v": 1, "uplink_mbps": rate}).encode(), 1
+                    )
+                )
+                next_switch += args.switch_every
+            if now >= next_kill and now - t0 < duration - 30:
+                plan = plans[-1] if plans else None
+                bounds = [0, *(plan.splits if plan else ()), 10**6]
+                working = (
+                    [n for i, n in enumerate(plan.devices) if i and bounds[i + 1] > bounds[i]] if plan else []
+                )
+                victim = working[-1] if working else "jetson"
+                os.kill(live[victim].popen.pid, signal.SIGKILL)
+                live[victim].popen.wait()
+                kills.append((now - t0, victim))
+                print(
+                    f"  {now - t0:7.0f} s: killed {victim} (plan {plan.splits if plan else '-'}), restarting",
+                    flush=True,
+                )
+                spawn(victim, node_cmd([n for n, _ in CHAIN].index(victim)))
+                next_kill += args.kill_every
+            if now >= next_sample:
+                for p in live.values():
+                    p.sample()
+                next_sample += 5.0
+            time.sleep(0.1)
+    finally:
+        control.close()
+        for p in live.values():
+            if p.name != "client" and p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        for p in live.values():
+            try:
+                p.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+
+    with records.open() as f:
+        rows = list(csv.DictReader(f))
+    summary_line = (out / "client.log").read_text().strip().splitlines()[-1]
+    sent = int(summary_line.split()[0]) if summary_line.split()[0].isdigit() else None
+    ok = [r for r in rows if r["outcome"] == "ok"]
+    lost = len(rows) - len(ok) + ((sent - len(rows)) if sent is not None else 0)
+    start = min(float(r["sent_at"]) for r in rows)
+    windows = []
+    for w in range(int(np.ceil(duration / args.window))):
+        lat = [
+            float(r["latency_ms"])
+            for r in ok
+            if w * args.window <= float(r["sent_at"]) - start < (w + 1) * args.window
+        ]
+        if lat:
+            windows.append(
+                {
+                    "window": w,
+                    "from_s": w * args.window,
+                    "requests": len(lat),
+                    "median_ms": round(float(np.median(lat)), 1),
+                    "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                }
+            )
+    memory = []
+    for p in procs:
+        g = p.growth(args.warmup)
+        if g is not None:
+            memory.append(
+                {
+                    "process": p.name,
+                    "lived_s": round(p.samples[-1][0]),
+                    "rss_after_warmup_mb": round(g[0], 1),
+                    "rss_end_mb": round(g[1], 1),
+                    "growth_pct": round(g[2], 2),
+                }
+            )
+    result = {
+        "minutes": args.minutes,
+        "rate_hz": args.rate,
+        "requests": len(rows),
+        "sent": sent,
+        "lost": lost,
+        "retried": sum(int(r["retries"]) > 0 for r in rows),
+        "kills": kills,
+        "plan_versions": len({r["version"] for r in rows}),
+        "windows": windows,
+        "memory": memory,
+        "max_rss_growth_pct": max(m["growth_pct"] for m in memory) if memory else None,
+    }
+    (out / "soak.json").write_text(json.dumps(result, indent=1))
+    print(
+        f"\n{len(rows)} requests on disk ({sent} sent), lost {lost}, retried {result['retried']}, "
+        f"{result['plan_versions']} plan versions, {len(kills)} kills"
+    )
+    print(f"{'window':>8}{'requests':>10}{'median ms':>11}{'p99 ms':>9}")
+    for w in windows:
+        print(f"{w['from_s'] / 60:>6.1f}m{w['requests']:>10}{w['median_ms']:>11}{w['p99_ms']:>9}")
+    print(f"{'process':<12}{'lived s':>8}{'RSS MB after warm-up':>22}{'at end':>8}{'growth':>8}")
+    for m in memory:
+        print(
+            f"{m['process']:<12}{m['lived_s']:>8}{m['rss_after_warmup_mb']:>22}{m['rss_end_mb']:>8}"
+            f"{m['growth_pct']:>7.1f}%"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
