@@ -96,6 +96,11 @@ class NodeMetrics:
                                   ["node"], registry=r)
         self.uplink = Gauge("adaptive_node_uplink_mbps", "Emulated uplink rate (emulated clusters only)",
                             ["node"], registry=r)
+        for outcome in ("processed", "rejected", "error"):  # every series present from the start, at 0
+            self.frames.labels(node, outcome)
+        for series in (self.queue_wait, self.batch, self.plan_version, self.plan_switches,
+                       self.plans_rejected):
+            series.labels(node)
 
     def watch(self, queue_depth: Callable[[], float], peers: Callable[[], float],
               uplink: Callable[[], float] | None) -> None:

@@ -46,6 +46,7 @@ def parts(**header):
     (parts(id="a/b"), "'id'"),
     (parts(version=-1), "'version'"),
     (parts(trace=[[1, 2, 3]]), "trace"),
+    (parts(retry="yes"), "'retry'"),
     (parts(trace=[["pi", "slow", 1.0, 1]]), "trace"),
     (parts(trace=[["pi", 0.0, 1.0, 1e400]]), "trace"),
     (parts(shape=[2**30] * 8), "truncated or inconsistent"),  # huge product: no int64 overflow
@@ -61,7 +62,7 @@ def test_oversized_payload_is_refused_before_decoding():
         decode_frame(encode_frame(frame), max_payload=1000)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(st.binary(max_size=200), min_size=0, max_size=3))
 def test_random_bytes_only_raise_wire_error(raw):
     try:
@@ -76,10 +77,10 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                                                                                 max_size=4),
                     max_leaves=12)
 FIELDS = ["v", "kind", "id", "client", "reply_to", "version", "hop", "position", "shape", "codec", "params",
-          "sent_at", "error", "trace"]
+          "sent_at", "error", "trace", "retry"]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=5), st.binary(max_size=64))
 def test_any_value_in_any_header_field_only_raises_wire_error(fields, payload):
     """A well-formed header with arbitrary JSON values: a node must never see anything but WireError."""
@@ -89,3 +90,11 @@ def test_any_value_in_any_header_field_only_raises_wire_error(fields, payload):
     except WireError:
         return
     assert isinstance(frame, Frame)
+
+
+def test_transient_errors_say_so_on_the_wire():
+    base = Frame(kind="work", request_id="r1", client="c", reply_to="tcp://h:1", version=1, hop=0, position=0,
+                 shape=(1,))
+    for retry in (True, False):
+        back = decode_frame(encode_frame(base.error_reply("node x is unreachable", retry=retry)))
+        assert back.kind == "error" and back.retry is retry and back.error == "node x is unreachable"

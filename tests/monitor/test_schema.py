@@ -37,7 +37,7 @@ TELEMETRY = Telemetry(node="pi-1", ts=1.7e9, seq=3, cpu_percent=12.5, per_core=(
 RECORDS = {
     "telemetry": TELEMETRY,
     "status": Status("pi-1", "online", 1.7e9, "raspberry-pi-4", "cpu", 4000.0, "tcp://pi:5555", "pi:7300"),
-    "plan": PlanMessage(7, "resnet18", ("pi-1", "jetson"), (4,), 1.7e9, "greedy", 42.0, ("int8",)),
+    "plan": PlanMessage(7, "resnet18", ("pi-1", "jetson"), (4,), 1.7e9, "greedy", 42.0, ("int8",), 14),
     "ack": Ack("jetson", 7, False, 1.7e9, "unknown node"),
     "stats": StatsMessage("pi-1", 1.7e9, (StageTiming(7, 0, 4, 1, 12, 31.5),),
                           (TransferTiming("jetson", 12, 150528, 41.2),)),

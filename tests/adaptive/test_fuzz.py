@@ -1,0 +1,126 @@
+"""Fuzzing the daemons' MQTT message handlers: node, controller, client and collector.
+
+Each handler gets generated payloads on every topic it subscribes to: random bytes, arbitrary JSON,
+and valid messages with one field replaced. It must return normally (a bad message is logged and
+dropped), and the daemon must keep working: a valid message afterwards still takes effect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adaptive.controller import Controller
+from adaptive.partition import partition
+from adaptive.runtime.client import InferenceClient
+from adaptive.runtime.node import NodeConfig, NodeRuntime
+from adaptive.zoo import build_model
+from monitor.collector import Collector
+from monitor.schema import Status, status_topic
+from monitor.transport import BrokerAddress
+from tests.adaptive.test_controller import Prefer, candidates, config
+from tests.monitor.test_fuzz import json_values
+from tests.monitor.test_schema import RECORDS
+
+MODEL, CLUSTER = "resnet20_cifar", "ctl"
+NOWHERE = BrokerAddress("127.0.0.1", 1)  # handlers are called directly: no broker needed
+CASES = 1000  # per handler
+FUZZ = settings(max_examples=CASES, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+TOPICS = {
+    "status": f"adaptive/{CLUSTER}/node/jetson/status",
+    "telemetry": f"adaptive/{CLUSTER}/node/jetson/telemetry",
+    "plan": f"adaptive/{CLUSTER}/plan",
+    "ack": f"adaptive/{CLUSTER}/node/jetson/ack",
+    "stats": f"adaptive/{CLUSTER}/node/jetson/stats",
+    "emulation": f"adaptive/{CLUSTER}/emulation",
+}
+
+
+@st.composite
+def messages(draw):
+    """(topic, payload): random bytes, arbitrary JSON, or a valid message with one field replaced."""
+    topic = draw(st.sampled_from(sorted(TOPICS.values())) | st.text(max_size=40))
+    kind = draw(st.sampled_from(["bytes", "json", "field"]))
+    if kind == "bytes":
+        return topic, draw(st.binary(max_size=200))
+    if kind == "json":
+        return topic, json.dumps(draw(json_values)).encode()
+    doc = json.loads(RECORDS[draw(st.sampled_from(sorted(RECORDS)))].encode())
+    doc[draw(st.sampled_from(sorted(doc)))] = draw(json_values)
+    return topic, json.dumps(doc).encode()
+
+
+@pytest.fixture(scope="module")
+def node():
+    n = NodeRuntime(NodeConfig(node="pi", model=MODEL, cluster=CLUSTER, uplink_mbps=50.0), NOWHERE)
+    n.part = partition(build_model(MODEL), (1, 3, 32, 32), name=MODEL)  # what start() would load
+    from monitor.transport import MqttTransport
+
+    n.transport = MqttTransport(NOWHERE, "fuzz-node")  # not started: acks wait in its buffer
+    return n
+
+
+@pytest.fixture(autouse=True)
+def quiet(caplog):
+    caplog.set_level(logging.CRITICAL)  # thousands of "dropped message" warnings
+
+
+@FUZZ
+@given(messages())
+def test_node_handler_never_raises(node, message):
+    node._on_mqtt(*message)
+    assert node.shaper.rate_mbps > 0
+
+
+@FUZZ
+@given(messages())
+def test_controller_handler_never_raises(message):
+    ctl = _controller()
+    ctl._on_message(*message)
+    assert all(k > 0 for k in ctl.scales.values())
+
+
+_CTL: list[Controller] = []
+
+
+def _controller():
+    if not _CTL:
+        _CTL.append(Controller(config(), NOWHERE, Prefer([0]), candidates=candidates()))
+    return _CTL[0]
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = InferenceClient("fuzz", NOWHERE, CLUSTER, (1, 3, 32, 32))
+    yield c
+    c.close()
+
+
+@FUZZ
+@given(messages())
+def test_client_handler_never_raises(client, message):
+    client._on_mqtt(*message)
+
+
+@FUZZ
+@given(messages())
+def test_collector_handler_never_raises(message):
+    collector = Collector(NOWHERE, CLUSTER, client_id="fuzz-collector")
+    collector.handle(*message)
+    assert all(v.node for v in collector.nodes().values())
+
+
+def test_handlers_still_work_after_the_fuzz(node, client):
+    status = Status("jetson", "online", time.time(), data_endpoint="tcp://127.0.0.1:5999")
+    for handler in (node._on_mqtt, client._on_mqtt):
+        handler(status_topic(CLUSTER, "jetson"), status.encode())
+    assert node.presence.endpoint("jetson") == "tcp://127.0.0.1:5999"
+    assert client.presence.endpoint("jetson") == "tcp://127.0.0.1:5999"
+    node._on_mqtt(TOPICS["emulation"], b'{"v": 1, "uplink_mbps": 12.5}')
+    assert node.shaper.rate_mbps == 12.5
