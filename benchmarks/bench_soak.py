@@ -225,10 +225,7 @@ def main() -> int:
                 next_switch += args.switch_every
             if now >= next_kill and now - t0 < duration - 30:
                 plan = plans[-1] if plans else None
-                bounds = [0, *(plan.splits if plan else ()), 10**6]
-                working = (
-                    [n for i, n in enumerate(plan.devices) if i and bounds[i + 1] > bounds[i]] if plan else []
-                )
+                working = plan.working_nodes()[1:] if plan else ()
                 victim = working[-1] if working else "jetson"
                 os.kill(live[victim].popen.pid, signal.SIGKILL)
                 live[victim].popen.wait()

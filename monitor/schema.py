@@ -392,6 +392,15 @@ class PlanMessage:
     codecs: tuple[str, ...] = ()
     num_blocks: int = 0
 
+    def working_nodes(self) -> tuple[str, ...]:
+        """The nodes this plan gives blocks to, in chain order.
+
+        The first node always counts (it receives the input); the last one unless ``num_blocks``
+        says the model ends at its split.
+        """
+        bounds = [0, *self.splits, self.num_blocks or math.inf]
+        return tuple(n for i, n in enumerate(self.devices) if i == 0 or bounds[i + 1] > bounds[i])
+
     def encode(self) -> bytes:
         """Compact JSON bytes."""
         obj: dict[str, Any] = {"v": VERSION, "version": self.version, "model": self.model,

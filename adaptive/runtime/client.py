@@ -252,7 +252,7 @@ class InferenceClient:
         endpoint = self.presence.endpoint(plan.devices[0])
         if endpoint is None:
             return None, "", f"first node '{plan.devices[0]}' has no data endpoint (offline?)"
-        offline = [n for n in _working_nodes(plan) if not self.presence.online(n)]
+        offline = [n for n in plan.working_nodes() if not self.presence.online(n)]
         if offline:
             return None, "", f"plan {plan.version} gives work to offline node '{offline[0]}'"
         return plan, endpoint, ""
@@ -308,7 +308,7 @@ class InferenceClient:
         req.wire_id = wire_id
         req.wire_ids.append(wire_id)
         self._wire[wire_id] = req.rid
-        req.version, req.nodes = plan.version, _working_nodes(plan)
+        req.version, req.nodes = plan.version, plan.working_nodes()
         req.plan = ",".join(str(x) for x in plan.splits)
         req.attempt_sent = time.monotonic()
         req.deadline = req.attempt_sent + self._deadline_s(plan)
@@ -429,15 +429,6 @@ class InferenceClient:
         while self.outstanding() and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.records[first:]
-
-
-def _working_nodes(plan: PlanMessage) -> tuple[str, ...]:
-    """Nodes a plan gives blocks to.
-
-    The first always (it receives the input); the last unless the plan says the model ends at its split.
-    """
-    bounds = [0, *plan.splits, plan.num_blocks or math.inf]
-    return tuple(n for i, n in enumerate(plan.devices) if i == 0 or bounds[i + 1] > bounds[i])
 
 
 def _hops(frame: Frame) -> str:
