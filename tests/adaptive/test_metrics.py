@@ -126,3 +126,17 @@ def test_a_busy_metrics_port_is_one_clear_error():
             Metrics().serve(m.port)
     finally:
         m.close()
+
+
+def test_the_grafana_dashboard_uses_only_documented_series():
+    import json
+    import re
+
+    doc = json.loads((Path(__file__).parents[2] / "docs" / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    names = {name for e in exprs for name in re.findall(r"adaptive_\w+", e)}
+    used = {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+    known = set(NODE_SERIES + CONTROLLER_SERIES + CLIENT_SERIES)
+    assert used and used <= known, used - known
+    assert {"adaptive_node_request_seconds", "adaptive_node_queue_depth", "adaptive_controller_node_up",
+            "adaptive_controller_bandwidth_age_seconds"} <= used
