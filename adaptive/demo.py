@@ -214,6 +214,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                         phase,
                         None,
                         plan.codecs,
+                        controller.model.num_blocks,
                     )
                     control.publish(Message(plan_topic(cfg.cluster), msg.encode(), 1, True))
                     deadline = time.monotonic() + 5

@@ -131,7 +131,7 @@ class InferenceClient:
                  *, codec: str = "none", bind: str = "127.0.0.1", advertise: str = "127.0.0.1",
                  timeout_s: float = 10.0, on_result: Callable[[Frame], None] | None = None,
                  on_record: Callable[[RequestRecord], None] | None = None, ca_file: str | None = None,
-                 max_retries: int = 3, min_deadline_s: float = 1.0, deadline_factor: float = 4.0,
+                 max_retries: int = 3, min_deadline_s: float = 2.0, deadline_factor: float = 4.0,
                  curve: Any = None) -> None:
         if max_retries < 0 or not min_deadline_s > 0 or not deadline_factor > 0 or not timeout_s > 0:
             raise AdaptiveError("max_retries must be >= 0; timeout_s, min_deadline_s and deadline_factor > 0")
