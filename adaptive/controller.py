@@ -248,6 +248,7 @@ class Controller:
                            (f"adaptive/{config.cluster}/node/+/stats", 1)],
             on_message=self._on_message, ca_file=ca_file, on_connect_messages=self._retained)
         self.current: int | None = None
+        self._reissue: int | None = None  # a plan not applied, to publish again
         self._last_plan: Message | None = None  # republished on every reconnect (a new broker forgot it)
         self.version = 0
         self.last_switch = 0.0
@@ -434,6 +435,9 @@ class Controller:
         if not self.connected():
             return None
         obs, mask, dead = self.observe(now)
+        again, self._reissue = self._reissue, None
+        if again is not None and again == self.current and mask[again]:
+            return self._publish(again, now, dead, keep_switch_time=True)
         action, _ = self.policy.predict(obs, deterministic=True, action_masks=mask)
         action = int(action)
         if not mask[action]:
@@ -491,9 +495,7 @@ class Controller:
                 return
         log.warning("plan %d: not applied by %s after %.1f s; issuing it again", d.version,
                     ", ".join(d.missing), self.config.ack_timeout_s)
-        _, mask, dead = self.observe(now)
-        if mask[d.action] and self.connected():
-            self._publish(d.action, now, dead, keep_switch_time=True)
+        self._reissue = d.action  # at the next step(), if the plan is still allowed
 
     def _loop(self) -> None:
         next_at = time.monotonic()

@@ -167,7 +167,7 @@ class NodeRuntime:
         ca_file: CA bundle for an ``mqtts://`` broker.
         curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`) for an authenticated,
             encrypted data plane; None for plain TCP.
-        metrics: Prometheus metrics (:class:`adaptive.runtime.metrics.NodeMetrics`), or None.
+        metrics: Prometheus metrics (:class:`adaptive.metrics.NodeMetrics`), or None.
     """
 
     def __init__(self, config: NodeConfig, broker: BrokerAddress, agent: Any = None,
