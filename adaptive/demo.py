@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -130,10 +131,16 @@ def _wait_online(collector: Any, procs: list[subprocess.Popen], timeout_s: float
     raise AdaptiveError(f"nodes did not come online within {timeout_s:g} s")
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run the demo; return the summary (also written to ``<out>/summary.json``)."""
+PolicyBuilder = Callable[[str, Any], tuple[Any, Any, Any, str, Any]]
+
+
+def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
+    """Run the demo; return the summary (also written to ``<out>/summary.json``).
+
+    ``build_policy(spec, controller_config)`` wires the controller's policy (the CLI passes
+    :func:`agents.live.build_policy`), so the demo does not import ``agents``.
+    """
     from adaptive.broker import EmbeddedBroker
-    from adaptive.cli.live import build_policy
     from adaptive.controller import Controller, ControllerConfig
     from adaptive.profiles import resolve_model
     from adaptive.runtime.client import InferenceClient, write_records

@@ -182,8 +182,8 @@ def overhead(model: str, bw: float) -> dict[str, Any]:
 
 
 def reaction(model: str = "mobilenet_v2", cycles: int = 8) -> dict[str, Any]:
-    from adaptive.cli.live import build_policy
     from adaptive.controller import Controller, ControllerConfig
+    from agents.live import build_policy
 
     rng = np.random.default_rng(0)
     cluster = Cluster(model, 30.0, monitors=True)
@@ -244,8 +244,8 @@ def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str,
     ``slowdown``, so the true scale is exactly ``slowdown``; the controller believes the profile.
     Closed-loop load starts once the first plan (everything on the accelerator) is applied.
     """
-    from adaptive.cli.live import build_policy
     from adaptive.controller import Controller, ControllerConfig
+    from agents.live import build_policy
 
     cluster = Cluster(model, 20.0, monitors=True, host_emulate="jetson-nano", host_slowdown=slowdown)
     cfg = ControllerConfig.from_dict({"model_profile": model, "cluster": CLUSTER, "interval_s": 1.0,

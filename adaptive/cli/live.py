@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Any
 
-__all__ = ["add_parsers", "build_policy"]
+__all__ = ["add_parsers"]
 
 log = logging.getLogger(__name__)
 
@@ -234,73 +234,10 @@ def _run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_policy(spec: str, config: Any) -> tuple[Any, Any, Any, str, Any]:
-    """Wire a policy for the controller: ``(policy, candidates, obs_spec, name, on_model)``."""
-    from adaptive.errors import AdaptiveError
-    from adaptive.latency import Conditions, SplitModel
-    from adaptive.observation import ObservationSpec, candidate_plans
-    from adaptive.plans import PlanArray
-    from adaptive.profiles import resolve_device, resolve_model
-
-    name, _, path = spec.partition(":")
-    if name == "ppo":
-        from importlib import resources
-        from pathlib import Path
-
-        from agents.ppo import load_policy
-
-        model, sidecar = load_policy(path or Path(str(resources.files("agents.trained").joinpath(
-            "ppo_default.zip"))))
-        chain_devices = [c.device for c in config.chain]
-        if list(sidecar.devices) != chain_devices or sidecar.model_profile != config.model_profile:
-            raise AdaptiveError(f"the PPO policy was trained for {sidecar.model_profile} on "
-                                f"{list(sidecar.devices)}; the controller runs {config.model_profile} "
-                                f"on {chain_devices}")
-        return model, sidecar.candidates(), sidecar.observation, "ppo", None
-    if name not in ("greedy", "hysteresis", "static"):
-        raise AdaptiveError(f"--policy: unknown policy '{spec}' "
-                            "(expected ppo[:PATH], greedy, hysteresis, static)")
-    from agents.policies import Greedy, Hysteresis
-
-    split_model = SplitModel(resolve_model(config.model_profile),
-                             [resolve_device(c.device) for c in config.chain])
-    candidates = candidate_plans(split_model, max_plans=config.max_plans)
-    M = split_model.num_devices - 1
-    nominal = split_model.evaluate(PlanArray.from_splits([[split_model.num_blocks] * M]), Conditions(1.0))
-    obs_spec = ObservationSpec(split_model.num_devices, len(candidates), float(nominal.latency_ms[0]),
-                               history=config.history)
-    if name == "hysteresis":
-        policy: Any = Hysteresis(split_model, candidates, obs_spec, min_dwell=0, margin=0.05)
-    else:
-        policy = Greedy(split_model, candidates, obs_spec)
-    if name == "static":
-        policy = _FirstChoice(policy)
-
-    def on_model(model: SplitModel) -> None:
-        base = policy.inner if isinstance(policy, _FirstChoice) else policy
-        base.model = model
-
-    return policy, candidates, obs_spec, name, on_model
-
-
-class _FirstChoice:
-    """Static: the inner policy's first choice, kept for the whole run (unless it becomes invalid)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.choice: int | None = None
-
-    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
-                deterministic: bool = True, action_masks: Any = None) -> tuple[int, Any]:
-        """The first choice, again."""
-        if self.choice is None or (action_masks is not None and not action_masks[self.choice]):
-            self.choice = int(self.inner.predict(observation, action_masks=action_masks)[0])
-        return self.choice, state
-
-
 def _run_controller(args: argparse.Namespace) -> int:
     from adaptive.controller import Controller, ControllerConfig
     from adaptive.errors import AdaptiveError
+    from agents.live import build_policy
 
     config = ControllerConfig.load(args.config)
     policy, candidates, obs_spec, name, on_model = build_policy(args.policy, config)
@@ -367,9 +304,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     if args.duration < 15 or args.trace_median_mbps <= 0:
         raise AdaptiveError("--duration must be >= 15 s and --trace-median-mbps > 0")
+    from agents.live import build_policy
+
     summary = run_demo(DemoConfig(model=args.model, policy=args.policy, trace=args.trace,
                                   trace_median_mbps=args.trace_median_mbps, duration_s=args.duration,
-                                  out=args.out, view=not args.no_view))
+                                  out=args.out, view=not args.no_view), build_policy)
     print(f"\n{summary['model']} on pi -> jetson -> jetson2, trace {summary['trace']} "
           f"(median {summary['trace_median_mbps']:g} Mbit/s), {summary['phase_s']:.0f} s per phase, "
           f"policy {summary['policy']}")

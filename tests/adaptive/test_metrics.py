@@ -10,12 +10,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaptive.broker import EmbeddedBroker
-from adaptive.cli.live import build_policy
 from adaptive.controller import Controller, ControllerConfig
 from adaptive.errors import AdaptiveError
 from adaptive.metrics import Metrics
 from adaptive.runtime.client import InferenceClient
 from adaptive.runtime.node import NodeConfig, NodeRuntime, attach_monitor
+from agents.live import build_policy
 from monitor.transport import parse_broker_url
 from tests.monitor.conftest import free_port
 
