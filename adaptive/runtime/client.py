@@ -1,8 +1,8 @@
 """The inference client (and load generator): sends inputs to the chain, collects results.
 
 It learns the current plan and the nodes' data endpoints from the retained MQTT topics, stamps each
-request with the plan version it runs under, and receives results and error frames on its own PULL
-socket. It never dies on a transient, and it loses no request:
+request with its own plan (and the version it came from), and receives results and error frames on
+its own PULL socket. It never dies on a transient, and it loses no request:
 
 * A request that cannot be routed (no plan yet, the first node unknown or not connected, or the
   plan gives work to a node that went offline) waits, and goes out as soon as a usable plan is known.
@@ -98,8 +98,10 @@ class _Request:
     version: int = 0
     plan: str = ""
     nodes: tuple[str, ...] = ()  # nodes the attempt in flight gives work to
+    fixed: PlanMessage | None = None  # a plan chosen by the caller for this request
     deadline: float = math.inf  # monotonic s: resend after this
     in_flight: bool = False
+    not_before: float = 0.0  # monotonic s: back off before the next attempt
     reason: str = "not sent yet"
     wire_ids: list[str] = field(default_factory=list)
 
@@ -243,10 +245,14 @@ class InferenceClient:
 
     # ------------------------------------------------------------------ requests
 
-    def _route(self) -> tuple[PlanMessage | None, str, str]:
-        """``(plan, first node's endpoint, "")`` if a request can go out now, else ``(None, "", why)``."""
-        with self._lock:
-            plan = self.plan
+    def _route(self, plan: PlanMessage | None = None) -> tuple[PlanMessage | None, str, str]:
+        """``(plan, first node's endpoint, "")`` if a request can go out now, else ``(None, "", why)``.
+
+        ``plan`` defaults to the current one.
+        """
+        if plan is None:
+            with self._lock:
+                plan = self.plan
         if plan is None:
             return None, "", "no plan yet"
         endpoint = self.presence.endpoint(plan.devices[0])
@@ -257,15 +263,16 @@ class InferenceClient:
             return None, "", f"plan {plan.version} gives work to offline node '{offline[0]}'"
         return plan, endpoint, ""
 
-    def send(self, x: np.ndarray | None = None) -> str:
+    def send(self, x: np.ndarray | None = None, plan: PlanMessage | None = None) -> str:
         """Send one request (random input by default); returns its id.
 
-        Never raises on a transient: a request that cannot go out now waits for a usable plan (up to
-        ``timeout_s``).
+        The request carries its own plan: ``plan`` if given (every attempt uses it), else the
+        current one when it goes out. Never raises on a transient: a request that cannot go out now
+        waits for a usable plan (up to ``timeout_s``).
         """
         array = x if x is not None else np.random.default_rng().standard_normal(self.input_shape, np.float32)
         rid = f"{self.client_id}-{next(self._ids)}"
-        req = _Request(rid, np.asarray(array, np.float32), time.time(), time.monotonic())
+        req = _Request(rid, np.asarray(array, np.float32), time.time(), time.monotonic(), fixed=plan)
         with self._lock:
             self._pending[rid] = req
             self._dispatch(req)
@@ -278,7 +285,7 @@ class InferenceClient:
 
     def _dispatch(self, req: _Request) -> None:
         """Send ``req``'s next attempt if a route exists (caller holds the lock)."""
-        plan, endpoint, reason = self._route()
+        plan, endpoint, reason = self._route(req.fixed)
         if plan is None:
             req.in_flight, req.reason = False, reason
             return
@@ -286,7 +293,8 @@ class InferenceClient:
         now = time.time()
         base = Frame(kind="work", request_id=wire_id, client=self.client_id, reply_to=self.reply_to,
                      version=plan.version, hop=0, position=0, shape=self.input_shape,
-                     sent_at=req.sent_at or now)
+                     sent_at=req.sent_at or now, model=plan.model, devices=plan.devices, splits=plan.splits,
+                     codecs=plan.codecs)
         parts = encode_frame(tensor_frame(base, req.array, self.codec))
         sock = self._push.get(endpoint)
         if sock is None:
@@ -314,11 +322,18 @@ class InferenceClient:
         req.deadline = req.attempt_sent + self._deadline_s(plan)
         req.in_flight = True
 
-    def _retry(self, req: _Request, reason: str) -> bool:
-        """Send ``req`` again if it has retries left (caller holds the lock)."""
+    def _retry(self, req: _Request, reason: str, backoff: bool = False) -> bool:
+        """Send ``req`` again if it has retries left (caller holds the lock).
+
+        With ``backoff`` (a node refused it for a reason that may pass) the next attempt waits
+        0.25 s, then 0.5 s, 1 s, ...; after a death it goes out at once on the current plan.
+        """
         if req.attempts > self.max_retries:
             return False
         req.in_flight, req.reason = False, reason
+        if backoff:
+            req.not_before = time.monotonic() + min(0.25 * 2 ** (req.attempts - 1), 2.0)
+            return True
         self._dispatch(req)
         return True
 
@@ -345,7 +360,7 @@ class InferenceClient:
             if frame.kind != "result":
                 if frame.request_id != req.wire_id:
                     return  # an earlier attempt failed; the one in flight may still succeed
-                if frame.retry and self._retry(req, frame.error):
+                if frame.retry and self._retry(req, frame.error, backoff=True):
                     return
                 self._finish(req, "error", round((now - (req.sent_at or now)) * 1e3, 3), frame.error,
                              _hops(frame))
@@ -371,7 +386,8 @@ class InferenceClient:
                     self._finish(req, "error" if never else "timeout", None,
                                  f"never sent: {req.reason}" if never else "")
                 elif not req.in_flight:
-                    self._dispatch(req)
+                    if now >= req.not_before:
+                        self._dispatch(req)
                 else:
                     gone = next((n for n in req.nodes if not self.presence.online(n)), None)
                     if gone is not None:

@@ -1,13 +1,15 @@
 """The node runtime: holds a full model replica, runs its stage of each request, forwards the rest.
 
 Control plane (MQTT): the node announces itself on its retained status topic (with its data
-endpoint), learns its peers' endpoints from theirs, validates every plan it receives and answers
-on its ack topic; it keeps the last few plans so requests in flight finish under the plan they
-started with. Data plane (ZeroMQ): frames (:mod:`adaptive.runtime.wire`) arrive on a PULL socket;
-the node runs blocks ``[s_m, s_{m+1})`` of the request's plan, then pushes the activation to the
-next node with a non-empty stage, or the result back to the client. Malformed, truncated or
-oversized frames are answered with an error frame when the client can be identified, and dropped;
-nothing a peer sends can stop the node.
+endpoint) and learns its peers' endpoints from theirs; it validates every default plan the
+controller publishes and answers on its ack topic (the audit trail). Data plane (ZeroMQ): frames
+(:mod:`adaptive.runtime.wire`) arrive on a PULL socket, each carrying its request's own plan; the
+node validates that plan (its model, splits in range and non-decreasing, every node known and every
+node with work online), runs blocks ``[s_m, s_{m+1})`` of it, then pushes the activation to the
+next node with a non-empty stage, or the result back to the client. Any node runs any valid plan
+with no handshake, so a switch costs nothing and requests in flight are unaffected by construction.
+Malformed, truncated or oversized frames, and frames with an invalid plan, are answered with an
+error frame when the client can be identified, and dropped; nothing a peer sends can stop the node.
 
 Emulation for one-machine clusters: torch threads, a compute slowdown (``slowdown``) or padding to
 a device profile's predicted stage time (``emulate``), and an uplink shaper whose rate can replay a
@@ -59,7 +61,7 @@ from monitor.schema import (
 )
 from monitor.transport import BrokerAddress, MqttTransport
 
-__all__ = ["NodeConfig", "NodeRuntime", "attach_monitor", "check_plan"]
+__all__ = ["NodeConfig", "NodeRuntime", "attach_monitor", "check_plan", "check_route"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,6 @@ class NodeConfig:
             with ``emulate`` the emulated device's (a device this much slower than its profile).
         batch_window_ms: Time to wait for more requests of the same stage to batch together.
         max_batch: Largest batch.
-        plan_history: Plans kept for requests in flight.
         max_payload_bytes: Largest activation accepted.
         uplink_mbps: Emulated uplink rate (None: no shaping).
         uplink_delay_ms: Emulated one-way delay on the uplink.
@@ -113,7 +114,6 @@ class NodeConfig:
     slowdown: float = 1.0
     batch_window_ms: float = 0.0
     max_batch: int = 8
-    plan_history: int = 4
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
     uplink_mbps: float | None = None
     uplink_delay_ms: float = 0.0
@@ -122,33 +122,41 @@ class NodeConfig:
     stats_interval_s: float = 1.0
 
 
-def check_plan(plan: PlanMessage, model: str, num_blocks: int, known: set[str],
-               online: set[str] | None = None) -> str:
-    """Why a plan cannot run here ("" if it can).
+def check_route(model: str, devices: tuple[str, ...], splits: tuple[int, ...], my_model: str, num_blocks: int,
+                known: set[str], online: set[str] | None = None) -> tuple[str, bool]:
+    """Why a plan cannot run here, and whether that may pass (``("", False)`` if it can run).
 
-    Wrong model, a node never seen in the cluster (``known``), a split out of range or not
-    non-decreasing, or work for a node that is not online (``online``; default: every known node).
-    A plan may name an offline node that it gives no blocks to: that is how a controller plans
-    around a dead node while keeping the chain's shape.
+    Wrong model, a split out of range or not non-decreasing (permanent), work for a node never seen
+    in the cluster (``known``) or for a node that is not online (``online``; default: every known
+    node) — these two may pass, as peers announce themselves or the client re-plans. A plan may name
+    an offline or unknown node that it gives no blocks to: that is how a dead node is planned around
+    while the chain keeps its shape.
     """
     online = known if online is None else online
-    if plan.model != model:
-        return f"plan is for model '{plan.model}' but this node holds '{model}'"
+    if model != my_model:
+        return f"plan is for model '{model}' but this node holds '{my_model}'", False
+    for i, s in enumerate(splits):
+        if not 0 <= s <= num_blocks:
+            return f"split {i + 1} = {s} is out of range 0..{num_blocks}", False
+    bounds = [0, *splits, num_blocks]
+    if any(b < a for a, b in itertools.pairwise(bounds)):
+        return f"splits {list(splits)} are not non-decreasing", False
+    working = [n for i, n in enumerate(devices) if bounds[i + 1] > bounds[i] or i == 0]
+    for node in working:
+        if node not in known:
+            return f"plan names unknown node '{node}'", True
+    for node in working:
+        if node not in online:
+            return f"plan gives work to node '{node}', which is offline", True
+    return "", False
+
+
+def check_plan(plan: PlanMessage, model: str, num_blocks: int, known: set[str],
+               online: set[str] | None = None) -> str:
+    """Why a published plan cannot run here ("" if it can); see :func:`check_route`."""
     if plan.num_blocks and plan.num_blocks != num_blocks:
         return f"plan says the model has {plan.num_blocks} blocks but this node's has {num_blocks}"
-    for node in plan.devices:
-        if node not in known:
-            return f"plan names unknown node '{node}'"
-    for i, s in enumerate(plan.splits):
-        if not 0 <= s <= num_blocks:
-            return f"split {i + 1} = {s} is out of range 0..{num_blocks}"
-    bounds = [0, *plan.splits, num_blocks]
-    if any(b < a for a, b in itertools.pairwise(bounds)):
-        return f"splits {list(plan.splits)} are not non-decreasing"
-    for i, node in enumerate(plan.devices):
-        if (bounds[i + 1] > bounds[i] or i == 0) and node not in online:
-            return f"plan gives work to node '{node}', which is offline"
-    return ""
+    return check_route(plan.model, plan.devices, plan.splits, model, num_blocks, known, online)[0]
 
 
 @dataclass
@@ -180,13 +188,12 @@ class NodeRuntime:
         self.agent = agent
         self.shaper = (LinkShaper(config.uplink_mbps or config.uplink_trace[0], config.uplink_delay_ms)
                        if (config.uplink_mbps or config.uplink_trace) else None)
-        self.plans: dict[int, PlanMessage] = {}
+        self.plan: PlanMessage | None = None  # newest default plan accepted (audit; requests carry theirs)
         self.presence = Presence()  # peers' statuses and data endpoints
         self.endpoint = ""
         self.processed = 0
         self.rejected = 0
         self._lock = threading.Lock()
-        self._plan_arrived = threading.Condition(self._lock)
         self._work: queue.Queue[tuple[float, Frame]] = queue.Queue(maxsize=1000)  # (arrival, frame)
         self._stop = threading.Event()
         self._stats = _Stats()
@@ -322,11 +329,9 @@ class NodeRuntime:
         known = self.presence.seen() | online
         error = check_plan(plan, cfg.model, self.part.num_blocks, known, online)
         if not error:
-            with self._plan_arrived:
-                self.plans[plan.version] = plan
-                for old in sorted(self.plans)[: -cfg.plan_history]:
-                    del self.plans[old]
-                self._plan_arrived.notify_all()
+            with self._lock:
+                if self.plan is None or plan.version >= self.plan.version:
+                    self.plan = plan
         else:
             log.warning("rejected plan %d: %s", plan.version, error)
         if self.metrics is not None:
@@ -334,18 +339,6 @@ class NodeRuntime:
         ack = Ack(node=cfg.node, version=plan.version, ok=not error, ts=time.time(), error=error)
         assert self.transport is not None
         self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
-
-    def _plan_for(self, version: int, wait_s: float = 2.0) -> PlanMessage | None:
-        """The plan of ``version``, waiting briefly if it is newer than any we hold (in flight)."""
-        deadline = time.monotonic() + wait_s
-        with self._plan_arrived:
-            while version not in self.plans:
-                newest = max(self.plans, default=0)
-                remaining = deadline - time.monotonic()
-                if version < newest or remaining <= 0 or self._stop.is_set():
-                    return None
-                self._plan_arrived.wait(remaining)
-            return self.plans[version]
 
     # ------------------------------------------------------------------ data plane
 
@@ -413,9 +406,7 @@ class NodeRuntime:
             self._stats.transfers[peer].append((nbytes, seconds * 1e3))
         if self.agent is not None and frame.kind == "work" and wire_s is not None:
             # the emulated uplink paces everything this node sends: credit it to the chain successor
-            with self._lock:
-                plan = self.plans.get(frame.version)
-            chain = plan.devices if plan is not None else ()
+            chain = frame.devices
             me = chain.index(self.config.node) if self.config.node in chain else -1
             successor = chain[me + 1] if 0 <= me < len(chain) - 1 else peer
             self.agent.observe_transfer(successor, nbytes, wire_s, link_level=True)
@@ -431,7 +422,7 @@ class NodeRuntime:
             except queue.Empty:
                 continue
             batch = [first]
-            key = (first[1].version, first[1].hop, first[1].position, first[1].shape[1:])
+            key = _batch_key(first[1])
             deadline = time.monotonic() + self.config.batch_window_ms / 1e3
             while len(batch) < self.config.max_batch:
                 remaining = deadline - time.monotonic()
@@ -439,7 +430,7 @@ class NodeRuntime:
                     nxt = self._work.get(timeout=remaining) if remaining > 0 else self._work.get_nowait()
                 except queue.Empty:
                     break
-                if (nxt[1].version, nxt[1].hop, nxt[1].position, nxt[1].shape[1:]) == key:
+                if _batch_key(nxt[1]) == key:
                     batch.append(nxt)
                 else:
                     self._guarded([nxt])
@@ -459,19 +450,21 @@ class NodeRuntime:
         batch = [f for _, f in arrivals]
         queued_ms = [round((started - t) * 1e3, 3) for t, _ in arrivals]
         head = batch[0]
-        plan = self._plan_for(head.version)
-        if plan is None:
-            for f in batch:
-                self._reply(f.error_reply(f"plan version {head.version} is unknown or expired on "
-                                          f"node {self.config.node}", retry=True))
-            return
         L = self.part.num_blocks
-        bounds = [0, *plan.splits, L]
+        online = set(self.presence.endpoints()) | {self.config.node}
+        error, transient = check_route(head.model, head.devices, head.splits, self.config.model, L,
+                                       self.presence.seen() | online, online)
+        if error:
+            for f in batch:
+                self._reply(f.error_reply(f"node {self.config.node} refused the request's plan: {error}",
+                                          retry=transient))
+            return
+        bounds = [0, *head.splits, L]
         h = head.hop
-        if h >= len(plan.devices) or plan.devices[h] != self.config.node or head.position != bounds[h]:
+        if head.devices[h] != self.config.node or head.position != bounds[h]:
             for f in batch:
                 self._reply(f.error_reply(f"misrouted: node {self.config.node} got hop {f.hop} at "
-                                          f"position {f.position} of plan {plan.version}", retry=True))
+                                          f"position {f.position} of plan {list(f.splits)}"))
             return
         start, stop = bounds[h], bounds[h + 1]
         try:
@@ -486,12 +479,12 @@ class NodeRuntime:
             return
         spent = self._pad(start, stop, len(batch), compute)
         with self._lock:
-            self._stats.stages[(plan.version, start, stop, len(batch))].append(spent * 1e3)
+            self._stats.stages[(head.version, start, stop, len(batch))].append(spent * 1e3)
             self.processed += len(batch)
-        label = ",".join(str(s) for s in plan.splits)
+        label = ",".join(str(s) for s in head.splits)
         if self.metrics is not None:
             self.metrics.executed(label, spent, [q / 1e3 for q in queued_ms])
-        nxt = next((j for j in range(h + 1, len(plan.devices)) if bounds[j + 1] > bounds[j]), None)
+        nxt = next((j for j in range(h + 1, len(head.devices)) if bounds[j + 1] > bounds[j]), None)
         for i, f in enumerate(batch):
             out = y[i : i + 1] if len(batch) > 1 else y
             trace = (*f.trace, (self.config.node, queued_ms[i], round(spent * 1e3, 3), len(batch)))
@@ -500,11 +493,11 @@ class NodeRuntime:
                 if self.metrics is not None:
                     self.metrics.finished(label, f.sent_at)
                 continue
-            codec = plan.codecs[nxt - 1] if plan.codecs else "none"
+            codec = head.codecs[nxt - 1] if head.codecs else "none"
             frame = tensor_frame(f, out, codec, hop=nxt, position=stop, trace=trace)
-            endpoint = self.presence.endpoint(plan.devices[nxt])
-            if endpoint is None or not self.outbox.send(endpoint, frame, plan.devices[nxt]):
-                self._reply(f.error_reply(f"next node {plan.devices[nxt]} is unreachable", retry=True))
+            endpoint = self.presence.endpoint(head.devices[nxt])
+            if endpoint is None or not self.outbox.send(endpoint, frame, head.devices[nxt]):
+                self._reply(f.error_reply(f"next node {head.devices[nxt]} is unreachable", retry=True))
 
     def _pad(self, start: int, stop: int, batch: int, compute_s: float) -> float:
         """Sleep so the stage takes what the emulated device would; return the stage time, s."""
@@ -549,6 +542,11 @@ class NodeRuntime:
                 step = int((time.time() - self._trace_start) // cfg.trace_dt_s) % n
                 self.shaper.set_rate(max(cfg.uplink_trace[step], 0.01))
             self._stop.wait(min(0.1, cfg.trace_dt_s / 4))
+
+
+def _batch_key(frame: Frame) -> tuple[Any, ...]:
+    """Frames that may run as one batch: the same stage of the same plan, the same tensor shape."""
+    return (frame.devices, frame.splits, frame.codecs, frame.hop, frame.position, frame.shape[1:])
 
 
 def emulated_latency(profile: ModelProfile, device: str) -> tuple[float, ...]:

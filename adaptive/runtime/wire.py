@@ -8,17 +8,23 @@ frame that fails is rejected with a :class:`WireError` naming the problem, befor
 built.
 
 Header fields: ``v`` (1), ``kind`` (``work``, ``result``, ``error``), ``id`` (request id),
-``client``, ``reply_to`` (the client's ``tcp://`` endpoint), ``version`` (plan version), ``hop``
-(index in the plan's device list of the node that must process it), ``position`` (split position of
-the activation, 0..L), ``shape``, ``codec`` (``none``, ``fp16``, ``int8``), ``params`` (codec
-parameters), ``sent_at`` (client send time, Unix s), ``error`` (for ``error`` frames), ``retry``
-(optional, ``error`` frames: true when the failure is transient — a node died or is unreachable,
-the plan changed, a queue was full — so the client may send the request again), ``trace``
-(per-node timing records ``[node, queue_ms, exec_ms, batch]``).
+``client``, ``reply_to`` (the client's ``tcp://`` endpoint), ``version`` (version of the plan or
+decision rule the request was planned under: for the record), the request's own plan — ``model``,
+``devices`` (node ids in chain order), ``splits`` (one per device after the first, non-decreasing)
+and ``codecs`` (one per split, or none) — ``hop`` (index in ``devices`` of the node that must
+process it), ``position`` (split position of the activation, 0..L), ``shape``, ``codec`` of the
+payload (``none``, ``fp16``, ``int8``), ``params`` (codec parameters), ``sent_at`` (client send
+time, Unix s), ``error`` (for ``error`` frames), ``retry`` (optional, ``error`` frames: true when
+the failure is transient — a node died or is unreachable, a queue was full — so the client may
+send the request again), ``trace`` (per-node timing records ``[node, queue_ms, exec_ms, batch]``).
+
+Every work frame carries its own plan, and every node validates it and runs its stage of it: any
+node runs any valid plan with no handshake, and a switch changes nothing for requests in flight.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -51,8 +57,8 @@ class Frame:
         request_id: Request id, unique per client.
         client: Client id.
         reply_to: The client's result endpoint (``tcp://host:port``).
-        version: Plan version the request runs under.
-        hop: Index in the plan's devices of the node that must process this frame.
+        version: Version of the plan (or decision rule) the request was planned under.
+        hop: Index in ``devices`` of the node that must process this frame.
         position: Split position of the activation (0 = the input).
         shape: Tensor shape (batch first).
         codec: Payload codec.
@@ -62,6 +68,10 @@ class Frame:
         retry: The error is transient: the request may be sent again (``error`` frames).
         trace: Timing records ``[node, queue_ms, exec_ms, batch]`` appended by each node.
         payload: Encoded tensor bytes.
+        model: Model the plan is for (work frames).
+        devices: The plan's node ids in chain order (work frames).
+        splits: The plan's splits, one per device after the first.
+        codecs: The plan's codec per split (empty: ``none`` everywhere).
     """
 
     kind: str
@@ -79,6 +89,10 @@ class Frame:
     retry: bool = False
     trace: tuple[tuple[str, float, float, int], ...] = ()
     payload: bytes | memoryview = field(default=b"", repr=False)
+    model: str = ""
+    devices: tuple[str, ...] = ()
+    splits: tuple[int, ...] = ()
+    codecs: tuple[str, ...] = ()
 
     def tensor(self) -> np.ndarray:
         """The payload decoded to a float32 array of ``shape``."""
@@ -107,6 +121,9 @@ def encode_frame(frame: Frame) -> list[bytes]:
               "position": frame.position, "shape": list(frame.shape), "codec": frame.codec,
               "params": list(frame.params), "sent_at": frame.sent_at, "error": frame.error,
               "trace": [list(t) for t in frame.trace]}
+    if frame.devices:
+        header.update(model=frame.model, devices=list(frame.devices), splits=list(frame.splits),
+                      codecs=list(frame.codecs))
     if frame.retry:
         header["retry"] = True
     raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
@@ -178,6 +195,7 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
     sent_at = h.get("sent_at", 0.0)
     if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
         raise WireError("header field 'sent_at': expected a number")
+    model, devices, splits, plan_codecs = _plan(h, kind)
     retry = h.get("retry", False)
     if not isinstance(retry, bool):
         raise WireError(f"header field 'retry': expected true or false, found {retry!r}"[:160])
@@ -193,4 +211,34 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
                  shape=tuple(shape), codec=codec, params=tuple(float(p) for p in params),
                  sent_at=float(sent_at), error=_str(h, "error"), retry=retry,
                  trace=tuple((t[0], float(t[1]), float(t[2]), t[3]) for t in trace),
-                 payload=payload)
+                 payload=payload, model=model, devices=devices, splits=splits, codecs=plan_codecs)
+
+
+def _plan(h: dict[str, Any], kind: str) -> tuple[str, tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """The request's own plan from a header (required on work frames), structure only."""
+    if "devices" not in h:
+        if kind == "work":
+            raise WireError("work frame has no plan (header fields model, devices, splits, codecs)")
+        return "", (), (), ()
+    devices = h.get("devices")
+    if (not isinstance(devices, list) or not 1 <= len(devices) <= 16
+            or not all(isinstance(d, str) and _ID.match(d) for d in devices)
+            or len(set(devices)) != len(devices)):
+        raise WireError("header field 'devices': expected 1..16 distinct node ids")
+    splits = h.get("splits")
+    if (not isinstance(splits, list) or len(splits) != len(devices) - 1
+            or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 100_000 for x in splits)
+            or any(b < a for a, b in itertools.pairwise(splits))):
+        raise WireError(f"header field 'splits': expected {len(devices) - 1} non-decreasing integers in "
+                        "0..100000")
+    plan_codecs = h.get("codecs", [])
+    if (not isinstance(plan_codecs, list) or (plan_codecs and len(plan_codecs) != len(splits))
+            or any(not isinstance(c, str) or c not in codecs.ITEMSIZE for c in plan_codecs)):
+        raise WireError(f"header field 'codecs': expected none or {len(splits)} of none, fp16, int8")
+    model = h.get("model")
+    if not isinstance(model, str) or not _ID.match(model):
+        raise WireError("header field 'model': expected a model name")
+    hop = h.get("hop")
+    if isinstance(hop, int) and not isinstance(hop, bool) and hop >= len(devices) and kind == "work":
+        raise WireError(f"header field 'hop': {hop} is past the plan's {len(devices)} devices")
+    return model, tuple(devices), tuple(splits), tuple(plan_codecs)

@@ -64,7 +64,7 @@ def test_a_client_without_an_authorised_key_gets_nothing_executed(secured):
     rogue = ctx.socket(zmq.PUSH)
     CurveKeys(secured["outsider"], "intruder").connect_to(rogue, "accel")
     base = Frame(kind="work", request_id="plain-1", client="plain", reply_to="tcp://127.0.0.1:1", version=1,
-                 hop=0, position=0, shape=SHAPE)
+                 hop=0, position=0, shape=SHAPE, model=MODEL, devices=("accel",))
     for sock in (plain, rogue):
         sock.connect(node.endpoint)
         sock.send_multipart(encode_frame(tensor_frame(base, np.zeros(SHAPE, np.float32))))

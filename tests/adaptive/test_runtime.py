@@ -135,6 +135,39 @@ def test_hundred_plan_switches_under_load_lose_nothing_and_compute_the_model(clu
     assert len(records) >= 300
 
 
+def test_every_request_with_its_own_plan_loses_nothing_and_computes_the_model(cluster):
+    """No plan topic involved: each request carries a different random plan (splits and codecs)."""
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    with torch.inference_mode():
+        expected = build_model(MODEL)(torch.from_numpy(x)).numpy()
+    L = cluster["nodes"][0].part.num_blocks
+    space = enumerate_plans(L, 3, np.ones((3, L + 1), bool))
+    rng = np.random.default_rng(5)
+    names = ("none", "fp16", "int8")
+    publish(cluster, (L, L))  # only so that the client knows the first node's cluster and version
+    wrong, plans = [], {}
+
+    def check(frame):
+        if not np.allclose(frame.tensor(), expected, rtol=0.05, atol=0.05 * np.abs(expected).max()):
+            wrong.append(frame.request_id)
+
+    with InferenceClient("own", cluster["url"], CLUSTER, SHAPE, timeout_s=15, on_result=check) as client:
+        for row in rng.choice(len(space), 300, replace=False):
+            plan = PlanMessage(1, MODEL, NODES, tuple(int(v) for v in space.splits[row]), time.time(), "test",
+                               None, tuple(names[c] for c in space.codecs[row]), L)
+            plans[client.send(x, plan=plan)] = plan
+            while client.outstanding() >= 4:
+                time.sleep(0.002)
+        assert wait(lambda: client.outstanding() == 0, 30)
+        records = list(client.records)
+    assert len(records) == 300 and all(r.outcome == "ok" for r in records), \
+        [r.error for r in records if r.outcome != "ok"][:3]
+    assert not wrong, f"{len(wrong)} results differ from the whole model"
+    for r in records:  # each ran where its own plan said
+        assert r.plan == ",".join(map(str, plans[r.id].splits))
+        assert {h.split(":")[0] for h in r.hops.split()} == set(plans[r.id].working_nodes())
+
+
 def test_nodes_reject_bad_plans_on_their_ack(cluster):
     v1 = publish(cluster, (4, 8), devices=("pi", "ghost", "jetson2"))
     v2 = publish(cluster, (4, 99))
@@ -149,7 +182,7 @@ def test_nodes_reject_bad_plans_on_their_ack(cluster):
 
 def test_bad_frames_get_an_error_reply_and_never_stop_a_node(cluster):
     version = publish(cluster, (3, 7))
-    assert wait(lambda: all(version in n.plans for n in cluster["nodes"]))
+    assert wait(lambda: all(n.plan is not None and n.plan.version == version for n in cluster["nodes"]))
     pi = cluster["nodes"][0]
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
@@ -158,24 +191,30 @@ def test_bad_frames_get_an_error_reply_and_never_stop_a_node(cluster):
     push.connect(pi.endpoint)
     reply_to = f"tcp://127.0.0.1:{port}"
     base = Frame(kind="work", request_id="bad-1", client="tester", reply_to=reply_to, version=version,
-                 hop=0, position=0, shape=SHAPE)
-    good = encode_frame(tensor_frame(base, np.zeros(SHAPE, np.float32)))
+                 hop=0, position=0, shape=SHAPE, model=MODEL, devices=NODES, splits=(3, 7))
+    zeros = np.zeros(SHAPE, np.float32)
+    good = encode_frame(tensor_frame(base, zeros))
     truncated = [good[0], good[1][:100]]
     oversized = encode_frame(tensor_frame(base, np.zeros((1, 3, 300, 300), np.float32)))
-    unknown_version = encode_frame(tensor_frame(base, np.zeros(SHAPE, np.float32), version=10_000_000))
-    misrouted = encode_frame(tensor_frame(base, np.zeros(SHAPE, np.float32), hop=2))
-    for parts in (truncated, oversized, [b"garbage"], [b"{}", b""], unknown_version, misrouted):
+    misrouted = encode_frame(tensor_frame(base, zeros, hop=2))
+    # the request's own plan is checked by the node: out of range, a stranger, another model
+    out_of_range = encode_frame(tensor_frame(base, zeros, splits=(3, 99)))
+    stranger = encode_frame(tensor_frame(base, zeros, devices=("pi", "ghost", "jetson2")))
+    other_model = encode_frame(tensor_frame(base, zeros, model="vgg16"))
+    for parts in (truncated, oversized, [b"garbage"], [b"{}", b""], misrouted, out_of_range, stranger,
+                  other_model):
         push.send_multipart(parts)
     errors = []
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     deadline = time.monotonic() + 10
-    while len(errors) < 4 and time.monotonic() < deadline:
+    while len(errors) < 6 and time.monotonic() < deadline:
         if poller.poll(100):
             errors.append(decode_frame(pull.recv_multipart()).error)
     text = " | ".join(errors)
     assert "truncated" in text and "exceeds the limit" in text
-    assert "unknown or expired" in text and "misrouted" in text
+    assert "misrouted" in text and "out of range 0..11" in text and "unknown node 'ghost'" in text
+    assert "holds 'resnet20_cifar'" in text
     push.send_multipart(good)  # the node still serves
     assert poller.poll(10_000)
     result = decode_frame(pull.recv_multipart())

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from adaptive.runtime.wire import Frame, WireError, decode_frame, encode_frame, tensor_frame
 
 BASE = Frame(kind="work", request_id="c1-7", client="c1", reply_to="tcp://127.0.0.1:5555", version=3,
-             hop=1, position=4, shape=(1,), sent_at=1.7e9)
+             hop=1, position=4, shape=(1,), sent_at=1.7e9, model="resnet18", devices=("pi", "jetson"),
+             splits=(4,), codecs=("int8",))
 
 
 @pytest.mark.parametrize("codec", ["none", "fp16", "int8"])
@@ -21,15 +22,22 @@ def test_round_trip(codec):
     frame = tensor_frame(BASE, x, codec, trace=(("pi", 0.5, 12.25, 1),))
     back = decode_frame(encode_frame(frame))
     assert back.request_id == "c1-7" and back.version == 3 and back.trace == (("pi", 0.5, 12.25, 1),)
+    assert (back.model, back.devices, back.splits, back.codecs) == ("resnet18", ("pi", "jetson"), (4,),
+                                                                    ("int8",))
     tol = {"none": 0, "fp16": 1e-2, "int8": (x.max() - x.min()) / 255}[codec]
     assert np.abs(back.tensor() - x).max() <= tol
+
+
+DROP = object()
 
 
 def parts(**header):
     h = {"v": 1, "kind": "work", "id": "a", "client": "c", "reply_to": "tcp://h:1", "version": 1,
          "hop": 0, "position": 0, "shape": [1, 4], "codec": "none", "params": [], "sent_at": 0,
-         "error": "", "trace": []}
+         "error": "", "trace": [], "model": "m", "devices": ["pi", "jetson"], "splits": [3], "codecs": []}
     h.update(header)
+    for key in [k for k, v in h.items() if v is DROP]:
+        del h[key]
     return [json.dumps(h).encode(), b"\x00" * 16]
 
 
@@ -50,6 +58,14 @@ def parts(**header):
     (parts(trace=[["pi", "slow", 1.0, 1]]), "trace"),
     (parts(trace=[["pi", 0.0, 1.0, 1e400]]), "trace"),
     (parts(shape=[2**30] * 8), "truncated or inconsistent"),  # huge product: no int64 overflow
+    (parts(devices=DROP), "work frame has no plan"),
+    (parts(devices=["pi", "pi"]), "'devices'"),
+    (parts(devices=["pi", "a/b"]), "'devices'"),
+    (parts(splits=[3, 4]), "'splits'"),
+    (parts(devices=["a", "b", "c"], splits=[5, 2]), "non-decreasing"),
+    (parts(codecs=["zip"]), "'codecs'"),
+    (parts(model=7), "'model'"),
+    (parts(hop=2), "'hop'"),
 ])
 def test_bad_frames(frame, message):
     with pytest.raises(WireError, match=message):
@@ -77,7 +93,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                                                                                 max_size=4),
                     max_leaves=12)
 FIELDS = ["v", "kind", "id", "client", "reply_to", "version", "hop", "position", "shape", "codec", "params",
-          "sent_at", "error", "trace", "retry"]
+          "sent_at", "error", "trace", "retry", "model", "devices", "splits", "codecs"]
 
 
 @settings(max_examples=2000, deadline=None)
@@ -94,7 +110,7 @@ def test_any_value_in_any_header_field_only_raises_wire_error(fields, payload):
 
 def test_transient_errors_say_so_on_the_wire():
     base = Frame(kind="work", request_id="r1", client="c", reply_to="tcp://h:1", version=1, hop=0, position=0,
-                 shape=(1,))
+                 shape=(1,), model="m", devices=("pi",))
     for retry in (True, False):
         back = decode_frame(encode_frame(base.error_reply("node x is unreachable", retry=retry)))
         assert back.kind == "error" and back.retry is retry and back.error == "node x is unreachable"
