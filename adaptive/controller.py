@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from adaptive.decision import decision_table
 from adaptive.errors import AdaptiveError
 from adaptive.latency import ConditionBatch, SplitModel
 from adaptive.observation import CandidatePlans, ObservationSpec, candidate_plans
 from adaptive.profiles import DeviceProfile, ModelProfile, resolve_device, resolve_model
 from monitor.collector import Collector
+from monitor.rules import RuleMessage, RulePlan, rule_topic
 from monitor.schema import (
     Ack,
     Message,
@@ -112,6 +114,11 @@ class ControllerConfig:
         calibration_weight: Weight of each new measurement in the scale's moving average, (0, 1].
         max_plans: Candidate plans when no trained policy fixes them.
         history: Bandwidth samples per link in the observation (a trained policy's sidecar wins).
+        source_rule: Also publish a decision rule for the source node (the chain's first): a table
+            of the best plan per uplink bin for the current slow state, applied by the source to
+            every request with its own fresh estimate (:mod:`adaptive.decision`).
+        rate_headroom: With ``source_rule``, the table leaves out plans whose predicted throughput
+            is below this many times the source's measured request rate.
     """
 
     model_profile: str
@@ -128,6 +135,8 @@ class ControllerConfig:
     calibration_weight: float = 0.3
     max_plans: int = 32
     history: int = 4
+    source_rule: bool = False
+    rate_headroom: float = 1.2
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "<dict>") -> ControllerConfig:
@@ -250,6 +259,11 @@ class Controller:
         self.current: int | None = None
         self._reissue: int | None = None  # a plan not applied, to publish again
         self._last_plan: Message | None = None  # republished on every reconnect (a new broker forgot it)
+        self._last_rule: Message | None = None
+        self._rule_key: tuple[object, ...] | None = None
+        self._rate: tuple[float, float] = (0.0, 0.0)  # (source's request rate, Unix time of its stats)
+        self._cond: ConditionBatch | None = None
+        self.rules: list[RuleMessage] = []
         self.version = 0
         self.last_switch = 0.0
         self.decisions: list[Decision] = []
@@ -280,7 +294,7 @@ class Controller:
 
     def _retained(self) -> list[Message]:
         with self._lock:
-            return [self._last_plan] if self._last_plan is not None else []
+            return [m for m in (self._last_plan, self._last_rule) if m is not None]
 
     def connected(self) -> bool:
         """Both broker sessions (telemetry view and control) are up."""
@@ -302,11 +316,14 @@ class Controller:
                 if ack.node != node:
                     raise SchemaError(f"ack names node '{ack.node}' on the topic of '{node}'")
                 self._on_ack(ack)
-            elif kind == "stats" and self.config.calibrate:
+            elif kind == "stats":
                 stats = StatsMessage.decode(payload)
                 if stats.node != node:
                     raise SchemaError(f"stats name node '{stats.node}' on the topic of '{node}'")
-                self._calibrate(stats)
+                if node == self.config.chain[0].node:
+                    self._measure_rate(stats)
+                if self.config.calibrate:
+                    self._calibrate(stats)
         except SchemaError as exc:
             log.warning("dropped message on %s: %s", topic, exc)
 
@@ -322,6 +339,21 @@ class Controller:
                 log.warning("node %s rejected plan %d: %s", ack.node, ack.version, ack.error)
             if decision.applied_at is None and decision.expected <= decision.acked:
                 decision.applied_at = time.time()
+
+    def _measure_rate(self, stats: StatsMessage) -> None:
+        """The source's request rate from its stats: requests it started per second."""
+        requests = sum(st.count * st.batch for st in stats.stages)
+        with self._lock:
+            rate, at = self._rate
+            span = stats.ts - at if 0 < stats.ts - at < 5 else 1.0
+            self._rate = (0.5 * rate + 0.5 * requests / span if at else requests / span, stats.ts)
+
+    def request_rate(self, now: float | None = None) -> float:
+        """The source's recent request rate, requests/s (0 after 3 s without stats)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rate, at = self._rate
+        return rate if now - at < 3.0 else 0.0
 
     def _calibrate(self, stats: StatsMessage) -> None:
         idx = next((i for i, c in enumerate(self.config.chain) if c.node == stats.node), None)
@@ -395,6 +427,7 @@ class Controller:
         hist = np.stack(list(self._bw_history))[None]  # (1, H, M)
         cond = ConditionBatch(hist[:, -1], np.zeros((1, D - 1)), cpu[None],
                               np.array([float(cfg.clients)]), mem[None])
+        self._cond = cond
         pred = self.model.evaluate(self.candidates.plans, cond)
         total = np.array([d.memory_mb for d in self.devices])
         static = self.obs_spec.static_part(cpu[None], (mem / total)[None], hist, np.array([cfg.clients]),
@@ -435,6 +468,8 @@ class Controller:
         if not self.connected():
             return None
         obs, mask, dead = self.observe(now)
+        if self.config.source_rule:
+            self._publish_rule(now, mask)
         again, self._reissue = self._reissue, None
         if again is not None and again == self.current and mask[again]:
             return self._publish(again, now, dead, keep_switch_time=True)
@@ -475,6 +510,35 @@ class Controller:
             self.metrics.switched(version, predicted)
         log.info("plan %d: %s (predicted %.1f ms) by %s", version, plan, predicted, self.policy_name)
         return decision
+
+    def _publish_rule(self, now: float, mask: np.ndarray) -> RuleMessage | None:
+        """Publish the source's decision table if it changed; returns the rule published, if any."""
+        assert self._cond is not None
+        table = decision_table(self.model, self.candidates, self._cond, mask, self.request_rate(now),
+                               self.config.rate_headroom)
+        key = (table.edges_mbps, table.actions)
+        if key == self._rule_key:
+            return None
+        rows = []
+        for a, ms, rps in zip(table.actions, table.predicted_ms, table.throughput_rps, strict=True):
+            plan = self.candidates.plan(a)
+            rows.append(RulePlan(plan.splits, plan.codecs, round(ms, 3) if np.isfinite(ms) else None,
+                                 round(rps, 3) if np.isfinite(rps) else None))
+        with self._lock:
+            self.version += 1
+            version = self.version
+        devices = tuple(c.node for c in self.config.chain)
+        edges = tuple(round(e, 4) for e in table.edges_mbps)
+        rule = RuleMessage(version, devices[0], self.profile.model, devices, self.model.num_blocks,
+                           round(now, 3), "table", edges, tuple(rows))
+        message = Message(rule_topic(self.config.cluster, devices[0]), rule.encode(), qos=1, retain=True)
+        with self._lock:
+            self._last_rule, self._rule_key = message, key
+            self.rules.append(rule)
+        self.transport.publish(message)
+        log.info("rule %d for %s: %d bins, edges %s Mbit/s", version, devices[0], len(rows),
+                 [round(e, 2) for e in table.edges_mbps])
+        return rule
 
     def check_acks(self, now: float | None = None) -> None:
         """Re-issue the newest plan if some chain node refused it or has not acked it in ``ack_timeout_s``.

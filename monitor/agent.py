@@ -228,6 +228,23 @@ class MonitorAgent:
                                              round(nbytes * 8 / seconds / 1e6, 3))
             self._passive_at[peer] = time.time()
 
+    def uplink(self, peer: str) -> tuple[float | None, float | None]:
+        """The freshest estimate of the link to ``peer``: ``(Mbit/s, Unix time measured)``.
+
+        The newer of the passive estimate (the node's own transfers) and the probes' estimate;
+        ``(None, None)`` before either exists. A source node decides each request's plan on this.
+        """
+        with self._links_lock:
+            link = self._links.get(peer, LinkEstimate())
+            passive_at = self._passive_at.get(peer)
+        candidates = [(at, mbps) for mbps, at in ((link.passive_mbps, passive_at),
+                                                   (link.bandwidth_mbps, link.measured_at))
+                      if mbps and at is not None]
+        if not candidates:
+            return None, None
+        at, mbps = max(candidates)
+        return mbps, at
+
     def probe_size(self, peer: str) -> int:
         """Bytes for the next probe of ``peer``: capped at ``probe_max_share`` of its capacity.
 

@@ -107,7 +107,7 @@ def parse_topic(topic: str) -> tuple[str, str, str | None]:
     if len(parts) == 3 and parts[0] == "adaptive" and parts[2] == "plan":
         return check_id(parts[1], "cluster"), "plan", None
     if len(parts) == 5 and parts[0] == "adaptive" and parts[2] == "node" and parts[4] in (
-            "telemetry", "status", "ack", "stats"):
+            "telemetry", "status", "ack", "stats", "rule"):
         return check_id(parts[1], "cluster"), parts[4], check_id(parts[3], "node")
     raise SchemaError(f"not an adaptive v1 topic: {topic!r}")
 

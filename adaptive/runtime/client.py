@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,9 @@ class InferenceClient:
         deadline_factor: ... and at least this many times the plan's predicted latency.
         curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`) for an authenticated,
             encrypted data plane; None for plain TCP.
+        source_decides: Send requests without a plan to the source node (the default plan's first
+            node), which picks each one's plan from its decision rule and its fresh uplink estimate
+            (:mod:`adaptive.runtime.source`); False stamps the current default plan here.
     """
 
     def __init__(self, client_id: str, broker: BrokerAddress, cluster: str, input_shape: tuple[int, ...],
@@ -134,7 +137,7 @@ class InferenceClient:
                  timeout_s: float = 10.0, on_result: Callable[[Frame], None] | None = None,
                  on_record: Callable[[RequestRecord], None] | None = None, ca_file: str | None = None,
                  max_retries: int = 3, min_deadline_s: float = 2.0, deadline_factor: float = 4.0,
-                 curve: Any = None) -> None:
+                 curve: Any = None, source_decides: bool = True) -> None:
         if max_retries < 0 or not min_deadline_s > 0 or not deadline_factor > 0 or not timeout_s > 0:
             raise AdaptiveError("max_retries must be >= 0; timeout_s, min_deadline_s and deadline_factor > 0")
         self.client_id = client_id
@@ -148,6 +151,7 @@ class InferenceClient:
         self.min_deadline_s = min_deadline_s
         self.deadline_factor = deadline_factor
         self.curve = curve
+        self.source_decides = source_decides
         self.plan: PlanMessage | None = None
         self.presence = Presence()
         self.records: list[RequestRecord] = []
@@ -250,6 +254,7 @@ class InferenceClient:
 
         ``plan`` defaults to the current one.
         """
+        explicit = plan is not None
         if plan is None:
             with self._lock:
                 plan = self.plan
@@ -258,7 +263,10 @@ class InferenceClient:
         endpoint = self.presence.endpoint(plan.devices[0])
         if endpoint is None:
             return None, "", f"first node '{plan.devices[0]}' has no data endpoint (offline?)"
-        offline = [n for n in plan.working_nodes() if not self.presence.online(n)]
+        if explicit or not self.source_decides:  # the source re-checks a plan it picks itself
+            offline = [n for n in plan.working_nodes() if not self.presence.online(n)]
+        else:
+            offline = [n for n in plan.devices[:1] if not self.presence.online(n)]
         if offline:
             return None, "", f"plan {plan.version} gives work to offline node '{offline[0]}'"
         return plan, endpoint, ""
@@ -293,8 +301,11 @@ class InferenceClient:
         now = time.time()
         base = Frame(kind="work", request_id=wire_id, client=self.client_id, reply_to=self.reply_to,
                      version=plan.version, hop=0, position=0, shape=self.input_shape,
-                     sent_at=req.sent_at or now, model=plan.model, devices=plan.devices, splits=plan.splits,
-                     codecs=plan.codecs)
+                     sent_at=req.sent_at or now)
+        auto = req.fixed is None and self.source_decides
+        if not auto:  # else the source stamps the plan on arrival
+            base = replace(base, model=plan.model, devices=plan.devices, splits=plan.splits,
+                           codecs=plan.codecs)
         parts = encode_frame(tensor_frame(base, req.array, self.codec))
         sock = self._push.get(endpoint)
         if sock is None:
@@ -316,8 +327,8 @@ class InferenceClient:
         req.wire_id = wire_id
         req.wire_ids.append(wire_id)
         self._wire[wire_id] = req.rid
-        req.version, req.nodes = plan.version, plan.working_nodes()
-        req.plan = ",".join(str(x) for x in plan.splits)
+        req.version, req.nodes = plan.version, (plan.devices[:1] if auto else plan.working_nodes())
+        req.plan = "" if auto else ",".join(str(x) for x in plan.splits)
         req.attempt_sent = time.monotonic()
         req.deadline = req.attempt_sent + self._deadline_s(plan)
         req.in_flight = True
@@ -372,6 +383,8 @@ class InferenceClient:
                 else:
                     self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
                     self._srtt = 0.875 * self._srtt + 0.125 * sample
+            if frame.devices:  # the plan it really ran under (the source's choice)
+                req.version, req.plan = frame.version, ",".join(str(x) for x in frame.splits)
             if self.on_result is not None:
                 self.on_result(frame)
             self._finish(req, "ok", round((now - (req.sent_at or now)) * 1e3, 3), "", _hops(frame))

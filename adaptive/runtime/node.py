@@ -41,9 +41,11 @@ from adaptive.partition import partition
 from adaptive.profiles import ModelProfile
 from adaptive.runtime.links import Outbox
 from adaptive.runtime.shaping import LinkShaper
+from adaptive.runtime.source import SourceDecider, check_rule
 from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
 from adaptive.zoo import build_model, default_input_shape
 from monitor.presence import Presence
+from monitor.rules import RuleMessage, rule_topic
 from monitor.schema import (
     Ack,
     Message,
@@ -190,6 +192,7 @@ class NodeRuntime:
                        if (config.uplink_mbps or config.uplink_trace) else None)
         self.plan: PlanMessage | None = None  # newest default plan accepted (audit; requests carry theirs)
         self.presence = Presence()  # peers' statuses and data endpoints
+        self.source = SourceDecider(config.node, self.presence, self._uplink)
         self.endpoint = ""
         self.processed = 0
         self.rejected = 0
@@ -241,7 +244,7 @@ class NodeRuntime:
             self.broker, client_id=f"node-{cfg.cluster}-{cfg.node}", will=self._status("offline"),
             on_connect_messages=lambda: [self._status("online")],
             subscriptions=[(plan_topic(cfg.cluster), 1), (f"{base}/node/+/status", 1),
-                           (f"{base}/emulation", 1)],
+                           (f"{base}/emulation", 1), (rule_topic(cfg.cluster, cfg.node), 1)],
             on_message=self._on_mqtt, ca_file=self.ca_file, on_disconnect=self.presence.disconnected)
         self.transport.start(wait_s)
         if self.metrics is not None:
@@ -269,6 +272,10 @@ class NodeRuntime:
                 self.curve.stop_authenticator()
             self._context.term()
 
+    def _uplink(self, peer: str) -> tuple[float | None, float | None]:
+        """The in-process monitor's freshest estimate of the link to ``peer`` (none without one)."""
+        return self.agent.uplink(peer) if self.agent is not None else (None, None)
+
     def _status(self, state: str) -> Message:
         cfg = self.config
         msg = Status(node=cfg.node, state=state, ts=time.time(), device=cfg.device,
@@ -290,6 +297,8 @@ class NodeRuntime:
                 self.presence.update(status)
             elif kind == "plan" and payload:
                 self._apply_plan(PlanMessage.decode(payload))
+            elif kind == "rule" and node == self.config.node and payload:
+                self._apply_rule(RuleMessage.decode(payload))
         except SchemaError as exc:
             self.rejected += 1
             log.warning("dropped message on %s: %s", topic, exc)
@@ -332,11 +341,27 @@ class NodeRuntime:
             with self._lock:
                 if self.plan is None or plan.version >= self.plan.version:
                     self.plan = plan
+            if plan.devices[0] == cfg.node:
+                self.source.set_default(plan)
         else:
             log.warning("rejected plan %d: %s", plan.version, error)
         if self.metrics is not None:
             self.metrics.plan(plan.version, not error)
         ack = Ack(node=cfg.node, version=plan.version, ok=not error, ts=time.time(), error=error)
+        assert self.transport is not None
+        self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
+
+    def _apply_rule(self, rule: RuleMessage) -> None:
+        """Adopt a decision rule for requests entering here, or refuse it (the last good one stays)."""
+        cfg = self.config
+        error = check_rule(rule, cfg.node, cfg.model, self.part.num_blocks)
+        if not error:
+            self.source.set_rule(rule)
+        else:
+            log.warning("rejected rule %d: %s", rule.version, error)
+        if self.metrics is not None:
+            self.metrics.plan(rule.version, not error)
+        ack = Ack(node=cfg.node, version=rule.version, ok=not error, ts=time.time(), error=error)
         assert self.transport is not None
         self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
 
@@ -365,6 +390,12 @@ class NodeRuntime:
             if frame.kind != "work":
                 self.rejected += 1
                 continue
+            if not frame.devices:  # entering at its source without a plan: decide it here, now
+                decided, why = self.source.decide(frame)
+                if decided is None:
+                    self._reply(frame.error_reply(why, retry=True))
+                    continue
+                frame = decided
             try:
                 self._work.put_nowait((time.monotonic(), frame))
             except queue.Full:

@@ -19,7 +19,9 @@ the failure is transient — a node died or is unreachable, a queue was full —
 send the request again), ``trace`` (per-node timing records ``[node, queue_ms, exec_ms, batch]``).
 
 Every work frame carries its own plan, and every node validates it and runs its stage of it: any
-node runs any valid plan with no handshake, and a switch changes nothing for requests in flight.
+node runs any valid plan with no handshake, and a switch changes nothing for requests in flight. A
+request may enter its source node (``hop`` 0, ``position`` 0) without a plan: the source then picks
+one from its decision rule (:mod:`monitor.rules`) and stamps it on the request.
 """
 
 from __future__ import annotations
@@ -217,9 +219,10 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
 def _plan(h: dict[str, Any], kind: str) -> tuple[str, tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
     """The request's own plan from a header (required on work frames), structure only."""
     if "devices" not in h:
-        if kind == "work":
-            raise WireError("work frame has no plan (header fields model, devices, splits, codecs)")
-        return "", (), (), ()
+        if kind == "work" and not (h.get("hop") == 0 and h.get("position") == 0):
+            raise WireError("work frame past the source has no plan (header fields model, devices, splits, "
+                            "codecs)")
+        return "", (), (), ()  # a request entering at its source without a plan: the source decides
     devices = h.get("devices")
     if (not isinstance(devices, list) or not 1 <= len(devices) <= 16
             or not all(isinstance(d, str) and _ID.match(d) for d in devices)

@@ -58,7 +58,7 @@ def parts(**header):
     (parts(trace=[["pi", "slow", 1.0, 1]]), "trace"),
     (parts(trace=[["pi", 0.0, 1.0, 1e400]]), "trace"),
     (parts(shape=[2**30] * 8), "truncated or inconsistent"),  # huge product: no int64 overflow
-    (parts(devices=DROP), "work frame has no plan"),
+    (parts(devices=DROP, hop=1), "past the source has no plan"),
     (parts(devices=["pi", "pi"]), "'devices'"),
     (parts(devices=["pi", "a/b"]), "'devices'"),
     (parts(splits=[3, 4]), "'splits'"),
@@ -114,3 +114,8 @@ def test_transient_errors_say_so_on_the_wire():
     for retry in (True, False):
         back = decode_frame(encode_frame(base.error_reply("node x is unreachable", retry=retry)))
         assert back.kind == "error" and back.retry is retry and back.error == "node x is unreachable"
+
+
+def test_a_request_may_enter_its_source_without_a_plan():
+    frame = decode_frame(parts(devices=DROP, hop=0, position=0))
+    assert frame.kind == "work" and frame.devices == () and frame.splits == ()

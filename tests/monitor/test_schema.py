@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.rules import RuleMessage, RulePlan, rule_topic
 from monitor.schema import (
     Ack,
     LinkEstimate,
@@ -39,6 +40,8 @@ RECORDS = {
     "status": Status("pi-1", "online", 1.7e9, "raspberry-pi-4", "cpu", 4000.0, "tcp://pi:5555", "pi:7300"),
     "plan": PlanMessage(7, "resnet18", ("pi-1", "jetson"), (4,), 1.7e9, "greedy", 42.0, ("int8",), 14),
     "ack": Ack("jetson", 7, False, 1.7e9, "unknown node"),
+    "rule": RuleMessage(9, "pi-1", "resnet18", ("pi-1", "jetson"), 14, 1.7e9, "greedy", (2.5, 20.0),
+                        (RulePlan((14,), (), 80.0, 12.5), RulePlan((4,), ("int8",), 55.0), RulePlan((0,)))),
     "stats": StatsMessage("pi-1", 1.7e9, (StageTiming(7, 0, 4, 1, 12, 31.5),),
                           (TransferTiming("jetson", 12, 150528, 41.2),)),
 }
@@ -134,3 +137,21 @@ def test_field_level_fuzz_never_crashes(kind, data):
     record = decode_or_schema_error(type(RECORDS[kind]), json.dumps(d).encode())
     if record is not None:  # whatever is accepted re-encodes to something the schema accepts
         jsonschema.validate(json.loads(record.encode()), schema(kind))
+
+
+def test_rule_bins_and_topic():
+    rule = RECORDS["rule"]
+    assert [rule.index(b) for b in (0.5, 2.5, 10.0, 20.0, 500.0, float("nan"), 0.0)] == [0, 1, 1, 2, 2, 0, 0]
+    assert rule.plan(1).splits == (4,) and rule.plan(1).codecs == ("int8",) and rule.plan(1).version == 9
+    assert rule_topic("lab", "pi-1") == "adaptive/lab/node/pi-1/rule"
+    assert parse_topic(rule_topic("lab", "pi-1")) == ("lab", "rule", "pi-1")
+    doc = json.loads(rule.encode())
+    for change, message in (({"source": "jetson"}, "not the chain's first node"),
+                            ({"edges_mbps": [20.0, 2.5]}, "increasing"),
+                            ({"plans": doc["plans"][:2]}, "one per bin"),
+                            ({"kind": "policy"}, "'kind'")):
+        with pytest.raises(SchemaError, match=message):
+            RuleMessage.decode(json.dumps({**doc, **change}))
+    bad_row = [dict(doc["plans"][0], splits=[15]), *doc["plans"][1:]]
+    with pytest.raises(SchemaError, match=r"plans\[0\].*0..14"):
+        RuleMessage.decode(json.dumps({**doc, "plans": bad_row}))

@@ -1,0 +1,85 @@
+"""Decision tables: the best plan per uplink bandwidth bin, for a fixed slow state.
+
+The controller conditions on what changes slowly (CPU load, the other links, clients, calibration,
+dead nodes, the source's request rate) and leaves the source's uplink free: every candidate plan is
+evaluated, vectorised, on a log-spaced grid of uplink bandwidths, and each grid point gets the plan
+with the lowest predicted latency among those allowed and able to sustain the request rate (the
+bottleneck stage or link must keep up). Runs of equal choices become bins whose edges lie halfway,
+in log scale, between neighbouring grid points. The source looks its estimate up in the bins
+(:class:`monitor.rules.RuleMessage`), so a bandwidth change moves the plan without asking anyone.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from adaptive.latency import ConditionBatch, SplitModel
+from adaptive.observation import CandidatePlans
+
+__all__ = ["DecisionTable", "decision_table"]
+
+GRID_MBPS = np.geomspace(0.05, 5000.0, 97)  # 20 points per decade
+
+
+class DecisionTable(NamedTuple):
+    """Bins over the source's uplink.
+
+    Attributes:
+        edges_mbps: ``K - 1`` ascending bin edges, Mbit/s.
+        actions: ``K`` candidate indices, one per bin.
+        predicted_ms: ``K`` predicted latencies, at the bin's middle grid point, ms.
+        throughput_rps: ``K`` predicted sustainable rates there, requests/s.
+    """
+
+    edges_mbps: tuple[float, ...]
+    actions: tuple[int, ...]
+    predicted_ms: tuple[float, ...]
+    throughput_rps: tuple[float, ...]
+
+
+def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: ConditionBatch,
+                   allowed: np.ndarray, rate_hz: float = 0.0, headroom: float = 1.2,
+                   grid_mbps: np.ndarray = GRID_MBPS) -> DecisionTable:
+    """The best allowed plan per bin of the first link's bandwidth.
+
+    Args:
+        model: The (calibrated) latency model.
+        candidates: The plans to choose from.
+        conditions: The slow state, one row (its first link's bandwidth is replaced by the grid).
+        allowed: ``(P,)`` plans allowed (memory, dead nodes).
+        rate_hz: The source's request rate; plans whose predicted throughput is below
+            ``headroom × rate_hz`` are left out where any plan keeps up (0: no constraint).
+        headroom: Margin on the rate (≥ 1).
+        grid_mbps: Uplink bandwidths to evaluate, ascending, Mbit/s.
+
+    Returns:
+        The bins, merged where neighbouring grid points choose the same plan.
+    """
+    G = len(grid_mbps)
+    bw = np.repeat(np.asarray(conditions.bandwidth_mbps, float)[:1], G, axis=0)
+    bw[:, 0] = grid_mbps
+    cond = ConditionBatch(bw, np.repeat(conditions.propagation_ms[:1], G, axis=0),
+                          np.repeat(conditions.cpu_load[:1], G, axis=0),
+                          np.repeat(np.asarray(conditions.clients)[:1], G, axis=0),
+                          np.repeat(conditions.available_mb[:1], G, axis=0))
+    pred = model.evaluate(candidates.plans, cond)  # (G, P)
+    ok = pred.feasible & np.asarray(allowed, bool)[None]
+    if not ok.any():
+        ok = np.broadcast_to(np.asarray(allowed, bool)[None], ok.shape).copy() if np.any(allowed) else \
+            np.ones_like(ok)
+    if rate_hz > 0:
+        fast = ok & (pred.throughput_rps >= headroom * rate_hz)
+        ok = np.where(fast.any(axis=1, keepdims=True), fast, ok)  # where none keeps up: the best of all
+    latency = np.where(ok, pred.latency_ms, np.inf)
+    best = np.argmin(latency, axis=1)  # (G,)
+    change = np.flatnonzero(best[1:] != best[:-1])  # a new bin starts at change + 1
+    starts = np.concatenate([[0], change + 1])
+    ends = np.concatenate([change + 1, [G]])
+    edges = tuple(float(np.sqrt(grid_mbps[i - 1] * grid_mbps[i])) for i in change + 1)
+    mids = (starts + ends - 1) // 2
+    rows = np.arange(G)
+    return DecisionTable(edges, tuple(int(best[s]) for s in starts),
+                         tuple(float(latency[rows, best][m]) for m in mids),
+                         tuple(float(pred.throughput_rps[m, best[m]]) for m in mids))
