@@ -193,8 +193,8 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
                 on_model=on_model,
             ).start()
             controller.step()  # the first plan, before any request
-            client = InferenceClient(
-                "demo", url, cfg.cluster, default_input_shape(cfg.model), timeout_s=30.0
+            client = InferenceClient(  # each request stamped with the plan of its phase, here
+                "demo", url, cfg.cluster, default_input_shape(cfg.model), timeout_s=30.0, source_decides=False
             ).start()
             view = _View(cfg) if cfg.view else None
             for phase in ("adaptive", "static", "device-only"):

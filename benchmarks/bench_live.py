@@ -5,8 +5,14 @@ broker; the ``pi`` node pads its stages to the Raspberry Pi 4 profile and its up
 the accelerator is this machine itself (``xeon-vm``, measured by ``adaptive profile model``), since
 one machine can emulate slower devices but not faster ones.
 
+* ``source``: two-level control. The controller publishes a table rule to the ``pi`` (run in this
+  process), which picks each request's plan from it and its own uplink estimate; the uplink steps
+  below the table's lowest edge and above its highest, 16 times, under open-loop load; time from
+  the change to the first request that ran the rule's plan for the new rate, and the age of the
+  estimate behind every decision.
 * ``reaction``: the pi's uplink drops from 30 to 2 Mbit/s and back, repeatedly, under closed-loop
-  load; time from the change to the new plan acked by every node (1 Hz telemetry, 1 s probes).
+  load; time from the change to the new plan acked by every node (1 Hz telemetry, 1 s probes): the
+  controller-only path, for comparison.
 * ``calibration``: the accelerator emulates a Jetson Nano 2x slower than its profile; time under
   closed-loop load until the controller's fitted scale stays within 10% (5%) of 2.
 * ``overhead``: per-request latency through the runtime minus the same stages executed in-process
@@ -16,7 +22,7 @@ one machine can emulate slower devices but not faster ones.
   host's compute, the transfers and the runtime) and once with both nodes computing for real on
   this machine (no padding: the ``xeon-vm`` profile must predict both stages).
 
-Usage: python benchmarks/bench_live.py [--what reaction,calibration,overhead,accuracy] [--json]
+Usage: python benchmarks/bench_live.py [--what source,reaction,calibration,overhead,accuracy] [--json]
 (--json prints every sample; the default prints the summary figures.)
 """
 
@@ -112,7 +118,7 @@ def latency_of(cluster: Cluster, splits: tuple[int, ...], n: int,
     cluster.publish(splits, codecs)
     time.sleep(0.5)
     with InferenceClient(f"bench{cluster.version}", cluster.url, CLUSTER, default_input_shape(cluster.model),
-                         timeout_s=30) as client:
+                         timeout_s=30, source_decides=False) as client:
         while client.plan is None or client.plan.version < cluster.version:
             time.sleep(0.02)
         client.run(0.1, concurrency=1)  # warm-up: sockets, first-run allocations
@@ -237,6 +243,112 @@ def reaction(model: str = "mobilenet_v2", cycles: int = 8) -> dict[str, Any]:
             "missed": sum(s["applied_s"] is None for s in samples)}
 
 
+def source_reaction(model: str = "mobilenet_v2", steps: int = 16, rate_hz: float = 5.0,
+                    probe_interval_s: float = 0.25) -> dict[str, Any]:
+    """Two-level control: a bandwidth step to the first request that runs the right new plan.
+
+    The ``pi`` runs in this process (its source decisions are read directly), the accelerator as a
+    process; the controller publishes a table rule for the pi; an open-loop client sends
+    ``rate_hz`` requests. The uplink alternates between a rate below the table's lowest edge and
+    one above its highest, ``steps`` times at random phase; each step's reaction is the time from
+    the change to the send time of the first request that ran the plan the rule gives for the new
+    rate.
+    """
+    from adaptive.controller import Controller, ControllerConfig
+    from adaptive.runtime.node import NodeConfig, NodeRuntime, attach_monitor, emulated_latency
+    from agents.live import build_policy
+
+    rng = np.random.default_rng(1)
+    broker = EmbeddedBroker("127.0.0.1", free_port()).start()
+    url = parse_broker_url(broker.url)
+    probe = {"pi": free_port(), "host": free_port()}
+    host = subprocess.Popen([sys.executable, "-m", "adaptive", "node", "--broker", broker.url, "--cluster",
+                             CLUSTER, "--model", model, "--node", "host", "--device", "xeon-vm",
+                             "--uplink-mbps", "1000", "--monitor", "--probe-port", str(probe["host"]),
+                             "--interval", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    profile = resolve_model(model)
+    corr = profile.correction_for("raspberry-pi-4")
+    pi = NodeRuntime(NodeConfig(node="pi", model=model, cluster=CLUSTER, device="raspberry-pi-4",
+                                emulate=emulated_latency(profile, "raspberry-pi-4"),
+                                emulate_correction=(corr.c0_ms, corr.c1_ms), uplink_mbps=30.0), url).start()
+    agent = attach_monitor(pi, {"host": ("127.0.0.1", probe["host"])}, probe_port=probe["pi"],
+                           probe_interval_s=probe_interval_s, interval_s=0.5)
+    cfg = ControllerConfig.from_dict({"model_profile": model, "cluster": CLUSTER, "interval_s": 1.0,
+                                      "source_rule": True,
+                                      "chain": [{"node": "pi", "device": "raspberry-pi-4"},
+                                                {"node": "host", "device": "xeon-vm"}]})
+    policy, cands, spec, name, on_model = build_policy("greedy", cfg)
+    ctl = None
+    samples: list[dict[str, Any]] = []
+    control = MqttTransport(url, "bench-source").start()
+    try:
+        with Collector(url, CLUSTER) as col:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                view = col.nodes().get("host")
+                if view is not None and view.telemetry is not None:
+                    break
+                time.sleep(0.2)
+        ctl = Controller(cfg, url, policy, candidates=cands, obs_spec=spec, policy_name=name,
+                         on_model=on_model).start()
+        deadline = time.monotonic() + 30
+        while pi.source.rule is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rule = pi.source.rule
+        if rule is None:
+            raise RuntimeError("the pi got no decision rule")
+        low = rule.edges_mbps[0] / 2 if rule.edges_mbps else 2.0
+        high = rule.edges_mbps[-1] * 2 if rule.edges_mbps else 30.0
+        with InferenceClient("react2", url, CLUSTER, default_input_shape(model), timeout_s=30) as client:
+            stop = threading.Event()
+
+            def stream() -> None:
+                while not stop.is_set():
+                    client.run(1.0, rate_hz=rate_hz)
+
+            load = threading.Thread(target=stream, daemon=True)
+            load.start()
+            time.sleep(5)
+            marks = []
+            for i in range(steps):
+                rate = low if i % 2 == 0 else high
+                time.sleep(rng.uniform(0, 1.0))
+                t0 = time.time()
+                _set_uplink_via(control, rate)
+                current = pi.source.rule
+                want = ",".join(map(str, current.plans[current.index(rate)].splits)) if current else ""
+                marks.append((t0, rate, want))
+                time.sleep(5)
+            stop.set()
+            load.join(timeout=30)
+            records = list(client.records)
+        decisions = list(pi.source.decisions)
+    finally:
+        if ctl is not None:
+            ctl.close()
+        control.close()
+        agent.close()
+        pi.close()
+        host.terminate()
+        host.wait(timeout=10)
+        broker.close()
+    for t0, rate, want in marks:
+        hits = [r.sent_at for r in records if r.sent_at >= t0 and r.plan == want and r.outcome == "ok"]
+        samples.append({"to_mbps": round(rate, 3), "plan": want,
+                        "reaction_s": round(min(hits) - t0, 3) if hits else None})
+    got = [s["reaction_s"] for s in samples if s["reaction_s"] is not None]
+    ages = [d.age_s for d in decisions if d.age_s is not None]
+    lost = sum(r.outcome != "ok" for r in records)
+    return {"model": model, "rate_hz": rate_hz, "probe_interval_s": probe_interval_s,
+            "low_mbps": round(low, 3), "high_mbps": round(high, 3), "samples": samples,
+            "median_s": round(statistics.median(got), 3) if got else None,
+            "p90_s": round(float(np.percentile(got, 90)), 3) if got else None,
+            "missed": sum(s["reaction_s"] is None for s in samples),
+            "age_median_s": round(statistics.median(ages), 3) if ages else None,
+            "age_p90_s": round(float(np.percentile(ages, 90)), 3) if ages else None,
+            "requests": len(records), "not_ok": lost}
+
+
 def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str, Any]:
     """How fast online calibration finds an accelerator ``slowdown`` times slower than its profile.
 
@@ -260,7 +372,8 @@ def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str,
         deadline = time.monotonic() + 20
         while not (ctl.decisions and ctl.decisions[-1].applied_at) and time.monotonic() < deadline:
             time.sleep(0.05)
-        with InferenceClient("cal", cluster.url, CLUSTER, default_input_shape(model), timeout_s=30) as client:
+        with InferenceClient("cal", cluster.url, CLUSTER, default_input_shape(model), timeout_s=30,
+                             source_decides=False) as client:
             start = time.time()
             client.run(20.0, concurrency=1)
         history = [(round(t - start, 2), round(s["host"], 3)) for t, s in ctl.scale_history if t >= start]
@@ -278,17 +391,23 @@ def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str,
 
 def _set_uplink(cluster: Cluster, rate: float) -> None:
     """Pin the pi's emulated uplink to ``rate`` Mbit/s (the node's emulation control topic)."""
-    cluster.control.publish(Message(f"adaptive/{CLUSTER}/emulation",
-                                    json.dumps({"v": 1, "uplink_mbps": rate}).encode(), 1))
+    _set_uplink_via(cluster.control, rate)
+
+
+def _set_uplink_via(control: MqttTransport, rate: float) -> None:
+    payload = json.dumps({"v": 1, "uplink_mbps": rate}).encode()
+    control.publish(Message(f"adaptive/{CLUSTER}/emulation", payload, 1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--what", default="reaction,calibration,overhead,accuracy")
+    parser.add_argument("--what", default="source,reaction,calibration,overhead,accuracy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     out: dict[str, Any] = {}
     what = args.what.split(",")
+    if "source" in what:
+        out["source"] = source_reaction()
     if "reaction" in what:
         out["reaction"] = reaction()
     if "calibration" in what:
@@ -301,6 +420,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=1))
         return
+    if "source" in out:
+        r = out["source"]
+        print(f"source reaction (bandwidth step {r['low_mbps']}<->{r['high_mbps']} Mbit/s -> first request "
+              f"on the rule's new plan), {len(r['samples'])} steps, {r['rate_hz']:g} req/s: median "
+              f"{r['median_s']} s, p90 {r['p90_s']} s, missed {r['missed']}; estimate age at decision: "
+              f"median {r['age_median_s']} s, p90 {r['age_p90_s']} s; {r['requests']} requests, "
+              f"{r['not_ok']} not ok")
     if "reaction" in out:
         r = out["reaction"]
         print(f"reaction (bandwidth step -> new plan acked by all nodes), {len(r['samples'])} steps: "
