@@ -26,6 +26,8 @@ __all__ = ["OutLink", "Outbox"]
 log = logging.getLogger(__name__)
 
 SentCallback = Callable[[str, Frame, int, float, float | None], None]
+ChunkCallback = Callable[[str, Frame, int, float], None]
+CHUNK_BYTES = 64 * 1024  # granularity at which an emulated link paces (and reports) a frame
 
 
 class OutLink:
@@ -45,17 +47,22 @@ class OutLink:
         curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`): the link authenticates as
             a client of ``peer``, whose public key it pins.
         peer: Id of the receiver (its key name), with ``curve``.
+        on_chunk: ``on_chunk(endpoint, frame, nbytes, wire_s)`` after each chunk of a shaped frame
+            crossed the emulated link (a live sample of its rate).
     """
 
     def __init__(self, context: zmq.Context, endpoint: str, shaper: LinkShaper | None = None,
                  on_sent: SentCallback | None = None,
                  on_failed: Callable[[Frame, str], None] | None = None, max_queue: int = 1000,
-                 send_timeout_ms: int = 1000, curve: Any = None, peer: str = "") -> None:
+                 send_timeout_ms: int = 1000, curve: Any = None, peer: str = "",
+                 on_chunk: ChunkCallback | None = None) -> None:
         self.endpoint = endpoint
+        self.on_chunk = on_chunk
         self.shaper = shaper
         self.on_sent = on_sent
         self.on_failed = on_failed
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=max_queue)
+        self.in_progress: tuple[int, float] | None = None  # (bytes, monotonic start) of a chunk on the link
         self._socket = context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.SNDHWM, 1000)
@@ -93,7 +100,7 @@ class OutLink:
             # the shaper emulates the link to the next node; results and errors go to the client,
             # which sits with the first node, so they are not shaped
             shaped = self.shaper is not None and frame.kind == "work"
-            wire_s = self.shaper.acquire(nbytes) if shaped else None
+            wire_s = self._shape(frame, nbytes) if shaped else None
             try:
                 self._socket.send_multipart(parts, copy=False)
             except zmq.ZMQError as exc:
@@ -104,6 +111,25 @@ class OutLink:
             if self.on_sent is not None:
                 self.on_sent(self.endpoint, frame, nbytes, time.monotonic() - started, wire_s)
         self._socket.close()
+
+    def _shape(self, frame: Frame, nbytes: int) -> float:
+        """Pace ``nbytes`` through the shaper in chunks, reporting each; returns the wire time, s.
+
+        Chunks make the link observable while a large activation crosses it, as a kernel's
+        delivery-rate counters are on a real link: after a bandwidth drop the sender learns the new
+        rate within one chunk's time, not when the whole tensor is through.
+        """
+        assert self.shaper is not None
+        total = 0.0
+        for offset in range(0, nbytes, CHUNK_BYTES):
+            size = min(CHUNK_BYTES, nbytes - offset)
+            self.in_progress = (size, time.monotonic())
+            wire = self.shaper.acquire(size)
+            total += wire
+            if self.on_chunk is not None:
+                self.on_chunk(self.endpoint, frame, size, wire)
+        self.in_progress = None
+        return total
 
     def _fail(self, frames: list[Frame], reason: str) -> bool:
         """Fail ``frames`` and everything queued behind them; False if :meth:`close` was asked."""
@@ -128,9 +154,11 @@ class Outbox:
 
     def __init__(self, context: zmq.Context, shaper: LinkShaper | None = None,
                  on_sent: SentCallback | None = None,
-                 on_failed: Callable[[Frame, str], None] | None = None, curve: Any = None) -> None:
+                 on_failed: Callable[[Frame, str], None] | None = None, curve: Any = None,
+                 on_chunk: ChunkCallback | None = None) -> None:
         self.context = context
         self.curve = curve
+        self.on_chunk = on_chunk
         self.shaper = shaper
         self.on_sent = on_sent
         self.on_failed = on_failed
@@ -144,12 +172,18 @@ class Outbox:
             if link is None:
                 try:
                     link = OutLink(self.context, endpoint, self.shaper, self.on_sent, self.on_failed,
-                                   curve=self.curve, peer=peer)
+                                   curve=self.curve, peer=peer, on_chunk=self.on_chunk)
                 except AdaptiveError as exc:
                     log.warning("cannot open a link to %s: %s", endpoint, exc)
                     return False
                 self._links[endpoint] = link
         return link.send(frame)
+
+    def in_progress(self, endpoint: str) -> tuple[int, float] | None:
+        """``(bytes, monotonic start)`` of the chunk crossing the emulated link to ``endpoint`` now."""
+        with self._lock:
+            link = self._links.get(endpoint)
+        return link.in_progress if link is not None else None
 
     def close(self) -> None:
         """Close every link."""

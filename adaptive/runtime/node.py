@@ -238,7 +238,8 @@ class NodeRuntime:
             raise AdaptiveError(f"cannot bind the data socket on {cfg.bind}:{cfg.port or 'any port'}: "
                                 f"{exc}") from None
         self.endpoint = f"tcp://{cfg.advertise}:{port}"
-        self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed, self.curve)
+        self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed, self.curve,
+                             on_chunk=self._on_chunk)
         base = f"adaptive/{cfg.cluster}"
         self.transport = MqttTransport(
             self.broker, client_id=f"node-{cfg.cluster}-{cfg.node}", will=self._status("offline"),
@@ -273,8 +274,23 @@ class NodeRuntime:
             self._context.term()
 
     def _uplink(self, peer: str) -> tuple[float | None, float | None]:
-        """The in-process monitor's freshest estimate of the link to ``peer`` (none without one)."""
-        return self.agent.uplink(peer) if self.agent is not None else (None, None)
+        """The freshest estimate of the link to ``peer``, capped by a transfer still crossing it.
+
+        The estimate is the in-process monitor's (passive from this node's own transfers, else its
+        probes). A frame of N bytes that has been on an emulated link for e seconds says the link is now at
+        most N/e fast: after a drop the source learns it while the first slow transfer is still
+        under way, not seconds later when it ends.
+        """
+        mbps, at = self.agent.uplink(peer) if self.agent is not None else (None, None)
+        endpoint = self.presence.endpoint(peer)
+        crossing = self.outbox.in_progress(endpoint) if endpoint and self._context is not None else None
+        if crossing is not None:
+            nbytes, started = crossing
+            elapsed = time.monotonic() - started
+            bound = nbytes * 8 / elapsed / 1e6 if elapsed > 0.005 else None
+            if bound is not None and (mbps is None or bound < mbps):
+                return bound, time.time()
+        return mbps, at
 
     def _status(self, state: str) -> Message:
         cfg = self.config
@@ -435,12 +451,16 @@ class NodeRuntime:
         peer = frame.client if frame.kind != "work" else self._node_at(endpoint)
         with self._lock:
             self._stats.transfers[peer].append((nbytes, seconds * 1e3))
-        if self.agent is not None and frame.kind == "work" and wire_s is not None:
-            # the emulated uplink paces everything this node sends: credit it to the chain successor
-            chain = frame.devices
-            me = chain.index(self.config.node) if self.config.node in chain else -1
-            successor = chain[me + 1] if 0 <= me < len(chain) - 1 else peer
-            self.agent.observe_transfer(successor, nbytes, wire_s, link_level=True)
+
+    def _on_chunk(self, endpoint: str, frame: Frame, nbytes: int, wire_s: float) -> None:
+        """A chunk of an activation crossed the emulated uplink: a passive sample for the monitor."""
+        if self.agent is None:
+            return
+        # the emulated uplink paces everything this node sends: credit it to the chain successor
+        chain = frame.devices
+        me = chain.index(self.config.node) if self.config.node in chain else -1
+        successor = chain[me + 1] if 0 <= me < len(chain) - 1 else self._node_at(endpoint)
+        self.agent.observe_transfer(successor, nbytes, wire_s, link_level=True)
 
     def _node_at(self, endpoint: str) -> str:
         return next((n for n, ep in self.presence.endpoints().items() if ep == endpoint), "unknown")
