@@ -422,7 +422,8 @@ def main() -> None:
     for r in out.get("source", []):
         print(f"source reaction, {r['model']} (uplink step {r['low_mbps']}<->{r['high_mbps']} Mbit/s -> "
               f"first request on the rule's new plan), {len(r['samples'])} steps, {r['rate_hz']:g} req/s: "
-              f"median {r['median_s']} s, p90 {r['p90_s']} s, missed {r['missed']}; estimate age at decision: "
+              f"median {r['median_s']} s, p90 {r['p90_s']} s, missed {r['missed']}; estimate age at "
+              f"decision: "
               f"median {r['age_median_s']} s, p90 {r['age_p90_s']} s; {r['requests']} requests, "
               f"{r['not_ok']} not ok")
     if "reaction" in out:
