@@ -15,7 +15,6 @@ printed and a plot, the per-request CSV and a JSON summary are saved.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from adaptive.errors import AdaptiveError
+from monitor.ports import free_port
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -61,12 +61,6 @@ class DemoConfig:
     cluster: str = "demo"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _trace_path(cfg: DemoConfig) -> Path:
     if cfg.trace:
         return Path(cfg.trace)
@@ -74,7 +68,7 @@ def _trace_path(cfg: DemoConfig) -> Path:
 
 
 def _spawn_nodes(cfg: DemoConfig, broker_url: str, trace: Path, logs: Path) -> list[subprocess.Popen]:
-    probe = {name: _free_port() for name, _ in CHAIN}
+    probe = {name: free_port() for name, _ in CHAIN}
     procs = []
     for i, (name, device) in enumerate(CHAIN):
         args = [
@@ -160,7 +154,7 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
     trace_file = _trace_path(cfg)
     series = load_trace_series(trace_file, 1.0, cfg.trace_median_mbps)
     phase_s = cfg.duration_s / 3
-    broker = EmbeddedBroker("127.0.0.1", _free_port()).start()
+    broker = EmbeddedBroker("127.0.0.1", free_port()).start()
     url = parse_broker_url(broker.url)
     procs = _spawn_nodes(cfg, broker.url, trace_file, out)
     ctl_cfg = ControllerConfig.from_dict(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,16 +46,11 @@ from adaptive.profiles import resolve_device, resolve_model
 from adaptive.runtime.client import InferenceClient
 from adaptive.zoo import default_input_shape
 from monitor.collector import Collector
+from monitor.ports import free_port
 from monitor.schema import Message, PlanMessage, plan_topic
 from monitor.transport import MqttTransport, parse_broker_url
 
 CLUSTER = "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +22,8 @@ from pathlib import Path
 import psutil
 
 from monitor.collector import Collector
+from monitor.ports import free_port
 from monitor.transport import parse_broker_url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_broker() -> tuple[str, object]:

@@ -3,9 +3,10 @@
 Processes, all real: an MQTT broker (Mosquitto if installed, else the embedded one), three node
 runtimes with in-process monitors (``pi`` emulating a Raspberry Pi 4 with an emulated uplink,
 ``jetson`` and ``jetson2``), the controller (greedy policy) and an open-loop client writing its
-records to disk. Every ``--switch-every`` seconds the pi's uplink flips between ``--low`` and
-``--high`` Mbit/s, so the controller moves the split; every ``--kill-every`` seconds the accelerator
-that holds the work is killed with SIGKILL and started again.
+records to disk, with two-level control: the controller publishes a table rule and the ``pi`` picks
+each request's plan from it. Every ``--switch-every`` seconds the pi's uplink flips between
+``--low`` and ``--high`` Mbit/s, so the split moves; every ``--kill-every`` seconds the accelerator
+that ran most of the latest requests is killed with SIGKILL and started again.
 
 It reports lost requests (anything not answered ``ok``, and anything sent but not on disk), the RSS
 growth of every process from the end of its warm-up to the end of its life, and p99 latency per
@@ -22,27 +23,22 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-from monitor.schema import Message, PlanMessage, plan_topic
+from monitor.ports import free_port
+from monitor.schema import Message
 from monitor.transport import MqttTransport, parse_broker_url
 
 CLUSTER, MODEL = "soak", "resnet20_cifar"
 CHAIN = [("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Proc:
@@ -67,6 +63,14 @@ class Proc:
             return None
         base, end = later[0][1], later[-1][1]
         return base, end, 100 * (end / base - 1)
+
+
+def busiest_accelerator(records: Path) -> str | None:
+    """The accelerator that ran the most of the last 20 requests on disk (the source picks the plans)."""
+    with records.open() as f:
+        last = list(csv.DictReader(f))[-20:]
+    counts = Counter(h.split(":")[0] for r in last for h in r["hops"].split() if not h.startswith("pi:"))
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def main() -> int:
@@ -146,7 +150,7 @@ def main() -> int:
         spawn(name, node_cmd(i))
     config = tmp / "controller.yaml"
     config.write_text(
-        f"model_profile: {MODEL}\ncluster: {CLUSTER}\ninterval_s: 0.5\nmin_dwell_s: 1\n"
+        f"model_profile: {MODEL}\ncluster: {CLUSTER}\ninterval_s: 0.5\nmin_dwell_s: 1\nsource_rule: true\n"
         "chain:\n" + "".join(f"  - {{node: {n}, device: {d}}}\n" for n, d in CHAIN)
     )
     spawn(
@@ -190,13 +194,7 @@ def main() -> int:
             "180",
         ],
     )
-    plans: list[PlanMessage] = []
-    control = MqttTransport(
-        parse_broker_url(url),
-        "soak-control",
-        subscriptions=[(plan_topic(CLUSTER), 1)],
-        on_message=lambda t, p: plans.append(PlanMessage.decode(p)) if p else None,
-    )
+    control = MqttTransport(parse_broker_url(url), "soak-control")  # the uplink's emulation control
     control.start(30)
     while not records.exists() or records.stat().st_size < 200:  # serving
         if client.popen.poll() is not None:
@@ -224,16 +222,11 @@ def main() -> int:
                 )
                 next_switch += args.switch_every
             if now >= next_kill and now - t0 < duration - 30:
-                plan = plans[-1] if plans else None
-                working = plan.working_nodes()[1:] if plan else ()
-                victim = working[-1] if working else "jetson"
+                victim = busiest_accelerator(records) or "jetson"
                 os.kill(live[victim].popen.pid, signal.SIGKILL)
                 live[victim].popen.wait()
                 kills.append((now - t0, victim))
-                print(
-                    f"  {now - t0:7.0f} s: killed {victim} (plan {plan.splits if plan else '-'}), restarting",
-                    flush=True,
-                )
+                print(f"  {now - t0:7.0f} s: killed {victim}, restarting", flush=True)
                 spawn(victim, node_cmd([n for n, _ in CHAIN].index(victim)))
                 next_kill += args.kill_every
             if now >= next_sample:

@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from monitor.ports import free_port
 
 
 def wait_port(port: int, timeout_s: float = 10.0) -> None:
