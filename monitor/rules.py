@@ -29,6 +29,7 @@ from monitor.schema import (
     _str,
     _version,
     check_id,
+    devices_field,
 )
 
 __all__ = ["RuleMessage", "RulePlan", "rule_topic"]
@@ -124,12 +125,7 @@ class RuleMessage:
         _version(obj, w)
         if obj.get("kind") != "table":
             raise SchemaError(f"{w}: field 'kind': expected 'table', found {obj.get('kind')!r}"[:200])
-        devices = obj.get("devices")
-        if not isinstance(devices, list) or not 1 <= len(devices) <= 16:
-            raise SchemaError(f"{w}: field 'devices': expected a list of 1..16 node ids")
-        devices = [check_id(d, "rule: device") for d in devices]
-        if len(set(devices)) != len(devices):
-            raise SchemaError(f"{w}: field 'devices': node ids must be distinct")
+        devices = devices_field(obj, w, 16)
         source = check_id(_str(obj, "source", w) or "", "rule: source")
         if source != devices[0]:
             raise SchemaError(f"{w}: field 'source': '{source}' is not the chain's first node '{devices[0]}'")

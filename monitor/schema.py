@@ -155,6 +155,17 @@ def _int(obj: dict[str, Any], key: str, where: str, lo: int = 0) -> int:
     return value
 
 
+def devices_field(obj: dict[str, Any], where: str, limit: int) -> list[str]:
+    """The ``devices`` field: 1..``limit`` distinct node ids."""
+    devices = obj.get("devices")
+    if not isinstance(devices, list) or not 1 <= len(devices) <= limit:
+        raise SchemaError(f"{where}: field 'devices': expected a list of 1..{limit} node ids")
+    devices = [check_id(d, f"{where}: device") for d in devices]
+    if len(set(devices)) != len(devices):
+        raise SchemaError(f"{where}: field 'devices': node ids must be distinct")
+    return devices
+
+
 def _version(obj: dict[str, Any], where: str) -> None:
     if obj.get("v") != VERSION:
         raise SchemaError(f"{where}: field 'v': expected {VERSION}, found {obj.get('v')!r}"[:200])
@@ -419,12 +430,7 @@ class PlanMessage:
         w = "plan"
         obj = _load(payload, w)
         _version(obj, w)
-        devices = obj.get("devices")
-        if not isinstance(devices, list) or not 1 <= len(devices) <= 64:
-            raise SchemaError(f"{w}: field 'devices': expected a list of 1..64 node ids")
-        devices = [check_id(d, "plan: device") for d in devices]
-        if len(set(devices)) != len(devices):
-            raise SchemaError(f"{w}: field 'devices': node ids must be distinct")
+        devices = devices_field(obj, w, 64)
         splits = obj.get("splits")
         if (not isinstance(splits, list) or len(splits) != len(devices) - 1
                 or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in splits)):

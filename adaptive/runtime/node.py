@@ -361,11 +361,7 @@ class NodeRuntime:
                 self.source.set_default(plan)
         else:
             log.warning("rejected plan %d: %s", plan.version, error)
-        if self.metrics is not None:
-            self.metrics.plan(plan.version, not error)
-        ack = Ack(node=cfg.node, version=plan.version, ok=not error, ts=time.time(), error=error)
-        assert self.transport is not None
-        self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
+        self._ack(plan.version, error)
 
     def _apply_rule(self, rule: RuleMessage) -> None:
         """Adopt a decision rule for requests entering here, or refuse it (the last good one stays)."""
@@ -375,9 +371,14 @@ class NodeRuntime:
             self.source.set_rule(rule)
         else:
             log.warning("rejected rule %d: %s", rule.version, error)
+        self._ack(rule.version, error)
+
+    def _ack(self, version: int, error: str) -> None:
+        """Answer a plan or rule on this node's ack topic (and count it)."""
+        cfg = self.config
         if self.metrics is not None:
-            self.metrics.plan(rule.version, not error)
-        ack = Ack(node=cfg.node, version=rule.version, ok=not error, ts=time.time(), error=error)
+            self.metrics.plan(version, not error)
+        ack = Ack(node=cfg.node, version=version, ok=not error, ts=time.time(), error=error)
         assert self.transport is not None
         self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
 
