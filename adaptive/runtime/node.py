@@ -314,7 +314,14 @@ class NodeRuntime:
             elif kind == "plan" and payload:
                 self._apply_plan(PlanMessage.decode(payload))
             elif kind == "rule" and node == self.config.node and payload:
-                self._apply_rule(RuleMessage.decode(payload))
+                try:
+                    rule = RuleMessage.decode(payload)
+                except SchemaError as exc:  # refused on the ack when it says which version it was
+                    version = _version_of(payload)
+                    if version is not None:
+                        self._ack(version, str(exc))
+                    raise
+                self._apply_rule(rule)
         except SchemaError as exc:
             self.rejected += 1
             log.warning("dropped message on %s: %s", topic, exc)
@@ -594,6 +601,16 @@ class NodeRuntime:
                 step = int((time.time() - self._trace_start) // cfg.trace_dt_s) % n
                 self.shaper.set_rate(max(cfg.uplink_trace[step], 0.01))
             self._stop.wait(min(0.1, cfg.trace_dt_s / 4))
+
+
+def _version_of(payload: bytes) -> int | None:
+    """The ``version`` of a JSON message that failed validation, if it has a usable one."""
+    try:
+        obj = json.loads(payload) if len(payload) <= 65_536 else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    v = obj.get("version") if isinstance(obj, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 else None
 
 
 def _batch_key(frame: Frame) -> tuple[Any, ...]:

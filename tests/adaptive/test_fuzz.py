@@ -39,6 +39,7 @@ TOPICS = {
     "ack": f"adaptive/{CLUSTER}/node/jetson/ack",
     "stats": f"adaptive/{CLUSTER}/node/jetson/stats",
     "emulation": f"adaptive/{CLUSTER}/emulation",
+    "rule": f"adaptive/{CLUSTER}/node/pi/rule",
 }
 
 
@@ -124,3 +125,24 @@ def test_handlers_still_work_after_the_fuzz(node, client):
     assert client.presence.endpoint("jetson") == "tcp://127.0.0.1:5999"
     node._on_mqtt(TOPICS["emulation"], b'{"v": 1, "uplink_mbps": 12.5}')
     assert node.shaper.rate_mbps == 12.5
+
+
+def test_a_bad_rule_is_refused_on_the_ack_and_the_last_good_one_stays(node):
+    from monitor.rules import RuleMessage, RulePlan, rule_topic
+    from monitor.schema import Ack
+
+    topic = rule_topic(CLUSTER, "pi")
+    good = RuleMessage(7, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "table", (3.0,),
+                       (RulePlan((11,)), RulePlan((0,))))
+    node._on_mqtt(topic, good.encode())
+    assert node.source.rule == good
+    doc = json.loads(good.encode())
+    for bad in ({**doc, "version": 8, "edges_mbps": [3.0, 1.0]},       # fails validation
+                {**doc, "version": 9, "model": "vgg16"},                # valid, but not this node's model
+                {**doc, "version": 10, "plans": [{"splits": [99]}, {"splits": [0]}]}):
+        node._on_mqtt(topic, json.dumps(bad).encode())
+    sent = [m for m in node.transport._buffer if m.topic.endswith("/ack")]
+    acks = {a.version: a for a in (Ack.decode(m.payload) for m in sent)}
+    assert acks[7].ok and not any(acks[v].ok for v in (8, 9, 10)), acks
+    assert "edges_mbps" in acks[8].error and "vgg16" in acks[9].error and "0..11" in acks[10].error
+    assert node.source.rule == good  # the source keeps its last good rule
