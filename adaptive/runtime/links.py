@@ -1,5 +1,10 @@
 """Outgoing frames: one ZeroMQ PUSH socket per destination, each owned by its own thread.
 
+Sockets queue only on a live connection (``ZMQ_IMMEDIATE``): a frame for a dead peer fails within
+the send timeout, with everything queued behind it, and the node answers those requests with a
+transient error. On an emulated uplink, frames are paced in 64 KB chunks and each chunk is reported,
+so the sender's bandwidth estimate follows the link while a large activation crosses it.
+
 ZeroMQ sockets must not be shared between threads, so every destination endpoint gets an
 :class:`OutLink` with a queue and a sender thread. All of a node's links can share one
 :class:`~adaptive.runtime.shaping.LinkShaper` (the node's uplink), which paces the activations it
@@ -71,7 +76,11 @@ class OutLink:
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
         if curve is not None:
-            curve.connect_to(self._socket, peer)  # AdaptiveError when the peer has no key: nothing sent
+            try:
+                curve.connect_to(self._socket, peer)  # AdaptiveError when the peer has no key: nothing sent
+            except AdaptiveError:
+                self._socket.close(linger=0)
+                raise
         self._socket.connect(endpoint)
         self._thread = threading.Thread(target=self._run, name=f"out-{endpoint}", daemon=True)
         self._thread.start()
