@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.decision import decision_table
+from adaptive.decision import DecisionTable, decision_table
 from adaptive.errors import AdaptiveError
 from adaptive.latency import ConditionBatch, SplitModel
 from adaptive.observation import CandidatePlans, ObservationSpec, candidate_plans
@@ -260,13 +260,12 @@ class Controller:
         self._reissue: int | None = None  # a plan not applied, to publish again
         self._last_plan: Message | None = None  # republished on every reconnect (a new broker forgot it)
         self._last_rule: Message | None = None
-        self._rule_key: tuple[object, ...] | None = None
+        self._table: DecisionTable | None = None  # the table of the rule in force
         self._rate: tuple[float, float] = (0.0, 0.0)  # (source's request rate, Unix time of its stats)
-        self._cond: ConditionBatch | None = None
-        self.rules: list[RuleMessage] = []
+        self.rules: deque[RuleMessage] = deque(maxlen=1000)
         self.version = 0
         self.last_switch = 0.0
-        self.decisions: list[Decision] = []
+        self.decisions: deque[Decision] = deque(maxlen=1000)  # newest last; bounded: a daemon runs for months
         self.observed: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -397,6 +396,10 @@ class Controller:
 
     def observe(self, now: float | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """``(observation, action mask, dead nodes)`` from the newest telemetry."""
+        return self._observe(now)[:3]
+
+    def _observe(self, now: float | None = None) -> tuple[np.ndarray, np.ndarray, list[str], ConditionBatch]:
+        """:meth:`observe`, plus the conditions it predicted under."""
         now = time.time() if now is None else now
         cfg = self.config
         views = self.collector.nodes()
@@ -427,7 +430,6 @@ class Controller:
         hist = np.stack(list(self._bw_history))[None]  # (1, H, M)
         cond = ConditionBatch(hist[:, -1], np.zeros((1, D - 1)), cpu[None],
                               np.array([float(cfg.clients)]), mem[None])
-        self._cond = cond
         pred = self.model.evaluate(self.candidates.plans, cond)
         total = np.array([d.memory_mb for d in self.devices])
         static = self.obs_spec.static_part(cpu[None], (mem / total)[None], hist, np.array([cfg.clients]),
@@ -446,7 +448,7 @@ class Controller:
             names = [c.node for c in cfg.chain]
             links = {f"{names[m]}->{names[m + 1]}": (float(bw[m]), ages[m]) for m in range(D - 1)}
             self.metrics.observed(links, {n: n not in dead for n in names}, scales, self.connected())
-        return obs, mask, dead
+        return obs, mask, dead, cond
 
     def _alive_mask(self, dead: list[str]) -> np.ndarray:
         """Plans that give no blocks to a dead node (the first node must be alive for any plan)."""
@@ -467,9 +469,9 @@ class Controller:
         now = time.time() if now is None else now
         if not self.connected():
             return None
-        obs, mask, dead = self.observe(now)
+        obs, mask, dead, cond = self._observe(now)
         if self.config.source_rule:
-            self._publish_rule(now, mask)
+            self._publish_rule(now, mask, cond)
         again, self._reissue = self._reissue, None
         if again is not None and again == self.current and mask[again]:
             return self._publish(again, now, dead, keep_switch_time=True)
@@ -511,13 +513,11 @@ class Controller:
         log.info("plan %d: %s (predicted %.1f ms) by %s", version, plan, predicted, self.policy_name)
         return decision
 
-    def _publish_rule(self, now: float, mask: np.ndarray) -> RuleMessage | None:
-        """Publish the source's decision table if it changed; returns the rule published, if any."""
-        assert self._cond is not None
-        table = decision_table(self.model, self.candidates, self._cond, mask, self.request_rate(now),
-                               self.config.rate_headroom)
-        key = (table.edges_mbps, table.actions)
-        if key == self._rule_key:
+    def _publish_rule(self, now: float, mask: np.ndarray, cond: ConditionBatch) -> RuleMessage | None:
+        """Publish the source's decision table if the one in force no longer holds; returns it if so."""
+        table = decision_table(self.model, self.candidates, cond, mask, self.request_rate(now),
+                               self.config.rate_headroom, incumbent=self._table)
+        if table is self._table:
             return None
         rows = []
         for a, ms, rps in zip(table.actions, table.predicted_ms, table.throughput_rps, strict=True):
@@ -533,7 +533,7 @@ class Controller:
                            round(now, 3), "table", edges, tuple(rows))
         message = Message(rule_topic(self.config.cluster, devices[0]), rule.encode(), qos=1, retain=True)
         with self._lock:
-            self._last_rule, self._rule_key = message, key
+            self._last_rule, self._table = message, table
             self.rules.append(rule)
         self.transport.publish(message)
         log.info("rule %d for %s: %d bins, edges %s Mbit/s", version, devices[0], len(rows),

@@ -7,6 +7,10 @@ with the lowest predicted latency among those allowed and able to sustain the re
 bottleneck stage or link must keep up). Runs of equal choices become bins whose edges lie halfway,
 in log scale, between neighbouring grid points. The source looks its estimate up in the bins
 (:class:`monitor.rules.RuleMessage`), so a bandwidth change moves the plan without asking anyone.
+
+The slow state wobbles (a shared host's CPU load moves every second), so a new table replaces the
+one in force only where that one has become worse than ``margin`` at some grid point, or breaks a
+constraint: the hysteresis a published rule needs.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class DecisionTable(NamedTuple):
 
 def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: ConditionBatch,
                    allowed: np.ndarray, rate_hz: float = 0.0, headroom: float = 1.2,
-                   grid_mbps: np.ndarray = GRID_MBPS) -> DecisionTable:
+                   grid_mbps: np.ndarray = GRID_MBPS, incumbent: DecisionTable | None = None,
+                   margin: float = 0.05) -> DecisionTable:
     """The best allowed plan per bin of the first link's bandwidth.
 
     Args:
@@ -53,6 +58,9 @@ def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: Co
             ``headroom × rate_hz`` are left out where any plan keeps up (0: no constraint).
         headroom: Margin on the rate (≥ 1).
         grid_mbps: Uplink bandwidths to evaluate, ascending, Mbit/s.
+        incumbent: The table in force (built on the same grid and candidates), or None.
+        margin: ``incumbent`` is returned unchanged, the same object, while at every grid point its
+            plan is allowed, keeps up, and is within this fraction of the best plan's latency.
 
     Returns:
         The bins, merged where neighbouring grid points choose the same plan.
@@ -65,21 +73,25 @@ def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: Co
                           np.repeat(np.asarray(conditions.clients)[:1], G, axis=0),
                           np.repeat(conditions.available_mb[:1], G, axis=0))
     pred = model.evaluate(candidates.plans, cond)  # (G, P)
-    ok = pred.feasible & np.asarray(allowed, bool)[None]
-    if not ok.any():
-        ok = np.broadcast_to(np.asarray(allowed, bool)[None], ok.shape).copy() if np.any(allowed) else \
-            np.ones_like(ok)
+    allowed = np.asarray(allowed, bool)
+    ok = pred.feasible & allowed[None]
+    if not ok.any():  # nothing fits memory: fall back to what is allowed, then to anything
+        ok = np.broadcast_to(allowed[None] if allowed.any() else True, ok.shape).copy()
     if rate_hz > 0:
         fast = ok & (pred.throughput_rps >= headroom * rate_hz)
         ok = np.where(fast.any(axis=1, keepdims=True), fast, ok)  # where none keeps up: the best of all
     latency = np.where(ok, pred.latency_ms, np.inf)
     best = np.argmin(latency, axis=1)  # (G,)
+    rows = np.arange(G)
+    if incumbent is not None:
+        kept = np.asarray(incumbent.actions)[np.searchsorted(incumbent.edges_mbps, grid_mbps, side="right")]
+        if np.all(latency[rows, kept] <= (1 + margin) * latency[rows, best]):  # inf where not allowed
+            return incumbent
     change = np.flatnonzero(best[1:] != best[:-1])  # a new bin starts at change + 1
     starts = np.concatenate([[0], change + 1])
     ends = np.concatenate([change + 1, [G]])
     edges = tuple(float(np.sqrt(grid_mbps[i - 1] * grid_mbps[i])) for i in change + 1)
     mids = (starts + ends - 1) // 2
-    rows = np.arange(G)
     return DecisionTable(edges, tuple(int(best[s]) for s in starts),
                          tuple(float(latency[rows, best][m]) for m in mids),
                          tuple(float(pred.throughput_rps[m, best[m]]) for m in mids))

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,10 @@ class _Request:
     in_flight: bool = False
     not_before: float = 0.0  # monotonic s: back off before the next attempt
     reason: str = "not sent yet"
-    wire_ids: list[str] = field(default_factory=list)
+
+    def wire_ids(self) -> list[str]:
+        """The ids of every attempt sent: ``rid``, then ``rid.1``, ``rid.2``, ..."""
+        return [self.rid, *(f"{self.rid}.{k}" for k in range(1, self.attempts))]
 
 
 class InferenceClient:
@@ -155,7 +158,6 @@ class InferenceClient:
         self.plan: PlanMessage | None = None
         self.presence = Presence()
         self.records: list[RequestRecord] = []
-        self.retried = 0  # attempts sent again
         self._pending: dict[str, _Request] = {}
         self._wire: dict[str, str] = {}  # wire id of an attempt -> request id
         self._srtt: float | None = None  # smoothed answer time of ok attempts, s
@@ -320,12 +322,9 @@ class InferenceClient:
         except zmq.ZMQError as exc:
             req.in_flight, req.reason = False, f"cannot send to '{plan.devices[0]}': {exc}"
             return
-        if req.attempts:
-            self.retried += 1
         req.sent_at = req.sent_at or now
         req.attempts += 1
         req.wire_id = wire_id
-        req.wire_ids.append(wire_id)
         self._wire[wire_id] = req.rid
         req.version, req.nodes = plan.version, (plan.devices[:1] if auto else plan.working_nodes())
         req.plan = "" if auto else ",".join(str(x) for x in plan.splits)
@@ -412,7 +411,7 @@ class InferenceClient:
                 hops: str = "") -> None:
         """Record ``req`` once (caller holds the lock)."""
         del self._pending[req.rid]
-        for w in req.wire_ids:
+        for w in req.wire_ids():
             self._wire.pop(w, None)
         record = RequestRecord(req.rid, req.sent_at or req.created, latency_ms, req.version, outcome, error,
                                hops, max(req.attempts - 1, 0), req.plan)
@@ -487,7 +486,6 @@ class RecordWriter:
             self._csv.writeheader()
             self._fh.flush()
         self._lock = threading.Lock()
-        self.written = 0
 
     def __call__(self, record: RequestRecord) -> None:
         """Append one record and flush it to the OS."""
@@ -498,7 +496,6 @@ class RecordWriter:
                 assert self._csv is not None
                 self._csv.writerow(asdict(record))
             self._fh.flush()
-            self.written += 1
 
     def close(self) -> None:
         """Close the file."""
@@ -510,13 +507,10 @@ _FIELDS = list(RequestRecord.__dataclass_fields__)
 
 
 def write_records(records: Iterable[RequestRecord], path: str | Path) -> None:
-    """Save records as JSONL (``.jsonl``) or CSV (anything else)."""
-    path = Path(path)
-    rows = [asdict(r) for r in records]
-    if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        return
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """Save records as JSONL (``.jsonl``) or CSV (anything else), as :class:`RecordWriter` writes them."""
+    writer = RecordWriter(path)
+    try:
+        for record in records:
+            writer(record)
+    finally:
+        writer.close()

@@ -23,10 +23,10 @@ from monitor.presence import Presence
 from monitor.rules import RuleMessage
 from monitor.schema import PlanMessage
 
-__all__ = ["Decision", "SourceDecider", "check_rule"]
+__all__ = ["SourceDecider", "SourceDecision", "check_rule"]
 
 
-class Decision(NamedTuple):
+class SourceDecision(NamedTuple):
     """One request's plan choice at the source.
 
     Attributes:
@@ -57,13 +57,13 @@ class SourceDecider:
 
     def __init__(self, node: str, presence: Presence,
                  uplink: Callable[[str], tuple[float | None, float | None]] | None = None,
-                 history: int = 100_000) -> None:
+                 history: int = 10_000) -> None:
         self.node = node
         self.presence = presence
         self.uplink = uplink
         self.rule: RuleMessage | None = None
         self.default: PlanMessage | None = None
-        self.decisions: deque[Decision] = deque(maxlen=history)
+        self.decisions: deque[SourceDecision] = deque(maxlen=history)
         self._lock = threading.Lock()
 
     def set_rule(self, rule: RuleMessage) -> None:
@@ -95,7 +95,7 @@ class SourceDecider:
             plan = default
         else:
             return None, f"source {self.node} has no decision rule and no default plan yet"
-        self.decisions.append(Decision(now, estimate, age, plan.splits, plan.version))
+        self.decisions.append(SourceDecision(now, estimate, age, plan.splits, plan.version))
         return replace(frame, version=plan.version, model=plan.model, devices=plan.devices,
                        splits=plan.splits, codecs=plan.codecs), ""
 

@@ -77,6 +77,22 @@ def test_dead_nodes_and_the_request_rate_constrain_the_table(setup):
             assert lat[busy.actions[k]] == pytest.approx(np.min(np.where(keeps_up, lat, np.inf)))
 
 
+def test_the_table_in_force_stays_until_it_is_worse_than_the_margin(setup):
+    """Hysteresis: a wobble of the slow state keeps the published table; a real change replaces it."""
+    model, cands, cond = setup
+    allowed = np.ones(len(cands), bool)
+    table = decision_table(model, cands, cond, allowed)
+    wobble = cond._replace(cpu_load=np.array([[0.03, 0.02, 0.0]]))  # a shared host's few percent
+    assert decision_table(model, cands, wobble, allowed) != table  # without hysteresis: a new table
+    assert decision_table(model, cands, wobble, allowed, incumbent=table) is table
+    L = model.num_blocks
+    no_orin = np.array([cands.plan(i).splits[1] == L for i in range(len(cands))])
+    moved = decision_table(model, cands, wobble, no_orin, incumbent=table)  # the orin died
+    assert moved is not table and all(no_orin[a] for a in moved.actions)
+    loaded = cond._replace(cpu_load=np.array([[0.9, 0.0, 0.0]]))  # the source itself got busy
+    assert decision_table(model, cands, loaded, allowed, incumbent=table) is not table
+
+
 RULE = RuleMessage(3, "pi", "mobilenet_v2", ("pi", "jetson", "orin"), 20, 0.0, "table", (2.0, 20.0),
                    (RulePlan((20, 20)), RulePlan((6, 20), ("int8", "none")), RulePlan((0, 5))))
 
