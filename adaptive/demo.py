@@ -18,7 +18,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,7 +29,7 @@ import numpy as np
 from adaptive.errors import AdaptiveError
 from monitor.ports import free_port
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "node_command", "run_demo"]
 
 CHAIN = (("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin"))
 DEFAULT_TRACE = "5gophers-5g-car-driving-trace-1-Verizon.csv"
@@ -67,43 +67,34 @@ def _trace_path(cfg: DemoConfig) -> Path:
     return Path(str(resources.files("envs.data").joinpath("traces", DEFAULT_TRACE)))
 
 
+def node_command(chain: Sequence[tuple[str, str]], i: int, broker_url: str, cluster: str, model: str,
+                 probe_ports: dict[str, int], uplink: Sequence[str], interval_s: float = 1.0,
+                 probe_interval_s: float = 1.0) -> list[str]:
+    """``adaptive node`` arguments for node ``i`` of a chain emulated on this machine.
+
+    The node emulates its device from the model's shipped profile and runs its monitor, which
+    probes the next node's probe sink; ``uplink`` adds the emulated-uplink options (e.g.
+    ``["--uplink-mbps", "1000"]``).
+    """
+    name, device = chain[i]
+    args = [sys.executable, "-m", "adaptive", "node", "--node", name, "--broker", broker_url,
+            "--cluster", cluster, "--model", model, "--device", device, "--emulate", device, "--monitor",
+            "--probe-port", str(probe_ports[name]), "--probe-interval", f"{probe_interval_s:g}",
+            "--interval", f"{interval_s:g}", *uplink]
+    if i + 1 < len(chain):
+        nxt = chain[i + 1][0]
+        args += ["--peers", f"{nxt}=127.0.0.1:{probe_ports[nxt]}"]
+    return args
+
+
 def _spawn_nodes(cfg: DemoConfig, broker_url: str, trace: Path, logs: Path) -> list[subprocess.Popen]:
     probe = {name: free_port() for name, _ in CHAIN}
     procs = []
-    for i, (name, device) in enumerate(CHAIN):
-        args = [
-            sys.executable,
-            "-m",
-            "adaptive",
-            "node",
-            "--node",
-            name,
-            "--broker",
-            broker_url,
-            "--cluster",
-            cfg.cluster,
-            "--model",
-            cfg.model,
-            "--device",
-            device,
-            "--emulate",
-            device,
-            "--monitor",
-            "--probe-port",
-            str(probe[name]),
-            "--probe-interval",
-            "1",
-            "--interval",
-            "1",
-        ]
-        if i + 1 < len(CHAIN):
-            nxt = CHAIN[i + 1][0]
-            args += ["--peers", f"{nxt}=127.0.0.1:{probe[nxt]}"]
-        if i == 0:
-            args += ["--uplink-trace", str(trace), "--trace-median-mbps", str(cfg.trace_median_mbps)]
-        else:
-            args += ["--uplink-mbps", "1000"]
+    for i, (name, _) in enumerate(CHAIN):
+        uplink = (["--uplink-trace", str(trace), "--trace-median-mbps", str(cfg.trace_median_mbps)] if i == 0
+                  else ["--uplink-mbps", "1000"])
         log = (logs / f"node-{name}.log").open("w")
+        args = node_command(CHAIN, i, broker_url, cfg.cluster, cfg.model, probe, uplink)
         procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
     return procs
 

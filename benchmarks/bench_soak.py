@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from adaptive.demo import node_command
 from monitor.ports import free_port
 from monitor.schema import Message
 from monitor.transport import MqttTransport, parse_broker_url
@@ -114,37 +115,8 @@ def main() -> int:
     probe = {n: free_port() for n, _ in CHAIN}
 
     def node_cmd(i: int) -> list[str]:
-        name, device = CHAIN[i]
-        cmd = [
-            sys.executable,
-            "-m",
-            "adaptive",
-            "node",
-            "--node",
-            name,
-            "--broker",
-            url,
-            "--cluster",
-            CLUSTER,
-            "--model",
-            MODEL,
-            "--device",
-            device,
-            "--emulate",
-            device,
-            "--monitor",
-            "--probe-port",
-            str(probe[name]),
-            "--interval",
-            "1",
-            "--probe-interval",
-            "1",
-            "--uplink-mbps",
-            str(args.high) if i == 0 else "1000",
-        ]
-        if i + 1 < len(CHAIN):
-            cmd += ["--peers", f"{CHAIN[i + 1][0]}=127.0.0.1:{probe[CHAIN[i + 1][0]]}"]
-        return cmd
+        uplink = ["--uplink-mbps", str(args.high) if i == 0 else "1000"]
+        return node_command(CHAIN, i, url, CLUSTER, MODEL, probe, uplink)
 
     for i, (name, _) in enumerate(CHAIN):
         spawn(name, node_cmd(i))

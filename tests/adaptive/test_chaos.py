@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from adaptive.demo import node_command
 from monitor.schema import PlanMessage, plan_topic
 from monitor.transport import MqttTransport, parse_broker_url
 from tests.monitor.conftest import Mosquitto, free_port
@@ -55,14 +56,11 @@ def cluster(tmp_path):
     broker = Mosquitto(tmp_path).start()
     probe = {n: free_port() for n, _ in CHAIN}
     procs = {}
-    for i, (name, device) in enumerate(CHAIN):
-        args = ["node", "--node", name, "--broker", broker.url, "--cluster", CLUSTER, "--model", MODEL,
-                "--device", device, "--emulate", device, "--monitor", "--probe-port", str(probe[name]),
-                "--interval", "0.5", "--probe-interval", "1",
-                "--uplink-mbps", "200" if i == 0 else "1000"]
-        if i + 1 < len(CHAIN):
-            args += ["--peers", f"{CHAIN[i + 1][0]}=127.0.0.1:{probe[CHAIN[i + 1][0]]}"]
-        procs[name] = adaptive(*args, log=(tmp_path / f"{name}.log").open("w"))
+    for i, (name, _) in enumerate(CHAIN):
+        uplink = ["--uplink-mbps", "200" if i == 0 else "1000"]
+        procs[name] = subprocess.Popen(node_command(CHAIN, i, broker.url, CLUSTER, MODEL, probe, uplink,
+                                                    interval_s=0.5),
+                                       stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
     config = tmp_path / "controller.yaml"
     config.write_text(f"model_profile: {MODEL}\ncluster: {CLUSTER}\ninterval_s: 0.5\nmin_dwell_s: 2\n"
                       "chain:\n" + "".join(f"  - {{node: {n}, device: {d}}}\n" for n, d in CHAIN))
