@@ -20,6 +20,7 @@ __all__ = ["ClientMetrics", "ControllerMetrics", "Metrics", "NodeMetrics", "plan
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+AGE_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
 def plan_label(splits: Any) -> str:
@@ -96,10 +97,13 @@ class NodeMetrics:
                                   ["node"], registry=r)
         self.uplink = Gauge("adaptive_node_uplink_mbps", "Emulated uplink rate (emulated clusters only)",
                             ["node"], registry=r)
+        self.estimate_age = Histogram("adaptive_node_estimate_age_seconds", "Age of the uplink estimate "
+                                      "behind each plan this node picked as a source", ["node"],
+                                      buckets=AGE_BUCKETS, registry=r)
         for outcome in ("processed", "rejected", "error"):  # every series present from the start, at 0
             self.frames.labels(node, outcome)
         for series in (self.queue_wait, self.batch, self.plan_version, self.plan_switches,
-                       self.plans_rejected):
+                       self.plans_rejected, self.estimate_age):
             series.labels(node)
 
     def watch(self, queue_depth: Callable[[], float], peers: Callable[[], float],
@@ -125,6 +129,11 @@ class NodeMetrics:
     def finished(self, plan: str, sent_at: float) -> None:
         """A result left this node for a request the client sent at ``sent_at`` (Unix s)."""
         self.request.labels(self.node, plan).observe(max(time.time() - sent_at, 0.0))
+
+    def decided(self, decision: Any) -> None:
+        """This node, as a source, stamped a plan (:class:`adaptive.runtime.source.SourceDecision`)."""
+        if decision.age_s is not None:
+            self.estimate_age.labels(self.node).observe(max(decision.age_s, 0.0))
 
     def plan(self, version: int, ok: bool) -> None:
         """A plan arrived and was accepted (``ok``) or refused."""

@@ -29,12 +29,14 @@ Usage: python benchmarks/bench_live.py [--what source,reaction,calibration,overh
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,104 +243,119 @@ def source_reaction(model: str = "mobilenet_v2", steps: int = 16, rate_hz: float
                     probe_interval_s: float = 0.25, low: float = 2.0, high: float = 30.0) -> dict[str, Any]:
     """Two-level control: a bandwidth step to the first request that runs the right new plan.
 
-    The ``pi`` runs in this process (its source decisions are read directly), the accelerator as a
-    process; the controller publishes a table rule for the pi; an open-loop client sends
-    ``rate_hz`` requests (below what device-only sustains on a Pi 4, so no plan the table picks
-    builds a queue). The uplink alternates between ``low`` and ``high`` Mbit/s, ``steps`` times at
-    random phase; each step's reaction is the time from the change to the send time of the first
-    request that ran the plan the rule gives for the new rate.
+    Every part is its own process, started with the CLI as a user would: the ``pi`` (emulating a
+    Raspberry Pi 4, its monitor probing every ``probe_interval_s``, metrics on), the accelerator
+    (this machine), ``adaptive controller`` publishing a table rule, and ``adaptive client`` sending
+    ``rate_hz`` requests open loop to a CSV (below what device-only sustains on a Pi 4, so no plan
+    the table picks builds a queue). This process only steps the uplink between ``low`` and
+    ``high`` Mbit/s, ``steps`` times at random phase, and watches the retained rule. A step's
+    reaction is the time from the change to the send time of the first request that ran the plan
+    the rule in force gave for the new rate; the estimate ages come from the pi's
+    ``adaptive_node_estimate_age_seconds`` histogram.
     """
-    from adaptive.controller import Controller, ControllerConfig
-    from adaptive.runtime.node import NodeConfig, NodeRuntime, attach_monitor, emulated_latency
-    from agents.live import build_policy
+    import tempfile
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitor.rules import RuleMessage, rule_topic
 
     rng = np.random.default_rng(1)
+    tmp = Path(tempfile.mkdtemp(prefix="source-"))
     broker = EmbeddedBroker("127.0.0.1", free_port()).start()
     url = parse_broker_url(broker.url)
-    probe = {"pi": free_port(), "host": free_port()}
-    host = subprocess.Popen([sys.executable, "-m", "adaptive", "node", "--broker", broker.url, "--cluster",
-                             CLUSTER, "--model", model, "--node", "host", "--device", "xeon-vm",
-                             "--uplink-mbps", "1000", "--monitor", "--probe-port", str(probe["host"]),
-                             "--interval", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    profile = resolve_model(model)
-    corr = profile.correction_for("raspberry-pi-4")
-    pi = NodeRuntime(NodeConfig(node="pi", model=model, cluster=CLUSTER, device="raspberry-pi-4",
-                                emulate=emulated_latency(profile, "raspberry-pi-4"),
-                                emulate_correction=(corr.c0_ms, corr.c1_ms), uplink_mbps=30.0), url).start()
-    agent = attach_monitor(pi, {"host": ("127.0.0.1", probe["host"])}, probe_port=probe["pi"],
-                           probe_interval_s=probe_interval_s, interval_s=0.5)
-    cfg = ControllerConfig.from_dict({"model_profile": model, "cluster": CLUSTER, "interval_s": 1.0,
-                                      "source_rule": True,
-                                      "chain": [{"node": "pi", "device": "raspberry-pi-4"},
-                                                {"node": "host", "device": "xeon-vm"}]})
-    policy, cands, spec, name, on_model = build_policy("greedy", cfg)
-    ctl = None
-    samples: list[dict[str, Any]] = []
-    control = MqttTransport(url, "bench-source").start()
+    probe, metrics_port = {"pi": free_port(), "host": free_port()}, free_port()
+    common = [sys.executable, "-m", "adaptive", "node", "--broker", broker.url, "--cluster", CLUSTER,
+              "--model", model, "--monitor", "--interval", "0.5"]
+    config = tmp / "controller.yaml"
+    config.write_text(f"model_profile: {model}\ncluster: {CLUSTER}\ninterval_s: 1.0\nsource_rule: true\n"
+                      "chain:\n  - {node: pi, device: raspberry-pi-4}\n  - {node: host, device: xeon-vm}\n")
+    duration = 10 + steps * 6.5
+    records_csv = tmp / "requests.csv"
+    commands = {
+        "host": [*common, "--node", "host", "--device", "xeon-vm", "--uplink-mbps", "1000", "--probe-port",
+                 str(probe["host"])],
+        "pi": [*common, "--node", "pi", "--device", "raspberry-pi-4", "--emulate", "raspberry-pi-4",
+               "--uplink-mbps", str(high), "--probe-port", str(probe["pi"]), "--peers",
+               f"host=127.0.0.1:{probe['host']}", "--probe-interval", f"{probe_interval_s:g}",
+               "--metrics-port", str(metrics_port)],
+        "controller": [sys.executable, "-m", "adaptive", "controller", "--broker", broker.url, "--config",
+                       str(config), "--policy", "greedy"],
+    }
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, cmd in commands.items()}
+    rules: list[tuple[float, RuleMessage]] = []
+    control = MqttTransport(url, "bench-source", subscriptions=[(rule_topic(CLUSTER, "pi"), 1)],
+                            on_message=lambda t, p: rules.append((time.time(), RuleMessage.decode(p))))
+    control.start()
+    client = None
+    marks: list[tuple[float, float]] = []
     try:
-        with Collector(url, CLUSTER) as col:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                view = col.nodes().get("host")
-                if view is not None and view.telemetry is not None:
-                    break
-                time.sleep(0.2)
-        ctl = Controller(cfg, url, policy, candidates=cands, obs_spec=spec, policy_name=name,
-                         on_model=on_model).start()
-        deadline = time.monotonic() + 30
-        while pi.source.rule is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        rule = pi.source.rule
-        if rule is None:
-            raise RuntimeError("the pi got no decision rule")
-        with InferenceClient("react2", url, CLUSTER, default_input_shape(model), timeout_s=30) as client:
-            stop = threading.Event()
-
-            def stream() -> None:
-                while not stop.is_set():
-                    client.run(1.0, rate_hz=rate_hz)
-
-            load = threading.Thread(target=stream, daemon=True)
-            load.start()
+        deadline = time.monotonic() + 90
+        while not rules and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not rules:
+            raise RuntimeError("the pi got no decision rule (is the controller running?)")
+        client = subprocess.Popen([sys.executable, "-m", "adaptive", "client", "--broker", broker.url,
+                                   "--cluster", CLUSTER, "--model", model, "--rate", f"{rate_hz:g}",
+                                   "--duration", f"{duration:g}", "--out", str(records_csv),
+                                   "--timeout", "30"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while (not records_csv.exists() or records_csv.stat().st_size < 300) and client.poll() is None:
+            time.sleep(0.2)
+        time.sleep(5)
+        for i in range(steps):
+            rate = low if i % 2 == 0 else high
+            time.sleep(rng.uniform(0, 1.0))
+            marks.append((time.time(), rate))
+            _set_uplink_via(control, rate)
             time.sleep(5)
-            marks = []
-            for i in range(steps):
-                rate = low if i % 2 == 0 else high
-                time.sleep(rng.uniform(0, 1.0))
-                t0 = time.time()
-                _set_uplink_via(control, rate)
-                current = pi.source.rule
-                want = ",".join(map(str, current.plans[current.index(rate)].splits)) if current else ""
-                marks.append((t0, rate, want))
-                time.sleep(5)
-            stop.set()
-            load.join(timeout=30)
-            records = list(client.records)
-        decisions = list(pi.source.decisions)
+        client.wait(timeout=duration + 120)
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     finally:
-        if ctl is not None:
-            ctl.close()
         control.close()
-        agent.close()
-        pi.close()
-        host.terminate()
-        host.wait(timeout=10)
+        for p in [*procs.values(), *([client] if client is not None else [])]:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            p.wait(timeout=15)
         broker.close()
-    for t0, rate, want in marks:
-        hits = [r.sent_at for r in records if r.sent_at >= t0 and r.plan == want and r.outcome == "ok"]
-        samples.append({"to_mbps": round(rate, 3), "plan": want,
+    with records_csv.open() as f:
+        records = list(csv.DictReader(f))
+    samples = []
+    for t0, rate in marks:
+        rule = next(r for at, r in reversed(rules) if at <= t0)  # the rule in force at the step
+        want = ",".join(map(str, rule.plans[rule.index(rate)].splits))
+        hits = [float(r["sent_at"]) for r in records if float(r["sent_at"]) >= t0 and r["plan"] == want
+                and r["outcome"] == "ok"]
+        samples.append({"to_mbps": rate, "plan": want,
                         "reaction_s": round(min(hits) - t0, 3) if hits else None})
     got = [s["reaction_s"] for s in samples if s["reaction_s"] is not None]
-    ages = [d.age_s for d in decisions if d.age_s is not None]
-    lost = sum(r.outcome != "ok" for r in records)
-    return {"model": model, "rate_hz": rate_hz, "probe_interval_s": probe_interval_s,
-            "low_mbps": round(low, 3), "high_mbps": round(high, 3), "samples": samples,
+    buckets = [(float(s.labels["le"]), s.value) for fam in text_string_to_metric_families(scrape)
+               for s in fam.samples if s.name == "adaptive_node_estimate_age_seconds_bucket"]
+    return {"model": model, "rate_hz": rate_hz, "probe_interval_s": probe_interval_s, "low_mbps": low,
+            "high_mbps": high, "samples": samples,
             "median_s": round(statistics.median(got), 3) if got else None,
             "p90_s": round(float(np.percentile(got, 90)), 3) if got else None,
             "missed": sum(s["reaction_s"] is None for s in samples),
-            "age_median_s": round(statistics.median(ages), 3) if ages else None,
-            "age_p90_s": round(float(np.percentile(ages, 90)), 3) if ages else None,
-            "requests": len(records), "not_ok": lost}
+            "age_median_s": _bucket_quantile(buckets, 0.5), "age_p90_s": _bucket_quantile(buckets, 0.9),
+            "decisions": int(buckets[-1][1]) if buckets else 0,
+            "rule_versions": len({r.version for _, r in rules}),
+            "requests": len(records), "not_ok": sum(r["outcome"] != "ok" for r in records)}
+
+
+def _bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile from a Prometheus histogram's cumulative buckets, linear within a bucket."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    target, lower, below = q * buckets[-1][1], 0.0, 0.0
+    for le, count in buckets:
+        if count >= target:
+            if le == float("inf"):
+                return lower
+            return round(lower + (le - lower) * (target - below) / max(count - below, 1e-9), 3)
+        lower, below = le, count
+    return None
 
 
 def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str, Any]:
@@ -418,7 +435,8 @@ def main() -> None:
               f"first request on the rule's new plan), {len(r['samples'])} steps, {r['rate_hz']:g} req/s: "
               f"median {r['median_s']} s, p90 {r['p90_s']} s, missed {r['missed']}; estimate age at "
               f"decision: "
-              f"median {r['age_median_s']} s, p90 {r['age_p90_s']} s; {r['requests']} requests, "
+              f"median {r['age_median_s']} s, p90 {r['age_p90_s']} s (from histogram buckets, "
+              f"{r['decisions']} decisions); {r['rule_versions']} rule versions; {r['requests']} requests, "
               f"{r['not_ok']} not ok")
     if "reaction" in out:
         r = out["reaction"]

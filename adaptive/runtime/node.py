@@ -192,7 +192,8 @@ class NodeRuntime:
                        if (config.uplink_mbps or config.uplink_trace) else None)
         self.plan: PlanMessage | None = None  # newest default plan accepted (audit; requests carry theirs)
         self.presence = Presence()  # peers' statuses and data endpoints
-        self.source = SourceDecider(config.node, self.presence, self._uplink)
+        self.source = SourceDecider(config.node, self.presence, self._uplink,
+                                    on_decision=metrics.decided if metrics is not None else None)
         self.endpoint = ""
         self.processed = 0
         self.rejected = 0

@@ -53,12 +53,14 @@ class SourceDecider:
         uplink: ``uplink(peer) -> (Mbit/s, Unix time measured)``, the freshest estimate of the link
             to ``peer`` (a monitor agent's :meth:`~monitor.agent.MonitorAgent.uplink`), or None.
         history: Decisions kept.
+        on_decision: Called with each decision (e.g. Prometheus metrics), on the receive thread.
     """
 
     def __init__(self, node: str, presence: Presence,
                  uplink: Callable[[str], tuple[float | None, float | None]] | None = None,
-                 history: int = 10_000) -> None:
+                 history: int = 10_000, on_decision: Callable[[SourceDecision], None] | None = None) -> None:
         self.node = node
+        self.on_decision = on_decision
         self.presence = presence
         self.uplink = uplink
         self.rule: RuleMessage | None = None
@@ -95,7 +97,10 @@ class SourceDecider:
             plan = default
         else:
             return None, f"source {self.node} has no decision rule and no default plan yet"
-        self.decisions.append(SourceDecision(now, estimate, age, plan.splits, plan.version))
+        decision = SourceDecision(now, estimate, age, plan.splits, plan.version)
+        self.decisions.append(decision)
+        if self.on_decision is not None:
+            self.on_decision(decision)
         return replace(frame, version=plan.version, model=plan.model, devices=plan.devices,
                        splits=plan.splits, codecs=plan.codecs), ""
 

@@ -26,7 +26,7 @@ NODE_SERIES = ["adaptive_node_frames_total", "adaptive_node_stage_seconds", "ada
                "adaptive_node_queue_wait_seconds", "adaptive_node_batch_size", "adaptive_node_queue_depth",
                "adaptive_node_plan_version", "adaptive_node_plan_switches_total",
                "adaptive_node_plans_rejected_total", "adaptive_node_peers_online",
-               "adaptive_node_uplink_mbps"]
+               "adaptive_node_uplink_mbps", "adaptive_node_estimate_age_seconds"]
 CONTROLLER_SERIES = ["adaptive_controller_plan_switches_total", "adaptive_controller_plan_version",
                      "adaptive_controller_predicted_latency_seconds", "adaptive_controller_decisions_total",
                      "adaptive_controller_bandwidth_mbps", "adaptive_controller_bandwidth_age_seconds",
