@@ -28,13 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.decision import DecisionTable, decision_table
+from adaptive.decision import GRID_MBPS, DecisionTable, decision_table, grid_choices
 from adaptive.errors import AdaptiveError
 from adaptive.latency import ConditionBatch, SplitModel
+from adaptive.mlp import MlpPolicyNet
 from adaptive.observation import CandidatePlans, ObservationSpec, candidate_plans
 from adaptive.profiles import DeviceProfile, ModelProfile, resolve_device, resolve_model
 from monitor.collector import Collector
-from monitor.rules import RuleMessage, RulePlan, rule_topic
+from monitor.rules import OBSERVATION_KEYS, ActorRule, RuleMessage, RulePlan, rule_topic
 from monitor.schema import (
     Ack,
     Message,
@@ -114,9 +115,12 @@ class ControllerConfig:
         calibration_weight: Weight of each new measurement in the scale's moving average, (0, 1].
         max_plans: Candidate plans when no trained policy fixes them.
         history: Bandwidth samples per link in the observation (a trained policy's sidecar wins).
-        source_rule: Also publish a decision rule for the source node (the chain's first): a table
-            of the best plan per uplink bin for the current slow state, applied by the source to
-            every request with its own fresh estimate (:mod:`adaptive.decision`).
+        source_rule: The decision rule published for the source node (the chain's first), which
+            applies it to every request with its own fresh uplink estimate: ``table`` (the best
+            plan per uplink bin for the current slow state, :mod:`adaptive.decision`), ``policy``
+            (the trained actor itself, evaluated at the source; needs a PPO policy), ``auto`` (the
+            default: ``policy`` with a PPO policy, else ``table``) or ``off`` (requests follow
+            the default plan). ``true``/``false`` mean ``auto``/``off``.
         rate_headroom: With ``source_rule``, the table leaves out plans whose predicted throughput
             is below this many times the source's measured request rate.
     """
@@ -135,7 +139,7 @@ class ControllerConfig:
     calibration_weight: float = 0.3
     max_plans: int = 32
     history: int = 4
-    source_rule: bool = False
+    source_rule: str = "auto"
     rate_headroom: float = 1.2
 
     @classmethod
@@ -152,6 +156,11 @@ class ControllerConfig:
         except (KeyError, TypeError) as exc:
             raise AdaptiveError(f"{source}: controller config needs model_profile and a chain of "
                                 f"{{node, device}} ({exc})") from None
+        if isinstance(cfg.source_rule, bool):
+            cfg = dataclasses.replace(cfg, source_rule="auto" if cfg.source_rule else "off")
+        if cfg.source_rule not in ("auto", "table", "policy", "off"):
+            raise AdaptiveError(f"{source}: source_rule must be auto, table, policy or off, "
+                                f"found {cfg.source_rule!r}")
         if len(cfg.chain) < 1 or len({c.node for c in cfg.chain}) != len(cfg.chain):
             raise AdaptiveError(f"{source}: chain must list distinct nodes")
         if (not cfg.interval_s > 0 or cfg.min_dwell_s < 0 or not cfg.stale_after_s > 0
@@ -246,6 +255,10 @@ class Controller:
             raise AdaptiveError(f"policy expects {obs_spec.num_devices} devices and {obs_spec.num_plans} "
                                 f"plans; the chain has {len(self.devices)} devices")
         self.obs_spec = obs_spec
+        mode = config.source_rule
+        if mode == "policy" and not isinstance(policy, MlpPolicyNet):
+            raise AdaptiveError("source_rule: policy needs a trained PPO policy (--policy ppo[:PATH])")
+        self.rule_kind = {"auto": "policy" if isinstance(policy, MlpPolicyNet) else "table"}.get(mode, mode)
         M = len(self.devices) - 1
         self._bw_history = deque([np.full(M, config.default_bandwidth_mbps)] * obs_spec.history,
                                  maxlen=obs_spec.history)
@@ -261,6 +274,7 @@ class Controller:
         self._last_plan: Message | None = None  # republished on every reconnect (a new broker forgot it)
         self._last_rule: Message | None = None
         self._table: DecisionTable | None = None  # the table of the rule in force
+        self._basis: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # what the actor rule assumed
         self._rate: tuple[float, float] = (0.0, 0.0)  # (source's request rate, Unix time of its stats)
         self.rules: deque[RuleMessage] = deque(maxlen=1000)
         self.version = 0
@@ -470,8 +484,10 @@ class Controller:
         if not self.connected():
             return None
         obs, mask, dead, cond = self._observe(now)
-        if self.config.source_rule:
+        if self.rule_kind == "table":
             self._publish_rule(now, mask, cond)
+        elif self.rule_kind == "policy":
+            self._publish_actor_rule(now, obs, mask, cond)
         again, self._reissue = self._reissue, None
         if again is not None and again == self.current and mask[again]:
             return self._publish(again, now, dead, keep_switch_time=True)
@@ -538,6 +554,53 @@ class Controller:
         self.transport.publish(message)
         log.info("rule %d for %s: %d bins, edges %s Mbit/s", version, devices[0], len(rows),
                  [round(e, 2) for e in table.edges_mbps])
+        return rule
+
+    def _publish_actor_rule(self, now: float, obs: np.ndarray, mask: np.ndarray, cond: ConditionBatch,
+                            margin: float = 0.05, slack: float = 0.05) -> RuleMessage | None:
+        """Publish the actor as the source's rule if what the rule in force assumed no longer holds.
+
+        The source completes the observation itself (uplink history, predicted latencies, plan in
+        force, dwell); the rule carries the rest, the grid of predictions and what is allowed. It is
+        republished when the allowed plans change anywhere on the grid, a prediction moves by more
+        than ``margin`` (relative), or a slow observation entry by more than ``slack``.
+        """
+        pred, ok = grid_choices(self.model, self.candidates, cond, mask, self.request_rate(now),
+                                self.config.rate_headroom)
+        latency = np.where(pred.feasible, pred.latency_ms, np.inf)
+        spec = self.obs_spec
+        D, H, P = spec.num_devices, spec.history, spec.num_plans
+        slow = np.concatenate([obs[: 2 * D], obs[2 * D + H : 2 * D + (D - 1) * H + 1]])
+        if self._basis is not None:
+            was_ok, was_latency, was_slow = self._basis
+            finite = np.isfinite(latency)
+            if (np.array_equal(was_ok, ok) and np.array_equal(np.isfinite(was_latency), finite)
+                    and np.all(np.abs(latency[finite] - was_latency[finite]) <= margin * was_latency[finite])
+                    and np.all(np.abs(slow - was_slow) <= slack)):
+                return None
+        rows = tuple(RulePlan(p.splits, p.codecs) for p in (self.candidates.plan(a) for a in range(P)))
+        actor = ActorRule(
+            grid_mbps=tuple(round(float(g), 4) for g in GRID_MBPS),
+            predicted_ms=tuple(tuple(round(float(v), 2) if np.isfinite(v) else None for v in r)
+                               for r in latency),
+            allowed=tuple("".join("1" if a else "0" for a in r) for r in ok),
+            observation={k: getattr(spec, k) for k in OBSERVATION_KEYS},
+            template=tuple(round(float(v), 5) for v in obs),
+            step_s=float(getattr(self.policy, "step_s", None) or self.config.interval_s),
+            network=self.policy.to_json())
+        with self._lock:
+            self.version += 1
+            version = self.version
+        devices = tuple(c.node for c in self.config.chain)
+        rule = RuleMessage(version, devices[0], self.profile.model, devices, self.model.num_blocks,
+                           round(now, 3), self.policy_name, (), rows, kind="policy", actor=actor)
+        message = Message(rule_topic(self.config.cluster, devices[0]), rule.encode(), qos=1, retain=True)
+        with self._lock:
+            self._last_rule, self._basis = message, (ok, latency, slow)
+            self.rules.append(rule)
+        self.transport.publish(message)
+        log.info("rule %d for %s: the %s actor, %d plans allowed somewhere", version, devices[0],
+                 self.policy_name, int(ok.any(axis=0).sum()))
         return rule
 
     def check_acks(self, now: float | None = None) -> None:

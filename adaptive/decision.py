@@ -19,10 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from adaptive.latency import ConditionBatch, SplitModel
+from adaptive.latency import ConditionBatch, Prediction, SplitModel
 from adaptive.observation import CandidatePlans
 
-__all__ = ["DecisionTable", "decision_table"]
+__all__ = ["DecisionTable", "decision_table", "grid_choices"]
 
 GRID_MBPS = np.geomspace(0.05, 5000.0, 97)  # 20 points per decade
 
@@ -41,6 +41,34 @@ class DecisionTable(NamedTuple):
     actions: tuple[int, ...]
     predicted_ms: tuple[float, ...]
     throughput_rps: tuple[float, ...]
+
+
+def grid_choices(model: SplitModel, candidates: CandidatePlans, conditions: ConditionBatch,
+                 allowed: np.ndarray, rate_hz: float = 0.0, headroom: float = 1.2,
+                 grid_mbps: np.ndarray = GRID_MBPS) -> tuple[Prediction, np.ndarray]:
+    """Every candidate on the uplink grid under the slow state, and which are allowed there.
+
+    Returns:
+        ``(prediction (G, P), allowed (G, P))``: a plan is allowed at a grid point if it fits
+        memory, is in ``allowed`` and, where any such plan does, sustains ``headroom × rate_hz``.
+        (Where nothing fits memory, what ``allowed`` permits; where nothing is allowed, anything.)
+    """
+    G = len(grid_mbps)
+    bw = np.repeat(np.asarray(conditions.bandwidth_mbps, float)[:1], G, axis=0)
+    bw[:, 0] = grid_mbps
+    cond = ConditionBatch(bw, np.repeat(conditions.propagation_ms[:1], G, axis=0),
+                          np.repeat(conditions.cpu_load[:1], G, axis=0),
+                          np.repeat(np.asarray(conditions.clients)[:1], G, axis=0),
+                          np.repeat(conditions.available_mb[:1], G, axis=0))
+    pred = model.evaluate(candidates.plans, cond)  # (G, P)
+    allowed = np.asarray(allowed, bool)
+    ok = pred.feasible & allowed[None]
+    if not ok.any():  # nothing fits memory: fall back to what is allowed, then to anything
+        ok = np.broadcast_to(allowed[None] if allowed.any() else True, ok.shape).copy()
+    if rate_hz > 0:
+        fast = ok & (pred.throughput_rps >= headroom * rate_hz)
+        ok = np.where(fast.any(axis=1, keepdims=True), fast, ok)  # where none keeps up: the best of all
+    return pred, ok
 
 
 def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: ConditionBatch,
@@ -66,20 +94,7 @@ def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: Co
         The bins, merged where neighbouring grid points choose the same plan.
     """
     G = len(grid_mbps)
-    bw = np.repeat(np.asarray(conditions.bandwidth_mbps, float)[:1], G, axis=0)
-    bw[:, 0] = grid_mbps
-    cond = ConditionBatch(bw, np.repeat(conditions.propagation_ms[:1], G, axis=0),
-                          np.repeat(conditions.cpu_load[:1], G, axis=0),
-                          np.repeat(np.asarray(conditions.clients)[:1], G, axis=0),
-                          np.repeat(conditions.available_mb[:1], G, axis=0))
-    pred = model.evaluate(candidates.plans, cond)  # (G, P)
-    allowed = np.asarray(allowed, bool)
-    ok = pred.feasible & allowed[None]
-    if not ok.any():  # nothing fits memory: fall back to what is allowed, then to anything
-        ok = np.broadcast_to(allowed[None] if allowed.any() else True, ok.shape).copy()
-    if rate_hz > 0:
-        fast = ok & (pred.throughput_rps >= headroom * rate_hz)
-        ok = np.where(fast.any(axis=1, keepdims=True), fast, ok)  # where none keeps up: the best of all
+    pred, ok = grid_choices(model, candidates, conditions, allowed, rate_hz, headroom, grid_mbps)
     latency = np.where(ok, pred.latency_ms, np.inf)
     best = np.argmin(latency, axis=1)  # (G,)
     rows = np.arange(G)

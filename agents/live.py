@@ -25,9 +25,11 @@ def build_policy(spec: str, config: Any) -> tuple[Any, Any, Any, str, Any]:
         from importlib import resources
         from pathlib import Path
 
-        from agents.ppo import load_policy
+        from agents.ppo import load_actor
 
-        model, sidecar = load_policy(path or Path(str(resources.files("agents.trained").joinpath(
+        # the actor as numpy (adaptive.mlp): the controller needs no torch, and it can ship the same
+        # network to the source node in a decision rule
+        model, sidecar = load_actor(path or Path(str(resources.files("agents.trained").joinpath(
             "ppo_default.zip"))))
         chain_devices = [c.device for c in config.chain]
         if list(sidecar.devices) != chain_devices or sidecar.model_profile != config.model_profile:

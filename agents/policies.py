@@ -1,7 +1,7 @@
 """Policies behind one protocol: observation (and action mask) in, plan index out.
 
 The protocol is Stable-Baselines3's ``predict`` signature, so a trained ``MaskablePPO`` is a
-:class:`Policy` as it is. Heuristics that need the episode (the static best plan, the hindsight
+:class:`Policy` as it is. Heuristics that need the episode (the static plans, the hindsight
 oracle) also implement ``begin_episode(env)``, which :func:`agents.evaluate.run_episode` calls after
 every reset. Heuristics read the observation through :class:`adaptive.observation.ObservationSpec`
 and predict with the latency model, exactly as the live controller would.
@@ -23,7 +23,8 @@ __all__ = [
     "HeuristicPolicy",
     "Hysteresis",
     "Policy",
-    "StaticBest",
+    "StaticHindsight",
+    "StaticMean",
     "make_heuristic",
 ]
 
@@ -167,10 +168,14 @@ class Hysteresis(HeuristicPolicy):
         return current
 
 
-class StaticBest(HeuristicPolicy):
-    """Neurosurgeon-style: the best plan for the episode's mean conditions, then fixed."""
+class StaticMean(HeuristicPolicy):
+    """Neurosurgeon-style static: the best plan for the episode's *mean* conditions, then fixed.
 
-    name = "static"
+    What a planner that profiles once and never re-plans would pick. On variable links it can be
+    far worse than any single plan chosen with hindsight (:class:`StaticHindsight`).
+    """
+
+    name = "static-mean"
 
     def begin_episode(self, env: Any) -> None:
         """Choose the plan for the mean of the episode's true conditions."""
@@ -184,14 +189,32 @@ class StaticBest(HeuristicPolicy):
         self._choice = _masked_argmin(np.where(pred.feasible[0], cost, np.inf), None)
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> int:
-        """The fixed plan (device-only if it does not fit now)."""
+        """The fixed plan (greedy while it does not fit)."""
         choice = getattr(self, "_choice", 0)
         return choice if mask is None or mask[choice] else _masked_argmin(self.step_costs(obs), mask)
 
 
+class StaticHindsight(StaticMean):
+    """The honest static baseline: the single plan with the least true cost over the episode.
+
+    Chosen in hindsight from the episode's true per-step costs (the env's negative reward: latency,
+    weighted energy, SLO and infeasibility penalties), then kept for every step. No fixed plan does
+    better on that episode, so an adaptive policy's gain over it is the value of adapting.
+    """
+
+    name = "static-hindsight"
+
+    def begin_episode(self, env: Any) -> None:
+        """Choose the plan whose summed true cost over the episode is least."""
+        from agents.oracle import step_costs
+
+        self._choice = int(np.argmin(step_costs(env, False).sum(axis=0)))
+
+
 def make_heuristic(name: str, env: Any, **kwargs: Any) -> HeuristicPolicy:
     """Build a heuristic for ``env`` (an unwrapped :class:`~envs.split_inference.SplitInferenceEnv`)."""
-    classes = {c.name: c for c in (DeviceOnly, FullOffload, Greedy, Hysteresis, StaticBest)}
+    classes = {c.name: c for c in (DeviceOnly, FullOffload, Greedy, Hysteresis, StaticMean, StaticHindsight)}
+    classes["static"] = StaticMean  # the name it had before static-hindsight existed
     if name not in classes:
         raise ValueError(f"unknown heuristic '{name}' (expected one of {', '.join(classes)})")
     u = env.unwrapped

@@ -2,6 +2,7 @@
 
 A run directory holds: ``policy.zip`` (final model), ``best_model.zip`` (best on the evaluation
 episodes), ``policy.json`` (the sidecar: observation and action mapping for the controller),
+``policy.mlp.json`` (the actor alone, for numpy: what the controller and source nodes run),
 ``config.yaml`` (resolved env config and hyperparameters), ``tb/`` (TensorBoard) and
 ``evaluations.npz`` (EvalCallback log).
 """
@@ -17,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from adaptive.errors import AdaptiveError
+from adaptive.mlp import MlpPolicyNet
 from adaptive.observation import PolicySpec
 from envs.config import EnvConfig
 
-__all__ = ["TrainResult", "load_hyperparams", "load_policy", "train"]
+__all__ = ["TrainResult", "export_mlp", "load_actor", "load_hyperparams", "load_policy", "mlp_path", "train"]
 
 ENV_ID = "adaptive/SplitInference-v0"
 
@@ -112,6 +114,7 @@ def train(config: EnvConfig, out_dir: str | Path, *, hyperparams: dict[str, Any]
                                                   f"{wall:.0f} s wall on {n_envs} envs")
     sidecar = out / "policy.json"
     spec.save(sidecar)
+    export_mlp(model).save(mlp_path(policy_path))
     (out / "config.yaml").write_text(yaml.safe_dump(
         {"env": _plain(config.to_dict()), "ppo": {**hp, "n_envs": n_envs, "n_timesteps": total,
                                                   "policy": policy, "seed": seed},
@@ -129,17 +132,67 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_policy(path: str | Path) -> tuple[Any, PolicySpec]:
-    """Load a trained model and its sidecar (``policy.json`` beside it, or ``<name>.json``)."""
-    from sb3_contrib import MaskablePPO
+def mlp_path(policy_path: str | Path) -> Path:
+    """Where the numpy actor of ``policy_path`` lives: ``<name>.mlp.json`` beside it."""
+    path = Path(policy_path)
+    return path.with_name(path.stem + ".mlp.json")
 
-    path = Path(path)
+
+def export_mlp(model: Any) -> MlpPolicyNet:
+    """The deterministic actor of a MaskablePPO ``MlpPolicy`` as a numpy :class:`MlpPolicyNet`.
+
+    Only the architecture the default ``MlpPolicy`` builds is accepted: a flatten feature
+    extractor, ``Linear``/``Tanh`` pairs, and a linear action head.
+    """
+    import torch
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    policy = model.policy
+    modules = list(policy.mlp_extractor.policy_net)
+    if not isinstance(policy.pi_features_extractor, FlattenExtractor) or len(modules) % 2:
+        raise AdaptiveError("only MlpPolicy actors with tanh hidden layers can be exported")
+    layers = []
+    for linear, act in zip(modules[::2], modules[1::2], strict=True):
+        if not isinstance(linear, torch.nn.Linear) or not isinstance(act, torch.nn.Tanh):
+            raise AdaptiveError("only MlpPolicy actors with tanh hidden layers can be exported")
+        layers.append(linear)
+    layers.append(policy.action_net)
+    with torch.no_grad():
+        return MlpPolicyNet([(lin.weight.cpu().numpy(), lin.bias.cpu().numpy()) for lin in layers])
+
+
+def _sidecar(path: Path) -> PolicySpec:
     if not path.exists():
         raise AdaptiveError(f"{path}: policy file not found")
     sidecar = path.with_suffix(".json")
     if not sidecar.exists():
         sidecar = path.parent / "policy.json"
-    spec = PolicySpec.load(sidecar)
+    return PolicySpec.load(sidecar)
+
+
+def load_actor(path: str | Path) -> tuple[MlpPolicyNet, PolicySpec]:
+    """The numpy actor of a trained policy and its sidecar, without torch when ``.mlp.json`` exists.
+
+    Without that file (a policy trained before it existed) the model is loaded and exported.
+    """
+    path = Path(path)
+    spec = _sidecar(path)
+    actor = mlp_path(path)
+    net = MlpPolicyNet.load(actor) if actor.exists() else export_mlp(load_policy(path)[0])
+    net.step_s = float(spec.env.get("dt_s", 1.0))
+    if net.num_inputs != spec.observation.size or net.num_actions != spec.observation.num_plans:
+        raise AdaptiveError(f"{path}: the network takes {net.num_inputs} inputs and gives "
+                            f"{net.num_actions} actions; its sidecar says {spec.observation.size} and "
+                            f"{spec.observation.num_plans}")
+    return net, spec
+
+
+def load_policy(path: str | Path) -> tuple[Any, PolicySpec]:
+    """Load a trained model and its sidecar (``policy.json`` beside it, or ``<name>.json``)."""
+    from sb3_contrib import MaskablePPO
+
+    path = Path(path)
+    spec = _sidecar(path)
     try:
         model = MaskablePPO.load(path, device="cpu")
     except (ValueError, KeyError, RuntimeError, OSError) as exc:

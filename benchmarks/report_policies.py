@@ -26,10 +26,10 @@ import envs  # noqa: F401
 from agents.evaluate import evaluate
 from agents.oracle import OraclePolicy, step_costs
 from agents.policies import make_heuristic
-from agents.ppo import load_policy
+from agents.ppo import load_actor
 from envs.config import EnvConfig
 
-HEURISTICS = ("greedy", "hysteresis", "static", "device-only", "offload")
+HEURISTICS = ("greedy", "hysteresis", "static-hindsight", "static-mean", "device-only", "offload")
 
 
 class ClairvoyantGreedy:
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     start = time.time()
-    model, spec = load_policy(args.policy)
+    model, spec = load_actor(args.policy)
     config = EnvConfig.from_dict(spec.env, "policy sidecar")
     split = json.loads(resources.files("envs.data").joinpath("trace_split.json").read_text())
     test_files = [str(Path(args.shared) / f) for f in split["test"]]

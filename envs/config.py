@@ -71,17 +71,17 @@ class EnvConfig:
     synthetic: tuple[str, ...] = ("steps", "random_walk", "markov")
     synthetic_share: float = 0.2
     scaling: TraceScaling = field(default_factory=TraceScaling)
-    dt_s: float = 1.0
-    max_steps: int = 200
+    dt_s: float = 0.25
+    max_steps: int = 800
     history: int = 4
-    cpu_load: NodeProcess = field(default_factory=NodeProcess)
-    memory_used: NodeProcess = field(default_factory=lambda: NodeProcess((0.4,), 0.1, 0.05, 0.0, 0.99))
+    cpu_load: NodeProcess = field(default_factory=lambda: NodeProcess((0.2,), 0.15, 0.026, 0.0, 0.95))
+    memory_used: NodeProcess = field(default_factory=lambda: NodeProcess((0.4,), 0.1, 0.0127, 0.0, 0.99))
     max_clients: int = 4
-    client_change_prob: float = 0.05
+    client_change_prob: float = 0.0125
     bw_noise: float = 0.1
     load_noise: float = 0.05
     staleness_steps: int = 1
-    switch_cost_ms: float = 10.0
+    switch_cost_ms: float = 0.0
     energy_weight: float = 0.0
     slo_ms: float | None = None
     slo_penalty: float = 1.0

@@ -24,14 +24,17 @@ class SplitInferenceEnv(gym.Env):
 
     A model (default MobileNetV2) runs across a chain of devices (default Raspberry Pi 4 → Jetson
     Nano → Jetson AGX Orin).
-    Every step (``dt_s``, default 1 s) the agent picks a split plan from a candidate set. Link
+    Every step (``dt_s``, default 0.25 s: the live source decides per request, a few times a
+    second) the agent picks a split plan from a candidate set. Link
     bandwidth follows real measured traces (or synthetic ones), each node's background CPU load and
     memory use follow mean-reverting random processes, and clients sharing the accelerator join and
     leave. The step's latency and energy come from the analytical model of seed 000
     (:mod:`adaptive.latency`) under the *true* state, where a transfer gets the bandwidth
     integrated over its own duration (one begun in an outage finishes when the link recovers);
-    the agent observes what monitors report: noisy, ``staleness_steps`` old, instantaneous.
-    Switching plans costs ``switch_cost_ms`` of latency.
+    the agent observes what monitors report: noisy, ``staleness_steps`` old (default one step,
+    about the age of the live source's uplink estimate), instantaneous.
+    Switching plans costs ``switch_cost_ms`` of latency (default 0: live plans travel with each
+    request, so a switch needs no handshake).
 
     ## Action Space
 
@@ -74,7 +77,7 @@ class SplitInferenceEnv(gym.Env):
     ## Episode End
 
     Never terminates; ``gymnasium.make`` wraps it in a ``TimeLimit`` of the config's ``max_steps``
-    (default 200).
+    (default 800: 200 s).
 
     ## Arguments
 
@@ -123,7 +126,7 @@ class SplitInferenceEnv(gym.Env):
         self._trace_names = [t.name for t in traces]
         self._memory = np.array([d.memory_mb for d in self.model.devices])
         self._link_bits = self._bits_per_link()
-        self._horizon = 120  # steps a transfer may take to get through an outage
+        self._horizon = max(round(120 / cfg.dt_s), 1)  # steps a transfer may take through an outage (120 s)
         self._t = 0
         self._current = 0
         self._dwell = 0
@@ -239,20 +242,24 @@ class SplitInferenceEnv(gym.Env):
         # pairs where that differs from the instantaneous rate are evaluated again. One model call
         # covers truth, those pairs and the reported state.
         eff = self._effective_bandwidth(bw_ahead[warm:], T)
-        rows, cols = np.nonzero(np.any(eff != bw[steps][:, None, :], axis=2))
-        again = ConditionBatch(eff[rows, cols], truth.propagation_ms[rows], truth.cpu_load[rows],
-                               truth.clients[rows], truth.available_mb[rows])
-        batch = ConditionBatch(*(np.concatenate(parts) for parts in zip(truth, again, reported, strict=True)))
-        pred = self.model.evaluate(self.candidates.plans, batch)
+        pred = self.model.evaluate(self.candidates.plans, ConditionBatch(
+            *(np.concatenate(parts) for parts in zip(truth, reported, strict=True))))
         self._lat, self._energy = pred.latency_ms[:T].copy(), pred.energy_j[:T].copy()
         self._feasible = pred.feasible[:T].copy()
-        k = np.arange(rows.size)
-        self._lat[rows, cols] = pred.latency_ms[T + k, cols]
-        self._energy[rows, cols] = pred.energy_j[T + k, cols]
-        self._feasible[rows, cols] = pred.feasible[T + k, cols]
+        # the (step, plan) pairs whose transfers get another rate than the instantaneous one are
+        # evaluated again: one call for all of them (each row keeps only its own plan's column)
+        moved = np.any(~np.isclose(eff, bw[steps][:, None, :], rtol=1e-9, atol=0.0), axis=2)
+        rows, cols = np.nonzero(moved)
+        if rows.size:
+            again = ConditionBatch(eff[rows, cols], truth.propagation_ms[rows], truth.cpu_load[rows],
+                                   truth.clients[rows], truth.available_mb[rows])
+            one = self.model.evaluate(self.candidates.plans, again)
+            k = np.arange(rows.size)
+            self._lat[rows, cols] = one.latency_ms[k, cols]
+            self._energy[rows, cols] = one.energy_j[k, cols]
+            self._feasible[rows, cols] = one.feasible[k, cols]
         self._bw_true = bw[steps]
-        first = T + rows.size
-        seen = pred._replace(latency_ms=pred.latency_ms[first:], feasible=pred.feasible[first:])
+        seen = pred._replace(latency_ms=pred.latency_ms[T:], feasible=pred.feasible[T:])
         self._masks = seen.feasible.copy()
         self._masks[~self._masks.any(axis=1)] = True  # never leave an agent without an action
         static = self.obs_spec.static_part(rep_load[idx], avail[idx] / self._memory, hist,
@@ -261,7 +268,10 @@ class SplitInferenceEnv(gym.Env):
         self._rows = np.zeros((cfg.max_steps, self.obs_spec.size), np.float32)
         self._rows[:, : static.shape[1]] = static
         self._plan_offset = static.shape[1]
-        self._bw_list = self._bw_true.tolist()
+        # every reward but the switch cost and the SLO term, so step() only looks it up
+        self._reward = -self._lat / self.ref_latency_ms - cfg.infeasible_penalty * ~self._feasible
+        if cfg.energy_weight:
+            self._reward -= cfg.energy_weight * self._energy / self.ref_energy_j
         # kept for heuristics' tests and the oracle
         self.reported_conditions = reported
         self.true_conditions = truth
@@ -311,26 +321,21 @@ class SplitInferenceEnv(gym.Env):
             self._generate(self.np_random)
             t = self._t = 0
         switched = a != self._current
-        latency = float(self._lat[t, a])
+        latency = self._lat.item(t, a)
+        reward = self._reward.item(t, a)
         if switched:
             latency += cfg.switch_cost_ms
+            reward -= cfg.switch_cost_ms / self.ref_latency_ms
             self._dwell = 0
         else:
             self._dwell += 1
-        energy = float(self._energy[t, a])
-        feasible = bool(self._feasible[t, a])
-        reward = -latency / self.ref_latency_ms
-        if cfg.energy_weight:
-            reward -= cfg.energy_weight * energy / self.ref_energy_j
         if cfg.slo_ms is not None and latency > cfg.slo_ms:
             reward -= cfg.slo_penalty
-        if not feasible:
-            reward -= cfg.infeasible_penalty
         self._current = a
         self._t = t + 1
         obs = self._observe(t + 1 if t + 1 < cfg.max_steps else t)
-        info = {"latency_ms": latency, "energy_j": energy, "switched": switched, "feasible": feasible,
-                "plan": a, "bandwidth_mbps": self._bw_list[t]}
+        info = {"latency_ms": latency, "energy_j": self._energy.item(t, a), "switched": switched,
+                "feasible": self._feasible.item(t, a), "plan": a, "bandwidth_mbps": self._bw_true[t].tolist()}
         return obs, reward, False, False, info
 
     def action_masks(self) -> np.ndarray:

@@ -171,9 +171,9 @@ def _version(obj: dict[str, Any], where: str) -> None:
         raise SchemaError(f"{where}: field 'v': expected {VERSION}, found {obj.get('v')!r}"[:200])
 
 
-def _load(payload: bytes | str, where: str) -> dict[str, Any]:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise SchemaError(f"{where}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+def _load(payload: bytes | str, where: str, limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    if len(payload) > limit:
+        raise SchemaError(f"{where}: payload of {len(payload)} bytes exceeds {limit}")
     try:
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:

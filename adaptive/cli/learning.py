@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_parsers"]
 
-HEURISTICS = ("device-only", "offload", "static", "greedy", "hysteresis")
+HEURISTICS = ("device-only", "offload", "static-mean", "static-hindsight", "greedy", "hysteresis", "static")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="env config YAML (default: the PPO policy's, else the shipped)")
     p.add_argument("--traces", nargs="+", metavar="DIR|FILE",
                    help="evaluate on these traces, each pinned for --episodes-per-trace episodes")
-    p.add_argument("--policies", default="ppo,greedy,hysteresis,static,device-only,offload,oracle",
+    p.add_argument("--policies",
+                   default="ppo,greedy,hysteresis,static-hindsight,static-mean,device-only,offload,oracle",
                    help="comma list of ppo[:PATH], " + ", ".join(HEURISTICS) + ", oracle")
     p.add_argument("--episodes", type=int, default=20, help="episodes without --traces (default 20)")
     p.add_argument("--episodes-per-trace", type=int, default=3, help="episodes per trace (default 3)")
@@ -47,10 +49,12 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.timesteps is not None and args.timesteps < 1:
         raise AdaptiveError(f"--timesteps must be >= 1, found {args.timesteps}")
     config = EnvConfig.load(args.config)
+    started = time.time() - 1.0  # file times may be rounded down
     result = train(config, args.out, hyperparams=load_hyperparams(args.hyperparams),
                    timesteps=args.timesteps, seed=args.seed, progress=not args.no_progress)
-    print(f"trained {result.timesteps} steps in {result.wall_s:.0f} s; wrote {result.policy_path}, "
-          f"{result.sidecar_path}, best_model.zip, config.yaml and TensorBoard logs in {result.out_dir}")
+    wrote = [p.name for p in sorted(result.out_dir.iterdir()) if p.is_file() and p.stat().st_mtime >= started]
+    print(f"trained {result.timesteps} steps in {result.wall_s:.0f} s; wrote {', '.join(wrote)} and "
+          f"TensorBoard logs in {result.out_dir}")
     return 0
 
 
@@ -64,14 +68,14 @@ def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
     from adaptive.errors import AdaptiveError
     from agents.oracle import OraclePolicy
     from agents.policies import make_heuristic
-    from agents.ppo import load_policy
+    from agents.ppo import load_actor
 
     factories: dict[str, Any] = {}
     spec = None
     for item in names:
         name, _, path = item.partition(":")
         if name == "ppo":
-            model, spec = load_policy(path or _default_ppo())
+            model, spec = load_actor(path or _default_ppo())  # the numpy actor the controller runs
             factories["ppo"] = lambda env, m=model: m
         elif name in HEURISTICS:
             factories[name] = lambda env, n=name: make_heuristic(n, env)
@@ -131,11 +135,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(seeds)} episodes of {config.max_steps} steps, {config.model_profile} on "
           f"{' -> '.join(config.devices)}")
-    print(f"{'policy':<13}{'mean ms':>10}{'p95 ms':>10}{'energy J':>10}{'switches':>10}"
+    width = max(len("policy"), *(len(s.policy) for s in summaries)) + 1
+    print(f"{'policy':<{width}}{'mean ms':>10}{'p95 ms':>10}{'energy J':>10}{'switches':>10}"
           f"{'SLO viol.':>10}{'vs oracle':>11}")
     for s in summaries:
         ratio = "" if s.ratio_to_oracle != s.ratio_to_oracle else f"{s.ratio_to_oracle:.3f}"
-        print(f"{s.policy:<13}{s.mean_latency_ms:>10.2f}{s.p95_latency_ms:>10.2f}{s.mean_energy_j:>10.4f}"
+        print(f"{s.policy:<{width}}{s.mean_latency_ms:>10.2f}{s.p95_latency_ms:>10.2f}{s.mean_energy_j:>10.4f}"
               f"{s.switches_per_episode:>10.1f}{100 * s.slo_violation_rate:>9.1f}%{ratio:>11}")
     if args.plot:
         print(f"wrote {args.plot}")

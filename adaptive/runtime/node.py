@@ -41,7 +41,7 @@ from adaptive.partition import partition
 from adaptive.profiles import ModelProfile
 from adaptive.runtime.links import Outbox
 from adaptive.runtime.shaping import LinkShaper
-from adaptive.runtime.source import SourceDecider, check_rule
+from adaptive.runtime.source import ActorRunner, SourceDecider, check_rule
 from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
 from adaptive.zoo import build_model, default_input_shape
 from monitor.presence import Presence
@@ -375,8 +375,14 @@ class NodeRuntime:
         """Adopt a decision rule for requests entering here, or refuse it (the last good one stays)."""
         cfg = self.config
         error = check_rule(rule, cfg.node, cfg.model, self.part.num_blocks)
+        runner = None
+        if not error and rule.kind == "policy":
+            try:
+                runner = ActorRunner(rule)
+            except AdaptiveError as exc:
+                error = str(exc)
         if not error:
-            self.source.set_rule(rule)
+            self.source.set_rule(rule, runner)
         else:
             log.warning("rejected rule %d: %s", rule.version, error)
         self._ack(rule.version, error)

@@ -1,12 +1,18 @@
 """The fast level of control: a source node picks each request's plan from its rule and its uplink.
 
 A request enters its source node without a plan; :class:`SourceDecider` stamps one on it at arrival,
-with no network round trip: the plan of the controller's decision rule (:mod:`monitor.rules`) for
-the freshest estimate of the source's uplink — the wire time of the node's own recent transfers, or
-the monitor's probe when it sends nothing (a device-only plan moves no activations). Without a
-rule it uses the controller's default plan. A plan that would give work to a node the source knows
-to be offline is passed over for the nearest bin's plan that avoids it. Every decision is kept
-(time, estimate, its age, plan) so that benchmarks can say how old the information was.
+with no network round trip, from the controller's decision rule (:mod:`monitor.rules`) and the
+freshest estimate of the source's uplink — the wire time of the node's own recent transfers, or the
+monitor's probe when it sends nothing (a device-only plan moves no activations):
+
+* a ``table`` rule gives the plan of the estimate's bin; a plan that would give work to a node the
+  source knows to be offline is passed over for the nearest bin's plan that avoids it;
+* a ``policy`` rule is evaluated (:class:`ActorRunner`): the observation the controller prefilled
+  is completed with the source's own uplink history, each candidate's predicted latency at the
+  estimate, the plan in force and its dwell, and the actor's masked argmax is the plan.
+
+Without a rule it uses the controller's default plan. Every decision is kept (time, estimate, its
+age, plan) so that benchmarks can say how old the information was.
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
+import numpy as np
+
+from adaptive.errors import AdaptiveError
+from adaptive.mlp import MlpPolicyNet
+from adaptive.observation import ObservationSpec
 from adaptive.runtime.wire import Frame
 from monitor.presence import Presence
 from monitor.rules import RuleMessage
 from monitor.schema import PlanMessage
 
-__all__ = ["SourceDecider", "SourceDecision", "check_rule"]
+__all__ = ["ActorRunner", "SourceDecider", "SourceDecision", "check_rule"]
 
 
 class SourceDecision(NamedTuple):
@@ -64,15 +75,18 @@ class SourceDecider:
         self.presence = presence
         self.uplink = uplink
         self.rule: RuleMessage | None = None
+        self.runner: ActorRunner | None = None
         self.default: PlanMessage | None = None
         self.decisions: deque[SourceDecision] = deque(maxlen=history)
         self._lock = threading.Lock()
 
-    def set_rule(self, rule: RuleMessage) -> None:
-        """Adopt a validated rule (newer versions only)."""
+    def set_rule(self, rule: RuleMessage, runner: ActorRunner | None = None) -> None:
+        """Adopt a validated rule (newer versions only); a ``policy`` rule comes with its runner."""
         with self._lock:
             if self.rule is None or rule.version >= self.rule.version:
-                self.rule = rule
+                if runner is not None and self.runner is not None:
+                    runner.carry_over(self.runner)
+                self.rule, self.runner = rule, runner
 
     def set_default(self, plan: PlanMessage) -> None:
         """Adopt the controller's default plan (used while no rule is known)."""
@@ -83,14 +97,19 @@ class SourceDecider:
     def decide(self, frame: Frame) -> tuple[Frame | None, str]:
         """``(frame with its plan, "")``, or ``(None, why not)`` when there is nothing to go by."""
         with self._lock:
-            rule, default = self.rule, self.default
+            rule, runner, default = self.rule, self.runner, self.default
         now = time.time()
         estimate, age = None, None
         if rule is not None and len(rule.devices) > 1:
             if self.uplink is not None:
                 estimate, measured = self.uplink(rule.devices[1])
                 age = now - measured if measured is not None else None
-            plan = self._from_rule(rule, estimate, default) if estimate else default or rule.plan(0)
+            if not estimate:
+                plan = default or rule.plan(0)
+            elif runner is not None:
+                plan = rule.plan(runner.decide(now, estimate, self._alive))
+            else:
+                plan = self._from_rule(rule, estimate, default)
         elif rule is not None:
             plan = rule.plan(0)
         elif default is not None:
@@ -103,6 +122,9 @@ class SourceDecider:
             self.on_decision(decision)
         return replace(frame, version=plan.version, model=plan.model, devices=plan.devices,
                        splits=plan.splits, codecs=plan.codecs), ""
+
+    def _alive(self, node: str) -> bool:
+        return node == self.node or self.presence.online(node)
 
     def _from_rule(self, rule: RuleMessage, estimate: float, default: PlanMessage | None) -> PlanMessage:
         k = rule.index(estimate)
@@ -127,4 +149,92 @@ def check_rule(rule: RuleMessage, node: str, model: str, num_blocks: int) -> str
     if rule.num_blocks != num_blocks:
         return f"rule says the model has {rule.num_blocks} blocks but this node's has {num_blocks}"
     return ""
+
+
+class ActorRunner:
+    """A ``policy`` rule made ready to evaluate per request (construction validates the network).
+
+    Per request it fills the prefilled observation's fast entries the way the environment does
+    (:class:`adaptive.observation.ObservationSpec`):
+
+    * the uplink's history: the newest estimate at or before each of the last ``history`` steps of
+      ``step_s``, oldest first (the oldest estimate known stands in before the first);
+    * each candidate's predicted latency at the estimate, interpolated in log–log between the
+      controller's grid points (1.0, "unfit", where either neighbour does not fit);
+    * the plan this source chose last, one-hot, and how many steps ago it changed.
+
+    The mask is the rule's ``allowed`` row at the grid point nearest the estimate (in log scale),
+    less plans that give work to a node the source knows to be offline.
+
+    Raises:
+        AdaptiveError: The network is malformed or does not match the observation and plans.
+    """
+
+    def __init__(self, rule: RuleMessage) -> None:
+        actor = rule.actor
+        if actor is None:
+            raise AdaptiveError("not a policy rule")
+        self.net = MlpPolicyNet.from_json(actor.network, "rule: actor.network")
+        self.spec = ObservationSpec(**actor.observation)
+        P = len(rule.plans)
+        if self.net.num_inputs != self.spec.size or self.net.num_actions != P:
+            raise AdaptiveError(f"rule: actor.network takes {self.net.num_inputs} inputs and gives "
+                                f"{self.net.num_actions} actions; the rule has {self.spec.size} and {P}")
+        D, H = self.spec.num_devices, self.spec.history
+        if len(rule.devices) != D:
+            raise AdaptiveError(f"rule: actor.observation has {D} devices, the rule {len(rule.devices)}")
+        self.step_s = actor.step_s
+        self.template = np.asarray(actor.template, np.float32)
+        self.hist_at = 2 * D  # the uplink is link 0: its history comes first
+        self.pred_at = 2 * D + (D - 1) * H + 1
+        self.plan_at = self.pred_at + P
+        self.log_grid = np.log(np.asarray(actor.grid_mbps))
+        pred = np.array([[np.nan if v is None else max(v, 1e-6) for v in row] for row in actor.predicted_ms])
+        self.log_pred = np.log(pred)  # NaN: does not fit
+        self.allowed = np.array([[c == "1" for c in row] for row in actor.allowed])
+        self.lo, self.hi = np.log10(self.spec.bw_min_mbps), np.log10(self.spec.bw_max_mbps)
+        self.working = [rule.plan(p).working_nodes() for p in range(P)]
+        self.current = 0
+        self.switched_at = 0.0
+        self.history: deque[tuple[float, float]] = deque(maxlen=64)  # (time, estimate)
+
+    def carry_over(self, previous: ActorRunner) -> None:
+        """Keep the plan in force, its dwell and the uplink history across a new rule."""
+        if len(previous.working) == len(self.working):
+            self.current, self.switched_at = previous.current, previous.switched_at
+        self.history = previous.history
+
+    def observation(self, now: float, estimate: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(observation, mask from the grid)`` for a decision at ``now`` on ``estimate``."""
+        if not self.history or self.history[-1][1] != estimate:
+            self.history.append((now, estimate))
+        spec, H = self.spec, self.spec.history
+        obs = self.template.copy()
+        k = len(self.history) - 1
+        for h in range(H - 1, -1, -1):  # newest step first, walking back through the history
+            at = now - (H - 1 - h) * self.step_s
+            while k > 0 and self.history[k][0] > at:
+                k -= 1
+            value = min(max(self.history[k][1], spec.bw_min_mbps), spec.bw_max_mbps)
+            obs[self.hist_at + h] = (np.log10(value) - self.lo) / (self.hi - self.lo)
+        x = np.log(estimate)
+        g = int(np.clip(np.searchsorted(self.log_grid, x) - 1, 0, len(self.log_grid) - 2))
+        w = float(np.clip((x - self.log_grid[g]) / (self.log_grid[g + 1] - self.log_grid[g]), 0.0, 1.0))
+        log_ms = (1 - w) * self.log_pred[g] + w * self.log_pred[g + 1]
+        with np.errstate(invalid="ignore"):
+            feature = np.tanh(log_ms - np.log(spec.ref_latency_ms))
+        obs[self.pred_at : self.plan_at] = np.where(np.isnan(feature), 1.0, feature)
+        obs[self.plan_at + self.current] = 1.0
+        dwell = (now - self.switched_at) / self.step_s
+        obs[-1] = min(dwell / spec.dwell_norm, 1.0)
+        return obs, self.allowed[g + int(w > 0.5)]
+
+    def decide(self, now: float, estimate: float, alive: Callable[[str], bool]) -> int:
+        """The actor's plan index for a request at ``now`` with uplink ``estimate`` (> 0)."""
+        obs, mask = self.observation(now, estimate)
+        mask = mask & np.array([all(alive(n) for n in nodes) for nodes in self.working])
+        action = self.net.act(obs, mask)
+        if action != self.current:
+            self.current, self.switched_at = action, now
+        return action
 

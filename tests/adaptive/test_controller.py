@@ -61,8 +61,9 @@ def cluster():
 
 
 def config(**kw):
+    # these tests are about the default plan the controller publishes: no source rule overrides it
     return ControllerConfig.from_dict({"model_profile": MODEL, "cluster": CLUSTER, "interval_s": 0.25,
-                                       "min_dwell_s": 0.0, "stale_after_s": 1.5,
+                                       "min_dwell_s": 0.0, "stale_after_s": 1.5, "source_rule": "off",
                                        "chain": [{"node": n, "device": d} for n, d in CHAIN], **kw})
 
 

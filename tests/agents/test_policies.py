@@ -15,7 +15,7 @@ from agents.evaluate import evaluate, run_episode
 from agents.oracle import OraclePolicy, hindsight_oracle, step_costs
 from agents.policies import HeuristicPolicy, Policy, make_heuristic
 
-HEURISTICS = ["device-only", "offload", "static", "greedy", "hysteresis"]
+HEURISTICS = ["device-only", "offload", "static-mean", "static-hindsight", "greedy", "hysteresis"]
 
 
 class RandomPolicy:
@@ -83,6 +83,20 @@ def test_greedy_is_the_per_step_argmin_without_switch_cost_and_matches_the_oracl
     assert result.latency_ms.mean() == pytest.approx(oracle.latency_ms.mean())
 
 
+def test_static_hindsight_is_the_best_fixed_plan_of_the_episode():
+    env = gym.make("adaptive/SplitInference-v0", synthetic_share=0.0, max_steps=120,
+                   memory_used={"mean": 0.0, "sd": 0.0})
+    for seed in (3, 4):
+        hindsight = run_episode(env, make_heuristic("static-hindsight", env), seed=seed)
+        lat, _energy, feasible = env.unwrapped.episode_costs()
+        assert feasible.all()
+        assert len(set(hindsight.actions.tolist())) == 1
+        assert hindsight.latency_ms.mean() == pytest.approx(lat.mean(axis=0).min())
+        mean = run_episode(env, make_heuristic("static-mean", env), seed=seed)
+        assert hindsight.latency_ms.mean() <= mean.latency_ms.mean() + 1e-9
+    assert type(make_heuristic("static", env)).__name__ == "StaticMean"
+
+
 def test_hysteresis_switches_less_than_greedy():
     summaries, _ = evaluate(lambda: gym.make("adaptive/SplitInference-v0", synthetic_share=0.0),
                             {n: (lambda env, n=n: make_heuristic(n, env)) for n in ("greedy", "hysteresis")},
@@ -102,14 +116,14 @@ def test_every_policy_follows_one_protocol():
 
 
 def test_ppo_smoke_run_saves_loads_and_predicts(tmp_path):
-    from agents.ppo import load_policy, train
+    from agents.ppo import load_actor, load_policy, train
     from envs.config import EnvConfig
 
     hp = {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 1, "eval_freq": 64,
           "eval_episodes": 1, "policy_kwargs": {"net_arch": [16]}}
     result = train(EnvConfig.from_dict({"max_steps": 20}), tmp_path, hyperparams=hp, timesteps=128,
                    progress=False)
-    for name in ("policy.zip", "policy.json", "best_model.zip", "config.yaml"):
+    for name in ("policy.zip", "policy.json", "policy.mlp.json", "best_model.zip", "config.yaml"):
         assert (tmp_path / name).exists(), name
     assert list((tmp_path / "tb").iterdir())
     model, spec = load_policy(result.policy_path)
@@ -118,6 +132,14 @@ def test_ppo_smoke_run_saves_loads_and_predicts(tmp_path):
     assert spec.candidates().to_json() == env.unwrapped.candidates.to_json()
     action, _ = model.predict(obs, action_masks=env.unwrapped.action_masks(), deterministic=True)
     assert env.action_space.contains(int(action))
+    # the numpy actor written beside it acts exactly as the torch model does
+    actor, _ = load_actor(result.policy_path)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        obs = rng.uniform(-1, 1, spec.observation.size).astype(np.float32)
+        mask = rng.random(spec.observation.num_plans) < 0.6
+        mask[0] = True
+        assert actor.predict(obs, action_masks=mask)[0] == int(model.predict(obs, action_masks=mask)[0])
 
 
 def run_cli(*args):

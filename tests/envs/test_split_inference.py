@@ -30,9 +30,9 @@ def test_make_with_no_arguments_and_spaces():
     obs, _info = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     assert isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.n >= 2
-    for _ in range(200):
+    for _ in range(800):
         *_, truncated, _ = env.step(0)
-    assert truncated  # the default episode is 200 steps
+    assert truncated  # the default episode is 800 steps of 0.25 s
     u = env.unwrapped
     M = u.num_links
     assert u.candidates.plan(0).splits == (u.model.num_blocks,) * M  # action 0: device-only

@@ -149,7 +149,8 @@ def test_rule_bins_and_topic():
     for change, message in (({"source": "jetson"}, "not the chain's first node"),
                             ({"edges_mbps": [20.0, 2.5]}, "increasing"),
                             ({"plans": doc["plans"][:2]}, "one per bin"),
-                            ({"kind": "policy"}, "'kind'")):
+                            ({"kind": "bandit"}, "'kind'"),
+                            ({"kind": "policy"}, "policy rule has no 'edges_mbps'")):
         with pytest.raises(SchemaError, match=message):
             RuleMessage.decode(json.dumps({**doc, **change}))
     bad_row = [dict(doc["plans"][0], splits=[15]), *doc["plans"][1:]]
