@@ -6,9 +6,18 @@ padding its stages to its device's latency and running its monitor agent in-proc
 controller and a closed-loop client. The ``pi``'s uplink replays a real bandwidth trace; the
 accelerators share a 1 Gbit/s LAN.
 
-Three phases see the same stretch of the trace (the replay restarts for each): the adaptive
-controller, the best static plan for the trace's mean bandwidth (Neurosurgeon-style), and
-device-only. A live terminal view shows bandwidth, plan and latency; at the end a summary table is
+Every phase sees the same stretch of the trace (the replay restarts for each):
+
+* ``adaptive``: two-level control. The controller publishes its decision rule (the PPO actor
+  itself, or a table for a heuristic policy) and the ``pi`` picks every request's plan from it with
+  its own fresh uplink estimate;
+* ``static-hindsight``: the single plan with the least mean latency over the phase, chosen in
+  hindsight with the latency model on the true trace — the best any fixed plan can do;
+* ``static-mean``: the best plan for the phase's mean bandwidth (Neurosurgeon-style);
+* ``device-only``.
+
+A static baseline that is the same plan as an earlier one is not run twice: its row points to that
+phase. A live terminal view shows bandwidth, plan and latency; at the end a summary table is
 printed and a plot, the per-request CSV and a JSON summary are saved.
 """
 
@@ -45,7 +54,8 @@ class DemoConfig:
             ``hysteresis``), ``ppo[:PATH]``, ``greedy``, ``hysteresis`` or ``static``.
         trace: Bandwidth trace CSV for the ``pi`` uplink (default: a shipped 5G driving trace).
         trace_median_mbps: The trace is scaled to this median, Mbit/s.
-        duration_s: Total length of the three phases, s.
+        duration_s: Three times the length of a phase, s (a fourth phase runs when the three
+            static baselines are distinct plans).
         out: Directory for the plot, CSV and JSON.
         view: Show the live terminal view.
         cluster: Cluster id.
@@ -94,7 +104,10 @@ def _spawn_nodes(cfg: DemoConfig, broker_url: str, trace: Path, logs: Path) -> l
         uplink = (["--uplink-trace", str(trace), "--trace-median-mbps", str(cfg.trace_median_mbps)] if i == 0
                   else ["--uplink-mbps", "1000"])
         log = (logs / f"node-{name}.log").open("w")
-        args = node_command(CHAIN, i, broker_url, cfg.cluster, cfg.model, probe, uplink)
+        # the pi probes its uplink 4 times a second: on a device-only plan it sends no activations,
+        # and probes are then how it sees the link come back
+        args = node_command(CHAIN, i, broker_url, cfg.cluster, cfg.model, probe, uplink,
+                            probe_interval_s=0.25 if i == 0 else 1.0)
         procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
@@ -117,13 +130,16 @@ def _wait_online(collector: Any, procs: list[subprocess.Popen], timeout_s: float
 
 
 PolicyBuilder = Callable[[str, Any], tuple[Any, Any, Any, str, Any]]
+StaticChooser = Callable[[str, list[str], str, float], dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]
 
 
-def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticChooser) -> dict[str, Any]:
     """Run the demo; return the summary (also written to ``<out>/summary.json``).
 
-    ``build_policy(spec, controller_config)`` wires the controller's policy (the CLI passes
-    :func:`agents.live.build_policy`), so the demo does not import ``agents``.
+    ``build_policy(spec, controller_config)`` wires the controller's policy and
+    ``static_plans(model, devices, uplink_csv, window_s)`` picks the static baselines on the
+    replayed window (the CLI passes :func:`agents.live.build_policy` and
+    :func:`agents.live.static_plans`), so the demo does not import ``agents`` or ``envs``.
     """
     from adaptive.broker import EmbeddedBroker
     from adaptive.controller import Controller, ControllerConfig
@@ -145,6 +161,9 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
     trace_file = _trace_path(cfg)
     series = load_trace_series(trace_file, 1.0, cfg.trace_median_mbps)
     phase_s = cfg.duration_s / 3
+    uplink_csv = out / "uplink.csv"  # what the pi's emulated uplink replays, for the static choices
+    uplink_csv.write_text("time_s,bandwidth_mbps\n" + "".join(f"{t},{v:.4f}\n" for t, v in enumerate(series)))
+    chosen = static_plans(cfg.model, [d for _, d in CHAIN], str(uplink_csv), phase_s)
     broker = EmbeddedBroker("127.0.0.1", free_port()).start()
     url = parse_broker_url(broker.url)
     procs = _spawn_nodes(cfg, broker.url, trace_file, out)
@@ -156,6 +175,10 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
             "interval_s": 1.0,
             "min_dwell_s": 2.0,
             "stale_after_s": 3.0,
+            "source_rule": "auto",
+            # the client is closed-loop (one request at a time): it never queues, so no plan is
+            # ruled out for its request rate
+            "rate_headroom": 0.0,
         }
     )
     policy, candidates, obs_spec, name, on_model = build_policy(_policy_spec(cfg), ctl_cfg)
@@ -177,12 +200,19 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
                 policy_name=name,
                 on_model=on_model,
             ).start()
-            controller.step()  # the first plan, before any request
-            client = InferenceClient(  # each request stamped with the plan of its phase, here
-                "demo", url, cfg.cluster, default_input_shape(cfg.model), timeout_s=30.0, source_decides=False
+            controller.step()  # the first plan and rule, before any request
+            client = InferenceClient(  # plan-less requests: the pi stamps each one from its rule
+                "demo", url, cfg.cluster, default_input_shape(cfg.model), timeout_s=30.0, source_decides=True
             ).start()
             view = _View(cfg) if cfg.view else None
-            for phase in ("adaptive", "static", "device-only"):
+            L = controller.model.num_blocks
+            fixed = {**chosen, "device-only": ((L,) * (len(CHAIN) - 1), ())}
+            for phase in ("adaptive", *fixed):
+                same = next((p["phase"] for p in phases if p.get("fixed") == fixed.get(phase)), None)
+                if phase != "adaptive" and same is not None:
+                    phases.append({**next(p for p in phases if p["phase"] == same), "phase": phase,
+                                   "same_as": same})
+                    continue
                 start = time.time()
                 control.publish(
                     Message(
@@ -192,21 +222,21 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
                     )
                 )
                 if phase != "adaptive":
-                    if phase == "static":
+                    if not controller._stop.is_set():
                         controller.close()  # fixed plans from here on
-                    action = _static_action(controller, series[: int(phase_s)]) if phase == "static" else 0
-                    plan = candidates.plan(action)
+                    client.source_decides = False  # every request stamped with the phase's plan
+                    splits, codecs = fixed[phase]
                     controller.version += 1
                     msg = PlanMessage(
                         controller.version,
                         controller.profile.model,
                         tuple(n for n, _ in CHAIN),
-                        plan.splits,
+                        splits,
                         round(time.time(), 3),
                         phase,
                         None,
-                        plan.codecs,
-                        controller.model.num_blocks,
+                        codecs,
+                        L,
                     )
                     control.publish(Message(plan_topic(cfg.cluster), msg.encode(), 1, True))
                     deadline = time.monotonic() + 5
@@ -219,25 +249,26 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
                 while time.time() < end:
                     client.run(min(1.0, max(end - time.time(), 0.05)), concurrency=1)
                     now = time.time()
-                    recent = [r.latency_ms for r in client.records[-5:] if r.latency_ms is not None]
+                    recent = [r for r in client.records[-5:] if r.latency_ms is not None]
                     true_bw = series[int(now - start) % len(series)]
                     est = _estimate(collector)
-                    shown = client.plan
+                    shown = f"[{recent[-1].plan}]" if recent else ""
                     timeline.append(
                         (
                             now - start,
                             phase,
                             true_bw,
                             est,
-                            str(list(shown.splits)) if shown else "",
-                            float(np.median(recent)) if recent else float("nan"),
+                            shown,
+                            float(np.median([r.latency_ms for r in recent])) if recent else float("nan"),
                         )
                     )
                     if view is not None:
                         view.update(phase, now - start, phase_s, true_bw, est, shown, client.records[done:])
                 phase_records = client.records[done:]
                 records += [(phase, r) for r in phase_records]
-                phases.append(_summarise(phase, phase_records))
+                phases.append({**_summarise(phase, phase_records), "fixed": fixed.get(phase),
+                               "started_at": round(start, 3)})
                 if view is not None:
                     view.finish(phases[-1])
     finally:
@@ -259,15 +290,24 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder) -> dict[str, Any]:
     base = next(p for p in phases if p["phase"] == "device-only")["mean_ms"]
     for p in phases:
         p["speedup_vs_device_only"] = round(base / p["mean_ms"], 3) if p["mean_ms"] else None
+        fixed_plan = p.pop("fixed")
+        if fixed_plan is not None:
+            p["plan"] = {"splits": list(fixed_plan[0]), "codecs": list(fixed_plan[1])}
+    by = {p["phase"]: p for p in phases}
+    better = min(("static-hindsight", "static-mean"), key=lambda k: by[k]["mean_ms"] or float("inf"))
+    ratio = by["adaptive"]["mean_ms"] / by[better]["mean_ms"] if by[better]["mean_ms"] else None
     summary = {
         "model": cfg.model,
         "policy": name,
+        "rule": controller.rule_kind if controller is not None else None,
         "trace": trace_file.name,
         "trace_median_mbps": cfg.trace_median_mbps,
         "phase_s": phase_s,
         "phases": phases,
+        "better_static": better,
+        "adaptive_vs_better_static": round(ratio, 3) if ratio else None,
     }
-    write_records([r for _, r in records], out / "requests.csv")
+    write_records([r for _, r in records], out / "requests.csv")  # one row per request, all phases
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     _plot(timeline, records, out / "demo.png", cfg, name)
     return summary
@@ -292,20 +332,8 @@ def _estimate(collector: Any) -> float:
     return float(value) if value else float("nan")
 
 
-def _static_action(controller: Any, bandwidth: Any) -> int:
-    """Neurosurgeon-style: the best candidate for the phase's mean bandwidth, then fixed."""
-    from adaptive.latency import Conditions
-
-    mean_bw = float(np.mean(bandwidth))
-    pred = controller.model.evaluate(
-        controller.candidates.plans, Conditions(bandwidth_mbps=[mean_bw, 1000.0])
-    )
-    return int(np.argmin(np.where(pred.feasible, pred.latency_ms, np.inf)))
-
-
 def _summarise(phase: str, records: list[Any]) -> dict[str, Any]:
     lat = np.array([r.latency_ms for r in records if r.outcome == "ok"])
-    versions = sorted({r.version for r in records})
     return {
         "phase": phase,
         "requests": len(records),
@@ -315,7 +343,7 @@ def _summarise(phase: str, records: list[Any]) -> dict[str, Any]:
         "mean_ms": round(float(lat.mean()), 2) if lat.size else None,
         "median_ms": round(float(np.median(lat)), 2) if lat.size else None,
         "p95_ms": round(float(np.percentile(lat, 95)), 2) if lat.size else None,
-        "plan_versions": len(versions),
+        "plans": len({r.plan for r in records if r.outcome == "ok"}),
     }
 
 
@@ -337,7 +365,7 @@ class _View:
         self.finished.append(summary)
 
     def update(
-        self, phase: str, t: float, total: float, bw: float, est: float, plan: Any, records: list[Any]
+        self, phase: str, t: float, total: float, bw: float, est: float, plan: str, records: list[Any]
     ) -> None:
         """Redraw with the running phase's state."""
         from rich.table import Table
@@ -363,16 +391,14 @@ class _View:
                 "done",
                 "",
                 "",
-                f"{done['plan_versions']} plan(s)",
+                f"{done['plans']} plan(s)",
                 "",
                 f"{done['mean_ms']:.0f}" if done["mean_ms"] is not None else "-",
                 f"{done['ok']}/{done['errors']}/{done['timeouts']}",
                 style="dim",
             )
         ok = [r.latency_ms for r in records if r.outcome == "ok"]
-        plan_text = "-"
-        if plan is not None:
-            plan_text = str(list(plan.splits)) + (f" {','.join(plan.codecs)}" if plan.codecs else "")
+        plan_text = plan or "-"
         table.add_row(
             phase,
             f"{t:.0f}/{total:.0f}",
@@ -399,8 +425,9 @@ def _plot(timeline: list[Any], records: list[Any], path: Path, cfg: DemoConfig, 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
-    phases = ("adaptive", "static", "device-only")
-    colors = {"adaptive": "tab:green", "static": "tab:orange", "device-only": "tab:gray"}
+    phases = ("adaptive", "static-hindsight", "static-mean", "device-only")
+    colors = {"adaptive": "tab:green", "static-hindsight": "tab:purple", "static-mean": "tab:orange",
+              "device-only": "tab:gray"}
     adaptive = [x for x in timeline if x[1] == "adaptive"]
     axes[0].step(
         [x[0] for x in adaptive],
@@ -430,11 +457,13 @@ def _plot(timeline: list[Any], records: list[Any], path: Path, cfg: DemoConfig, 
     axes[1].set_ylabel("latency, ms")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=8)
-    labels = sorted({x[4] for x in adaptive})
-    axes[2].step(
-        [x[0] for x in adaptive], [labels.index(x[4]) for x in adaptive], where="post", color="tab:green"
-    )
-    axes[2].set_yticks(range(len(labels)), labels, fontsize=7)
+    ran = [r for p, r in records if p == "adaptive" and r.outcome == "ok"]
+    labels = sorted({r.plan for r in ran}, key=lambda text: [int(x) for x in text.split(",") if x])
+    if ran:
+        t0 = min(r.sent_at for r in ran)
+        axes[2].plot([r.sent_at - t0 for r in ran], [labels.index(r.plan) for r in ran], ".", ms=3,
+                     color="tab:green")
+    axes[2].set_yticks(range(len(labels)), [f"[{x}]" for x in labels], fontsize=7)
     axes[2].set_ylabel("plan (adaptive)")
     axes[2].set_xlabel("time in phase, s")
     axes[0].set_title(f"adaptive demo: {cfg.model}, policy {policy}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FirstChoice", "build_policy"]
+__all__ = ["FirstChoice", "build_policy", "replay_env", "static_plans"]
+
+LAN_MBPS = 1000.0
 
 
 def build_policy(spec: str, config: Any) -> tuple[Any, Any, Any, str, Any]:
@@ -76,3 +78,50 @@ class FirstChoice:
         if self.choice is None or (action_masks is not None and not action_masks[self.choice]):
             self.choice = int(self.inner.predict(observation, action_masks=action_masks)[0])
         return self.choice, state
+
+
+def replay_env(model_profile: str, devices: list[str], uplink_csv: str, window_s: float,
+               **overrides: Any) -> tuple[Any, dict[str, Any]]:
+    """The environment replaying a live run's uplink: ``(env, reset options)``.
+
+    ``uplink_csv`` holds the series the source's emulated uplink replayed (already scaled); the
+    other links are a 1 Gbit/s LAN; nothing else moves (no background load, memory pressure or
+    other clients), as in the demo. Step 0 is the start of the replay, and an episode lasts
+    ``window_s``. Keyword arguments override env config keys (e.g. ``staleness_steps``).
+    """
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the env id)
+    from envs.config import EnvConfig
+
+    base = EnvConfig()
+    doc = {"model_profile": model_profile, "devices": list(devices), "traces": [uplink_csv],
+           "synthetic_share": 0.0,
+           "scaling": {"target_median_mbps": None, "min_mbps": 0.05, "max_mbps": 1000.0},
+           "cpu_load": {"mean": 0.0, "sd": 0.0}, "memory_used": {"mean": 0.0, "sd": 0.0, "high": 0.99},
+           "max_clients": 1, "client_change_prob": 0.0}
+    doc["max_steps"] = max(round(window_s / float(overrides.get("dt_s", base.dt_s))), 1)
+    env = gym.make("adaptive/SplitInference-v0", config=EnvConfig.from_dict({**doc, **overrides}, "replay"))
+    name = env.unwrapped.trace_names[0]
+    return env, {"links": [name] + [LAN_MBPS] * (len(devices) - 2), "start_s": 0.0}
+
+
+def static_plans(model_profile: str, devices: list[str], uplink_csv: str, window_s: float
+                 ) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """The two static baselines for a replayed window: ``{name: (splits, codecs)}``.
+
+    ``static-hindsight`` is the fixed plan with the least mean latency over the window and
+    ``static-mean`` the best plan for its mean conditions (Neurosurgeon-style), both on the
+    environment's true costs (transfers integrated over the changing bandwidth).
+    """
+    from agents.policies import make_heuristic
+
+    env, options = replay_env(model_profile, devices, uplink_csv, window_s)
+    env.reset(seed=0, options=options)
+    out = {}
+    for name in ("static-hindsight", "static-mean"):
+        policy = make_heuristic(name, env)
+        policy.begin_episode(env)
+        plan = env.unwrapped.candidates.plan(policy._choice)
+        out[name] = (tuple(plan.splits), tuple(plan.codecs))
+    return out

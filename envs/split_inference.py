@@ -72,7 +72,9 @@ class SplitInferenceEnv(gym.Env):
     ``scaling.target_median_mbps``; load, memory and clients drawn from their processes' stationary
     ranges; a random feasible plan in force.
 
-    ``reset(options={"trace": name})`` puts that trace on every link (used by evaluation).
+    ``reset(options={"trace": name})`` puts that trace on every link (used by evaluation), at a
+    random offset, or with step 0 at ``"start_s"`` seconds into it; ``{"links": [name, 1000.0]}``
+    gives each link its own trace or a fixed rate (used to replay a live run).
 
     ## Episode End
 
@@ -133,8 +135,9 @@ class SplitInferenceEnv(gym.Env):
 
     # ------------------------------------------------------------------ episode generation
 
-    def _link_series(self, steps: int, rng: np.random.Generator, pinned: int | None = None
-                     ) -> tuple[np.ndarray, list[str]]:
+    def _link_series(self, steps: int, rng: np.random.Generator, pinned: list[int | float] | None = None,
+                     start: int | None = None) -> tuple[np.ndarray, list[str]]:
+        """``(steps, M)`` true bandwidth; ``pinned``: per link a trace index or a fixed rate (float)."""
         cfg = self.config
         out, names = np.empty((steps, self.num_links)), []
         for m in range(self.num_links):
@@ -145,10 +148,14 @@ class SplitInferenceEnv(gym.Env):
                 out[:, m] = np.clip(series, cfg.scaling.min_mbps, cfg.scaling.max_mbps)
                 names.append(f"synthetic:{kind}")
                 continue
-            k = int(rng.integers(len(self._traces))) if pinned is None else pinned
+            if pinned is not None and isinstance(pinned[m], float):
+                out[:, m] = pinned[m]
+                names.append(f"fixed:{pinned[m]:g}")
+                continue
+            k = int(rng.integers(len(self._traces))) if pinned is None else int(pinned[m])
             base = self._traces[k]
-            start = int(rng.integers(len(base)))
-            idx = (start + np.arange(steps)) % len(base)  # wrap around the trace
+            first = int(rng.integers(len(base))) if start is None else start
+            idx = (first + np.arange(steps)) % len(base)  # wrap around the trace
             out[:, m] = cfg.scaling.apply(base[idx], rng)
             names.append(self._trace_names[k])
         return out, names
@@ -216,13 +223,15 @@ class SplitInferenceEnv(gym.Env):
             eff[:, p, m] = need / np.maximum(seconds, 1e-9) / 1e6
         return eff
 
-    def _generate(self, rng: np.random.Generator, pinned: int | None = None) -> None:
+    def _generate(self, rng: np.random.Generator, pinned: list[int | float] | None = None,
+                  start_s: float | None = None) -> None:
         """Precompute one episode: true and reported states, costs of every candidate, observations."""
         cfg = self.config
         lag = cfg.staleness_steps
         warm = cfg.history + lag  # steps before step 0 that the observation history needs
         n = cfg.max_steps + warm
-        bw_ahead, self.episode_traces = self._link_series(n + self._horizon, rng, pinned)
+        start = None if start_s is None else round(start_s / cfg.dt_s) - warm  # step 0 at start_s
+        bw_ahead, self.episode_traces = self._link_series(n + self._horizon, rng, pinned, start)
         bw = bw_ahead[:n]
         load = self._process(cfg.cpu_load, n, rng)
         used = self._process(cfg.memory_used, n, rng)
@@ -282,18 +291,33 @@ class SplitInferenceEnv(gym.Env):
               ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode (see *Starting State*)."""
         super().reset(seed=seed)
-        self._generate(self.np_random, self._pinned_trace(options))
+        pinned = self._pinned_trace(options)
+        start_s = options.get("start_s") if options and pinned is not None else None
+        self._generate(self.np_random, pinned, None if start_s is None else float(start_s))
         self._t = 0
         valid = np.flatnonzero(self._masks[0])
         self._current = int(valid[self.np_random.integers(len(valid))])
         self._dwell = 0
         return self._observe(0), {"traces": list(self.episode_traces), "plan": self._current}
 
-    def _pinned_trace(self, options: dict[str, Any] | None) -> int | None:
-        """``options={"trace": name or index}`` puts that trace on every link (evaluation)."""
-        if not options or options.get("trace") is None:
+    def _pinned_trace(self, options: dict[str, Any] | None) -> list[int | float] | None:
+        """Per link, a trace index or a fixed rate, from ``options`` (evaluation, replays).
+
+        ``{"trace": name or index}`` puts that trace on every link; ``{"links": [...]}`` gives each
+        link a trace name or index, or a fixed rate in Mbit/s as a float.
+        """
+        if not options:
             return None
-        want = options["trace"]
+        if options.get("links") is not None:
+            links = list(options["links"])
+            if len(links) != self.num_links:
+                raise ValueError(f"links: expected one entry per link ({self.num_links}), found {len(links)}")
+            return [float(x) if isinstance(x, float) else self._trace_index(x) for x in links]
+        if options.get("trace") is None:
+            return None
+        return [self._trace_index(options["trace"])] * self.num_links
+
+    def _trace_index(self, want: Any) -> int:
         if isinstance(want, int) and 0 <= want < len(self._traces):
             return want
         if want in self._trace_names:

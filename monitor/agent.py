@@ -228,15 +228,21 @@ class MonitorAgent:
                                              round(nbytes * 8 / seconds / 1e6, 3))
             self._passive_at[peer] = time.time()
 
-    def uplink(self, peer: str) -> tuple[float | None, float | None]:
+    def uplink(self, peer: str, passive_horizon_s: float = 1.0) -> tuple[float | None, float | None]:
         """The freshest estimate of the link to ``peer``: ``(Mbit/s, Unix time measured)``.
 
-        The newer of the passive estimate (the node's own transfers) and the probes' estimate;
-        ``(None, None)`` before either exists. A source node decides each request's plan on this.
+        The passive estimate (the node's own transfers) while it is at most ``passive_horizon_s``
+        old, else the newer of it and the probes' estimate; ``(None, None)`` before either exists.
+        A source node decides each request's plan on this. A probe is stamped when it ends, but it
+        measured the link over its whole duration, which can reach back to before a change a
+        newer passive sample has already seen; so while the node is sending, its own transfers
+        speak for the link.
         """
         with self._links_lock:
             link = self._links.get(peer, LinkEstimate())
             passive_at = self._passive_at.get(peer)
+        if link.passive_mbps and passive_at is not None and time.time() - passive_at <= passive_horizon_s:
+            return link.passive_mbps, passive_at
         candidates = [(at, mbps) for mbps, at in ((link.passive_mbps, passive_at),
                                                    (link.bandwidth_mbps, link.measured_at))
                       if mbps and at is not None]

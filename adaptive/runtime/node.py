@@ -28,7 +28,7 @@ import statistics
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -641,6 +641,23 @@ def load_trace_series(path: str | Path, dt_s: float,
     return tuple(float(v) for v in np.clip(values, 0.05, None))
 
 
+class IdleDeviceSampler:
+    """The resources of an emulated device: the host's readings, but no background CPU load.
+
+    An emulated node pads its stages to its device's profile, so the host's other work (the
+    other emulated nodes, a benchmark, a training run) does not slow the device it stands for;
+    reporting the host's load would make the controller predict a slowdown that never happens.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def sample(self) -> Any:
+        """The host's sample with CPU utilisation 0."""
+        s = self.inner.sample()
+        return replace(s, cpu_percent=0.0, per_core=tuple(0.0 for _ in s.per_core))
+
+
 def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, probe_port: int = 0,
                    probe_interval_s: float = 2.0, interval_s: float = 1.0) -> Any:
     """Run a node's monitor agent in the node's process; returns the started agent.
@@ -658,11 +675,14 @@ def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, prob
     limiters = dict.fromkeys(peers, node.shaper) if node.shaper is not None else {}
     emulated = node.shaper is not None  # the kernel cannot see an emulated link; keep probes small on it
     extra: dict[str, Any] = {"probe_bytes": 250_000} if emulated else {}
+    sampler: Any = PsutilSampler(exclude_pid=os.getpid())
+    if cfg.emulate is not None:
+        sampler = IdleDeviceSampler(sampler)
     agent = MonitorAgent(AgentConfig(node=cfg.node, cluster=cfg.cluster, interval_s=interval_s, peers=peers,
                                      probe_port=probe_port, probe_interval_s=probe_interval_s,
                                      device=cfg.device, data_endpoint=node.endpoint, passive=not emulated,
                                      **extra),
-                         node.broker, limiters=limiters, sampler=PsutilSampler(exclude_pid=os.getpid()))
+                         node.broker, limiters=limiters, sampler=sampler)
     agent.transport.ca_file = node.ca_file
     agent.start()
     node.agent = agent

@@ -186,3 +186,16 @@ def test_agent_imports_neither_numpy_nor_torch():
             "bad = [m for m in ('numpy', 'torch', 'adaptive') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
+
+
+def test_uplink_prefers_the_nodes_own_recent_transfers_over_a_newer_probe():
+    from monitor.schema import LinkEstimate
+
+    agent = MonitorAgent(AgentConfig(node="src", cluster="it", probe_port=None), parse_broker_url("mqtt://127.0.0.1:1"))
+    assert agent.uplink("next") == (None, None)
+    agent.observe_transfer("next", 64_000, 0.128, link_level=True)  # 4 Mbit/s, just now
+    # a probe that ends later but began before a drop says the link is fast
+    agent._links["next"] = LinkEstimate(30.0, 1.0, time.time() + 0.05, agent._links["next"].passive_mbps)
+    assert agent.uplink("next")[0] == pytest.approx(4.0)
+    # once the node has not sent for longer than the horizon, the newer of the two counts
+    assert agent.uplink("next", passive_horizon_s=0.0)[0] == pytest.approx(30.0)
