@@ -47,6 +47,7 @@ class MlpPolicyNet:
             raise AdaptiveError("an MLP needs at least one layer")
         self.layers = [(np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32))
                        for w, b in layers]
+        self._transposed = [(np.ascontiguousarray(w.T), b) for w, b in self.layers]  # h @ W.T, row-major
         for i, (w, b) in enumerate(self.layers):
             if w.ndim != 2 or b.shape != (w.shape[0],):
                 raise AdaptiveError(f"MLP layer {i}: weight {w.shape} and bias {b.shape} do not match")
@@ -67,17 +68,17 @@ class MlpPolicyNet:
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """Action logits of one observation ``(N,)`` or a batch ``(B, N)``."""
         h = np.asarray(obs, np.float32)
-        for w, b in self.layers[:-1]:
-            h = np.tanh(h @ w.T + b)
-        w, b = self.layers[-1]
-        return h @ w.T + b
+        for wt, b in self._transposed[:-1]:
+            h = np.tanh(h @ wt + b)
+        wt, b = self._transposed[-1]
+        return h @ wt + b
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None = None) -> int:
         """The best allowed action for one observation (any action if none is allowed)."""
         z = self.logits(obs)
-        if mask is not None and np.any(mask):
-            z = np.where(mask, z, -np.inf)
-        return int(np.argmax(z))
+        if mask is not None and mask.any():
+            z[~mask] = -np.inf
+        return int(z.argmax())
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
                 deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[int, Any]:

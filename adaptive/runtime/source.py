@@ -17,6 +17,8 @@ age, plan) so that benchmarks can say how old the information was.
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 import time
 from collections import deque
@@ -188,12 +190,19 @@ class ActorRunner:
         self.hist_at = 2 * D  # the uplink is link 0: its history comes first
         self.pred_at = 2 * D + (D - 1) * H + 1
         self.plan_at = self.pred_at + P
-        self.log_grid = np.log(np.asarray(actor.grid_mbps))
+        # per request everything is scalar math or one short numpy op: the Pi's CPU is slow
+        self.log_grid = [math.log(g) for g in actor.grid_mbps]
         pred = np.array([[np.nan if v is None else max(v, 1e-6) for v in row] for row in actor.predicted_ms])
-        self.log_pred = np.log(pred)  # NaN: does not fit
+        unfit = np.isnan(pred)
+        log_pred = np.log(np.where(unfit, 1.0, pred)) - math.log(self.spec.ref_latency_ms)
+        self.log_pred, self.log_step = log_pred[:-1], np.diff(log_pred, axis=0)  # per grid interval
+        self.unfit = unfit[:-1] | unfit[1:]  # a prediction between an unfit point and another is unfit
         self.allowed = np.array([[c == "1" for c in row] for row in actor.allowed])
-        self.lo, self.hi = np.log10(self.spec.bw_min_mbps), np.log10(self.spec.bw_max_mbps)
-        self.working = [rule.plan(p).working_nodes() for p in range(P)]
+        self.bw_min, self.bw_max = self.spec.bw_min_mbps, self.spec.bw_max_mbps
+        self.lo, self.span = math.log10(self.bw_min), math.log10(self.bw_max) - math.log10(self.bw_min)
+        working = [set(rule.plan(p).working_nodes()) - {rule.source} for p in range(P)]
+        self.nodes = sorted(set().union(*working))
+        self.uses = np.array([[n in w for n in self.nodes] for w in working]).reshape(P, len(self.nodes))
         self.current = 0
         self.switched_at = 0.0
         self.history: deque[tuple[float, float]] = deque(maxlen=64)  # (time, estimate)
@@ -208,31 +217,32 @@ class ActorRunner:
         """``(observation, mask from the grid)`` for a decision at ``now`` on ``estimate``."""
         if not self.history or self.history[-1][1] != estimate:
             self.history.append((now, estimate))
-        spec, H = self.spec, self.spec.history
+        H, history = self.spec.history, self.history
         obs = self.template.copy()
-        k = len(self.history) - 1
+        k = len(history) - 1
         for h in range(H - 1, -1, -1):  # newest step first, walking back through the history
             at = now - (H - 1 - h) * self.step_s
-            while k > 0 and self.history[k][0] > at:
+            while k > 0 and history[k][0] > at:
                 k -= 1
-            value = min(max(self.history[k][1], spec.bw_min_mbps), spec.bw_max_mbps)
-            obs[self.hist_at + h] = (np.log10(value) - self.lo) / (self.hi - self.lo)
-        x = np.log(estimate)
-        g = int(np.clip(np.searchsorted(self.log_grid, x) - 1, 0, len(self.log_grid) - 2))
-        w = float(np.clip((x - self.log_grid[g]) / (self.log_grid[g + 1] - self.log_grid[g]), 0.0, 1.0))
-        log_ms = (1 - w) * self.log_pred[g] + w * self.log_pred[g + 1]
-        with np.errstate(invalid="ignore"):
-            feature = np.tanh(log_ms - np.log(spec.ref_latency_ms))
-        obs[self.pred_at : self.plan_at] = np.where(np.isnan(feature), 1.0, feature)
+            value = min(max(history[k][1], self.bw_min), self.bw_max)
+            obs[self.hist_at + h] = (math.log10(value) - self.lo) / self.span
+        x = math.log(estimate)
+        grid = self.log_grid
+        g = min(max(bisect.bisect_right(grid, x) - 1, 0), len(grid) - 2)
+        w = min(max((x - grid[g]) / (grid[g + 1] - grid[g]), 0.0), 1.0)
+        feature = np.tanh(self.log_pred[g] + w * self.log_step[g])
+        feature[self.unfit[g]] = 1.0
+        obs[self.pred_at : self.plan_at] = feature
         obs[self.plan_at + self.current] = 1.0
-        dwell = (now - self.switched_at) / self.step_s
-        obs[-1] = min(dwell / spec.dwell_norm, 1.0)
-        return obs, self.allowed[g + int(w > 0.5)]
+        obs[-1] = min((now - self.switched_at) / self.step_s / self.spec.dwell_norm, 1.0)
+        return obs, self.allowed[g + (w > 0.5)]
 
     def decide(self, now: float, estimate: float, alive: Callable[[str], bool]) -> int:
         """The actor's plan index for a request at ``now`` with uplink ``estimate`` (> 0)."""
         obs, mask = self.observation(now, estimate)
-        mask = mask & np.array([all(alive(n) for n in nodes) for nodes in self.working])
+        dead = [i for i, n in enumerate(self.nodes) if not alive(n)]
+        if dead:
+            mask = mask & ~self.uses[:, dead].any(axis=1)
         action = self.net.act(obs, mask)
         if action != self.current:
             self.current, self.switched_at = action, now
