@@ -141,8 +141,21 @@ def test_a_bad_rule_is_refused_on_the_ack_and_the_last_good_one_stays(node):
                 {**doc, "version": 9, "model": "vgg16"},                # valid, but not this node's model
                 {**doc, "version": 10, "plans": [{"splits": [99]}, {"splits": [0]}]}):
         node._on_mqtt(topic, json.dumps(bad).encode())
+    # a policy rule whose network does not take the observation it describes: refused where loaded
+    import numpy as np
+
+    from adaptive.mlp import MlpPolicyNet
+    from monitor.rules import OBSERVATION_KEYS, ActorRule
+
+    spec = dict(zip(OBSERVATION_KEYS, (2, 2, 100.0, 1, 4, 0.1, 10_000.0, 10), strict=True))
+    net = MlpPolicyNet([(np.ones((2, 12)), np.zeros(2))])  # the observation has 11 entries
+    actor = ActorRule((1.0, 10.0), ((200.0, 300.0), (200.0, 100.0)), ("11", "11"), spec, (0.0,) * 11, 0.25,
+                      net.to_json())
+    node._on_mqtt(topic, RuleMessage(11, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "ppo", (), good.plans,
+                                     "policy", actor).encode())
     sent = [m for m in node.transport._buffer if m.topic.endswith("/ack")]
     acks = {a.version: a for a in (Ack.decode(m.payload) for m in sent)}
-    assert acks[7].ok and not any(acks[v].ok for v in (8, 9, 10)), acks
+    assert acks[7].ok and not any(acks[v].ok for v in (8, 9, 10, 11)), acks
     assert "edges_mbps" in acks[8].error and "vgg16" in acks[9].error and "0..11" in acks[10].error
+    assert "takes 12 inputs" in acks[11].error
     assert node.source.rule == good  # the source keeps its last good rule
