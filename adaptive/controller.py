@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.decision import GRID_MBPS, DecisionTable, decision_table, grid_choices
+from adaptive.decision import DecisionTable, actor_rule, decision_table, grid_choices
 from adaptive.errors import AdaptiveError
 from adaptive.latency import ConditionBatch, SplitModel
 from adaptive.mlp import MlpPolicyNet
 from adaptive.observation import CandidatePlans, ObservationSpec, candidate_plans
 from adaptive.profiles import DeviceProfile, ModelProfile, resolve_device, resolve_model
 from monitor.collector import Collector
-from monitor.rules import OBSERVATION_KEYS, ActorRule, RuleMessage, RulePlan, rule_topic
+from monitor.rules import RuleMessage, RulePlan, rule_topic
 from monitor.schema import (
     Ack,
     Message,
@@ -579,15 +579,8 @@ class Controller:
                     and np.all(np.abs(slow - was_slow) <= slack)):
                 return None
         rows = tuple(RulePlan(p.splits, p.codecs) for p in (self.candidates.plan(a) for a in range(P)))
-        actor = ActorRule(
-            grid_mbps=tuple(round(float(g), 4) for g in GRID_MBPS),
-            predicted_ms=tuple(tuple(round(float(v), 2) if np.isfinite(v) else None for v in r)
-                               for r in latency),
-            allowed=tuple("".join("1" if a else "0" for a in r) for r in ok),
-            observation={k: getattr(spec, k) for k in OBSERVATION_KEYS},
-            template=tuple(round(float(v), 5) for v in obs),
-            step_s=float(getattr(self.policy, "step_s", None) or self.config.interval_s),
-            network=self.policy.to_json())
+        step_s = getattr(self.policy, "step_s", None) or self.config.interval_s
+        actor = actor_rule(latency, ok, spec, obs, step_s, self.policy.to_json())
         with self._lock:
             self.version += 1
             version = self.version

@@ -20,9 +20,10 @@ from typing import NamedTuple
 import numpy as np
 
 from adaptive.latency import ConditionBatch, Prediction, SplitModel
-from adaptive.observation import CandidatePlans
+from adaptive.observation import CandidatePlans, ObservationSpec
+from monitor.rules import OBSERVATION_KEYS, ActorRule
 
-__all__ = ["DecisionTable", "decision_table", "grid_choices"]
+__all__ = ["DecisionTable", "actor_rule", "decision_table", "grid_choices"]
 
 GRID_MBPS = np.geomspace(0.05, 5000.0, 97)  # 20 points per decade
 
@@ -110,3 +111,21 @@ def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: Co
     return DecisionTable(edges, tuple(int(best[s]) for s in starts),
                          tuple(float(latency[rows, best][m]) for m in mids),
                          tuple(float(pred.throughput_rps[m, best[m]]) for m in mids))
+
+
+def actor_rule(latency_ms: np.ndarray, allowed: np.ndarray, spec: ObservationSpec, template: np.ndarray,
+               step_s: float, network: dict, grid_mbps: np.ndarray = GRID_MBPS) -> ActorRule:
+    """The ``actor`` field of a policy rule.
+
+    It carries the predictions and allowed plans on the grid, the prefilled observation and the
+    network; ``latency_ms`` is ``inf`` where a plan does not fit.
+    """
+    return ActorRule(
+        grid_mbps=tuple(round(float(g), 4) for g in grid_mbps),
+        predicted_ms=tuple(tuple(round(float(v), 2) if np.isfinite(v) else None for v in row)
+                           for row in latency_ms),
+        allowed=tuple("".join("1" if a else "0" for a in row) for row in allowed),
+        observation={k: getattr(spec, k) for k in OBSERVATION_KEYS},
+        template=tuple(round(float(v), 5) for v in template),
+        step_s=float(step_s),
+        network=network)

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive.decision import GRID_MBPS, decision_table, grid_choices
+from adaptive.decision import actor_rule, decision_table, grid_choices
 from adaptive.latency import ConditionBatch, SplitModel
 from adaptive.profiles import resolve_device, resolve_model
 from adaptive.runtime.source import ActorRunner
 from agents.ppo import load_actor
-from monitor.rules import OBSERVATION_KEYS, ActorRule, RuleMessage, RulePlan
+from monitor.rules import RuleMessage, RulePlan
 
 DEVICES = ("pi", "jetson", "jetson2")
 
@@ -49,13 +49,9 @@ def rules() -> tuple[RuleMessage, RuleMessage]:
     pred, ok = grid_choices(model, cands, cond, allowed)
     latency = np.where(pred.feasible, pred.latency_ms, np.inf)
     rows = tuple(RulePlan(p.splits, p.codecs) for p in (cands.plan(a) for a in range(P)))
-    template = np.zeros(obs_spec.size)
-    actor = ActorRule(tuple(float(g) for g in GRID_MBPS),
-                      tuple(tuple(round(float(v), 2) if np.isfinite(v) else None for v in r) for r in latency),
-                      tuple("".join("1" if a else "0" for a in r) for r in ok),
-                      {k: getattr(obs_spec, k) for k in OBSERVATION_KEYS}, tuple(template), net.step_s or 0.25,
-                      net.to_json())
-    policy = RuleMessage(1, "pi", "mobilenet_v2", DEVICES, model.num_blocks, 0.0, "ppo", (), rows, "policy", actor)
+    actor = actor_rule(latency, ok, obs_spec, np.zeros(obs_spec.size), net.step_s or 0.25, net.to_json())
+    policy = RuleMessage(1, "pi", "mobilenet_v2", DEVICES, model.num_blocks, 0.0, "ppo", (), rows, "policy",
+                         actor)
     table = decision_table(model, cands, cond, allowed)
     bins = tuple(RulePlan(cands.plan(a).splits, cands.plan(a).codecs) for a in table.actions)
     table_rule = RuleMessage(2, "pi", "mobilenet_v2", DEVICES, model.num_blocks, 0.0, "greedy",

@@ -75,8 +75,8 @@ def run(config: EnvConfig, ppo: Any, traces: list[str] | None, per_trace: int, s
     return summaries, len(seeds)
 
 
-def table(summaries: list, episodes: int, title: str) -> list[str]:
-    lines = [f"### {title} ({episodes} episodes of 200 s)", "",
+def table(summaries: list, episodes: int, title: str, seconds: float) -> list[str]:
+    lines = [f"### {title} ({episodes} episodes of {seconds:g} s)", "",
              "| policy | mean latency, ms | p95, ms | energy, J/request | switches/episode | vs oracle |",
              "|---|---:|---:|---:|---:|---:|"]
     for s in summaries:
@@ -104,8 +104,10 @@ def main() -> None:
         raise SystemExit(f"test traces not found under {args.shared} (first: {missing[0]})")
     test, n_test = run(config, model, test_files, args.episodes_per_trace, args.seed)
     train, n_train = run(config, model, None, 2, args.seed + 50_000)
-    lines = table(test, n_test, f"Held-out test traces: {len(test_files)} files never used in training")
-    lines += table(train, n_train, "Training traces (shipped), other offsets and seeds")
+    seconds = config.max_steps * config.dt_s
+    title = f"Held-out test traces: {len(test_files)} files never used in training"
+    lines = table(test, n_test, title, seconds)
+    lines += table(train, n_train, "Training traces (shipped), other offsets and seeds", seconds)
     lines.append(f"_`python benchmarks/report_policies.py` on {time.strftime('%Y-%m-%d')}, "
                  f"{time.time() - start:.0f} s; policy {Path(args.policy).name}: {spec.notes}._")
     text = "\n".join(lines) + "\n"

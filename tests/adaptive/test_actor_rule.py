@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401
-from adaptive.decision import GRID_MBPS, grid_choices
+from adaptive.decision import GRID_MBPS, actor_rule, grid_choices
 from adaptive.errors import AdaptiveError
 from adaptive.latency import ConditionBatch
 from adaptive.mlp import MlpPolicyNet
 from adaptive.runtime.source import ActorRunner
-from monitor.rules import OBSERVATION_KEYS, ActorRule, RuleMessage, RulePlan
+from monitor.rules import RuleMessage, RulePlan
 from monitor.schema import SchemaError
 
 DEVICES = ("pi", "jetson", "jetson2")
@@ -50,11 +50,7 @@ def setting():
 
     net = random_net([spec.size, 16, P])
     template = exact(10.0)
-    predicted = tuple(tuple(round(float(v), 2) if np.isfinite(v) else None for v in r) for r in latency)
-    actor = ActorRule(tuple(float(g) for g in GRID_MBPS), predicted,
-                      tuple("".join("1" if a else "0" for a in r) for r in ok),
-                      {k: getattr(spec, k) for k in OBSERVATION_KEYS}, tuple(float(v) for v in template),
-                      0.25, net.to_json())
+    actor = actor_rule(latency, ok, spec, template, 0.25, net.to_json())
     rows = tuple(RulePlan(p.splits, p.codecs) for p in (cands.plan(a) for a in range(P)))
     rule = RuleMessage(5, "pi", "mobilenet_v2", DEVICES, model.num_blocks, 1.0, "ppo", (), rows, "policy",
                        actor)
@@ -157,3 +153,39 @@ def test_mlp_json_rejects_what_it_cannot_run():
     nan["layers"][0]["bias"] = poisoned["layers"][0]["bias"]
     with pytest.raises(AdaptiveError, match="finite"):
         MlpPolicyNet.from_json(nan)
+
+
+def test_the_controller_publishes_the_actor_and_only_when_its_basis_moves():
+    from importlib import resources
+    from pathlib import Path
+
+    from adaptive.controller import Controller, ControllerConfig
+    from agents.live import build_policy
+    from monitor.transport import BrokerAddress
+
+    kinds = ("raspberry-pi-4", "jetson-nano", "jetson-agx-orin")
+    chain = [{"node": n, "device": d} for n, d in zip(DEVICES, kinds, strict=True)]
+    config = ControllerConfig.from_dict({"model_profile": "mobilenet_v2", "cluster": "c", "chain": chain})
+    policy, cands, spec, name, on_model = build_policy("ppo", config)
+    ctl = Controller(config, BrokerAddress("127.0.0.1", 1), policy, candidates=cands, obs_spec=spec,
+                     policy_name=name, on_model=on_model)
+    assert ctl.rule_kind == "policy"  # source_rule: auto, with a trained policy
+    mem = np.array([d.memory_mb for d in ctl.devices])
+    cond = ConditionBatch(np.array([[8.0, 1000.0]]), np.zeros((1, 2)), np.zeros((1, 3)), np.ones(1),
+                          mem[None])
+    obs = np.zeros(spec.size, np.float32)
+    mask = np.ones(spec.num_plans, bool)
+    rule = ctl._publish_actor_rule(100.0, obs, mask, cond)
+    sent = RuleMessage.decode(ctl.transport._buffer[-1].payload)
+    assert sent == rule and sent.kind == "policy" and sent.actor.step_s == 0.25
+    net = MlpPolicyNet.load(Path(str(resources.files("agents.trained").joinpath("ppo_default.mlp.json"))))
+    assert MlpPolicyNet.from_json(sent.actor.network).act(np.ones(spec.size)) == net.act(np.ones(spec.size))
+    ActorRunner(sent)  # the source can load it
+    assert ctl._publish_actor_rule(101.0, obs + 0.01, mask, cond) is None  # within the slack: kept
+    busier = obs.copy()
+    busier[0] = 0.5  # the pi's CPU load
+    assert ctl._publish_actor_rule(102.0, busier, mask, cond) is not None
+    dead = mask.copy()
+    dead[1:] = False  # only device-only left
+    again = ctl._publish_actor_rule(103.0, busier, dead, cond)
+    assert again is not None and set(again.actor.allowed) == {"1" + "0" * (spec.num_plans - 1)}
