@@ -33,7 +33,7 @@ from adaptive.errors import AdaptiveError
 from adaptive.latency import ConditionBatch, SplitModel
 from adaptive.mlp import MlpPolicyNet
 from adaptive.observation import CandidatePlans, ObservationSpec, candidate_plans
-from adaptive.profiles import DeviceProfile, ModelProfile, resolve_device, resolve_model
+from adaptive.profiles import DeviceProfile, ModelProfile, resolve_device, resolve_model, scaled_profiles
 from monitor.collector import Collector
 from monitor.rules import RuleMessage, RulePlan, rule_topic
 from monitor.schema import (
@@ -50,39 +50,6 @@ from monitor.transport import BrokerAddress, MqttTransport
 __all__ = ["ChainNode", "Controller", "ControllerConfig", "Decision", "scaled_profiles"]
 
 log = logging.getLogger(__name__)
-
-
-def scaled_profiles(profile: ModelProfile, devices: list[DeviceProfile], scales: list[float],
-                    nodes: list[str]) -> tuple[ModelProfile, list[DeviceProfile]]:
-    """Profiles in which node ``i``'s compute (blocks, correction, codec costs) is ``scales[i]``×.
-
-    Each node gets its own copy of its device, named ``<device>@<node>``, so two nodes with the same
-    device profile are scaled separately. Link, data-movement and power data stay as they are.
-    """
-    latency = dict(profile.latency_ms)
-    spread = dict(profile.latency_spread_ms)
-    correction = dict(profile.correction)
-    encode = [dict(c.encode) for c in profile.codecs]
-    decode = [dict(c.decode) for c in profile.codecs]
-    renamed = []
-    for dev, k, node in zip(devices, scales, nodes, strict=True):
-        name = f"{dev.name}@{node}"
-        renamed.append(dataclasses.replace(dev, name=name))
-        latency[name] = profile.latency_for(dev.name) * k
-        if dev.name in profile.latency_spread_ms:
-            spread[name] = profile.latency_spread_ms[dev.name] * k
-        corr = profile.correction_for(dev.name)
-        correction[name] = dataclasses.replace(corr, c0_ms=corr.c0_ms * k, c1_ms=corr.c1_ms * k)
-        for i, codec in enumerate(profile.codecs):
-            for costs, table in ((codec.encode, encode[i]), (codec.decode, decode[i])):
-                cost = costs.get(dev.name, costs.get("default"))
-                if cost is not None:
-                    table[name] = dataclasses.replace(cost, per_kb_ms=cost.per_kb_ms * k,
-                                                      offset_ms=cost.offset_ms * k)
-    codecs = tuple(dataclasses.replace(c, encode=encode[i], decode=decode[i])
-                   for i, c in enumerate(profile.codecs))
-    return (dataclasses.replace(profile, latency_ms=latency, latency_spread_ms=spread,
-                                correction=correction, codecs=codecs), renamed)
 
 
 @dataclass(frozen=True)

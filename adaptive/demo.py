@@ -130,15 +130,17 @@ def _wait_online(collector: Any, procs: list[subprocess.Popen], timeout_s: float
 
 
 PolicyBuilder = Callable[[str, Any], tuple[Any, Any, Any, str, Any]]
-StaticChooser = Callable[[str, list[str], str, float], dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]
+StaticChooser = Callable[[str, list[str], str, float, list[float]],
+                         dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]
 
 
 def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticChooser) -> dict[str, Any]:
     """Run the demo; return the summary (also written to ``<out>/summary.json``).
 
     ``build_policy(spec, controller_config)`` wires the controller's policy and
-    ``static_plans(model, devices, uplink_csv, window_s)`` picks the static baselines on the
-    replayed window (the CLI passes :func:`agents.live.build_policy` and
+    ``static_plans(model, devices, uplink_csv, window_s, device_scales)`` picks the static
+    baselines on the replayed window, with the device speeds the controller measured during the
+    adaptive phase (the CLI passes :func:`agents.live.build_policy` and
     :func:`agents.live.static_plans`), so the demo does not import ``agents`` or ``envs``.
     """
     from adaptive.broker import EmbeddedBroker
@@ -163,7 +165,6 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
     phase_s = cfg.duration_s / 3
     uplink_csv = out / "uplink.csv"  # what the pi's emulated uplink replays, for the static choices
     uplink_csv.write_text("time_s,bandwidth_mbps\n" + "".join(f"{t},{v:.4f}\n" for t, v in enumerate(series)))
-    chosen = static_plans(cfg.model, [d for _, d in CHAIN], str(uplink_csv), phase_s)
     broker = EmbeddedBroker("127.0.0.1", free_port()).start()
     url = parse_broker_url(broker.url)
     procs = _spawn_nodes(cfg, broker.url, trace_file, out)
@@ -185,6 +186,7 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
     control = MqttTransport(url, f"demo-{cfg.cluster}")
     phases: list[dict[str, Any]] = []
     records: list[Any] = []
+    scales: list[float] = []
     timeline: list[tuple[float, str, float, float, str, float]] = []
     controller = client = view = None
     try:
@@ -206,8 +208,13 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
             ).start()
             view = _View(cfg) if cfg.view else None
             L = controller.model.num_blocks
-            fixed = {**chosen, "device-only": ((L,) * (len(CHAIN) - 1), ())}
+            fixed: dict[str, Any] = {"static-hindsight": None, "static-mean": None,
+                                     "device-only": ((L,) * (len(CHAIN) - 1), ())}
             for phase in ("adaptive", *fixed):
+                if phase == "static-hindsight":  # chosen once the controller has measured the devices
+                    scales = [round(controller.scales[n], 3) for n, _ in CHAIN]
+                    devices = [d for _, d in CHAIN]
+                    fixed.update(static_plans(cfg.model, devices, str(uplink_csv), phase_s, scales))
                 same = next((p["phase"] for p in phases if p.get("fixed") == fixed.get(phase)), None)
                 if phase != "adaptive" and same is not None:
                     phases.append({**next(p for p in phases if p["phase"] == same), "phase": phase,
@@ -300,6 +307,7 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
         "model": cfg.model,
         "policy": name,
         "rule": controller.rule_kind if controller is not None else None,
+        "device_scales": scales,
         "trace": trace_file.name,
         "trace_median_mbps": cfg.trace_median_mbps,
         "phase_s": phase_s,

@@ -18,6 +18,7 @@ Units: ``_ms`` milliseconds, ``_bytes`` bytes, ``_mb`` 10^6 bytes, ``_w`` watts,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ __all__ = [
     "resolve_device",
     "resolve_model",
     "save_profile",
+    "scaled_profiles",
 ]
 
 DEVICE_SCHEMA = "adaptive.device/v1"
@@ -536,3 +538,36 @@ def resolve_device(spec: str) -> DeviceProfile:
 def resolve_model(spec: str) -> ModelProfile:
     """Load a model profile given a shipped name or a file path."""
     return load_model(_resolve(spec, "models"))
+
+
+def scaled_profiles(profile: ModelProfile, devices: list[DeviceProfile], scales: list[float],
+                    nodes: list[str]) -> tuple[ModelProfile, list[DeviceProfile]]:
+    """Profiles in which node ``i``'s compute (blocks, correction, codec costs) is ``scales[i]``×.
+
+    Each node gets its own copy of its device, named ``<device>@<node>``, so two nodes with the same
+    device profile are scaled separately. Link, data-movement and power data stay as they are.
+    """
+    latency = dict(profile.latency_ms)
+    spread = dict(profile.latency_spread_ms)
+    correction = dict(profile.correction)
+    encode = [dict(c.encode) for c in profile.codecs]
+    decode = [dict(c.decode) for c in profile.codecs]
+    renamed = []
+    for dev, k, node in zip(devices, scales, nodes, strict=True):
+        name = f"{dev.name}@{node}"
+        renamed.append(dataclasses.replace(dev, name=name))
+        latency[name] = profile.latency_for(dev.name) * k
+        if dev.name in profile.latency_spread_ms:
+            spread[name] = profile.latency_spread_ms[dev.name] * k
+        corr = profile.correction_for(dev.name)
+        correction[name] = dataclasses.replace(corr, c0_ms=corr.c0_ms * k, c1_ms=corr.c1_ms * k)
+        for i, codec in enumerate(profile.codecs):
+            for costs, table in ((codec.encode, encode[i]), (codec.decode, decode[i])):
+                cost = costs.get(dev.name, costs.get("default"))
+                if cost is not None:
+                    table[name] = dataclasses.replace(cost, per_kb_ms=cost.per_kb_ms * k,
+                                                      offset_ms=cost.offset_ms * k)
+    codecs = tuple(dataclasses.replace(c, encode=encode[i], decode=decode[i])
+                   for i, c in enumerate(profile.codecs))
+    return (dataclasses.replace(profile, latency_ms=latency, latency_spread_ms=spread,
+                                correction=correction, codecs=codecs), renamed)

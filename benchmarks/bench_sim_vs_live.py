@@ -8,11 +8,14 @@ adaptive phase is two-level control: the ``pi`` decides every request from the c
 
 Sim: ``adaptive/SplitInference-v0`` replaying the same uplink series (``uplink.csv`` the demo
 wrote: the trace scaled as the ``pi`` replays it; a 1 Gbit/s LAN behind; no background load, one
-client), with its default decision period and telemetry age. The demo's client is closed-loop (one
-request at a time), so a phase's mean over requests weights fast moments more than a mean over
-time; the sim's per-step costs are therefore replayed as that client meets them: a request at
-time ``t`` runs the plan the policy chose for step ``t // dt_s`` and takes that step's true
-latency, and the next is sent after it returns (plus the client's measured gap). Both means are
+client), with its default decision period and telemetry age, and each device's compute scaled as
+the controller calibrated it during the runs (median): one machine cannot emulate a device faster
+than itself, so the emulated AGX Orin runs at this host's speed, about 10x slower than its
+profile. The demo's client is closed-loop (one request at a time), so a phase's mean over requests
+weights fast moments more than a mean over time; the sim's per-step costs are therefore replayed
+as that client meets them: a request at time ``t`` runs the plan the policy chose for step
+``t // dt_s`` and takes that step's true latency, and the next is sent after it returns (plus the
+client's measured gap). Both means are
 printed; the comparison uses the request mean.
 
 Prints one table: per policy, the sim mean (requests and time), the live mean (median over runs,
@@ -72,7 +75,7 @@ def closed_loop(latency_ms: np.ndarray, dt_s: float, gap_s: float) -> float:
     return float(np.mean(seen))
 
 
-def simulate(uplink_csv: str, window_s: float, gap_s: float, policies: list[str]
+def simulate(uplink_csv: str, window_s: float, gap_s: float, policies: list[str], scales: list[float]
              ) -> dict[str, dict[str, float]]:
     from agents.evaluate import run_episode
     from agents.live import replay_env
@@ -80,7 +83,7 @@ def simulate(uplink_csv: str, window_s: float, gap_s: float, policies: list[str]
     from agents.policies import make_heuristic
     from agents.ppo import load_actor
 
-    env, options = replay_env("mobilenet_v2", DEVICES, uplink_csv, window_s)
+    env, options = replay_env("mobilenet_v2", DEVICES, uplink_csv, window_s, device_scales=scales)
     dt = env.unwrapped.config.dt_s
     out = {}
     for name in [*policies, *STATICS, "oracle"]:
@@ -110,12 +113,13 @@ def main() -> None:
     start = time.time()
     others = [p for p in args.also.split(",") if p]
     live: dict[str, list[float]] = {}
-    ratios, gaps, uplink = [], [], None
+    ratios, gaps, uplink, scales = [], [], None, []
     for policy, runs in [("ppo", args.runs), *((p, 1) for p in others)]:
         for k in range(runs):
             summary = run_demo(policy, args.duration, out / f"{policy}-{k + 1}")
             uplink = str(out / f"{policy}-{k + 1}" / "uplink.csv")
             gaps += summary["gaps_s"]
+            scales.append(summary["device_scales"])
             for phase in summary["phases"]:
                 name = policy if phase["phase"] == "adaptive" else phase["phase"]
                 live.setdefault(name, []).append(phase["mean_ms"])
@@ -124,12 +128,14 @@ def main() -> None:
             print(f"{policy} run {k + 1}: " + ", ".join(f"{p['phase']} {p['mean_ms']:.1f} ms"
                                                         for p in summary["phases"]), flush=True)
     gap = statistics.median(gaps) if gaps else 0.0
-    sim = simulate(uplink, args.duration / 3, gap, ["ppo", *others])
+    measured = [round(statistics.median(s[i] for s in scales), 3) for i in range(len(DEVICES))]
+    sim = simulate(uplink, args.duration / 3, gap, ["ppo", *others], measured)
     names = [n for n in ["ppo", *others, *STATICS] if n in live]
     live_mean = {n: statistics.median(live[n]) for n in names}
     rank_sim = sorted(names, key=lambda n: sim[n]["requests"])
     rank_live = sorted(names, key=lambda n: live_mean[n])
     result = {"machine": "see docs/benchmarks.md", "duration_s": args.duration, "client_gap_s": gap,
+              "device_scales": measured,
               "sim": sim, "live": live, "live_median": live_mean, "rank_sim": rank_sim,
               "rank_live": rank_live,
               "same_ranking": rank_sim == rank_live, "ppo_vs_better_static": ratios,
@@ -139,7 +145,8 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     print(f"\nthe demo's window ({args.duration / 3:.0f} s of its trace), closed-loop client "
-          f"(gap {1e3 * gap:.1f} ms); sim oracle {sim['oracle']['requests']:.1f} ms per request")
+          f"(gap {1e3 * gap:.1f} ms), device speeds as calibrated live {measured}; "
+          f"sim oracle {sim['oracle']['requests']:.1f} ms per request")
     print(f"{'policy':<18}{'sim, requests':>14}{'sim, time':>11}{'live, median':>13}{'live range':>16}"
           f"{'sim/live':>10}")
     for n in names:

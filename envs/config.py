@@ -41,6 +41,10 @@ class EnvConfig:
     Attributes:
         model_profile: Shipped model name or profile path.
         devices: Chain of shipped device names or profile paths, input device first.
+        device_scales: Compute time of each device relative to its profile (e.g. what the live
+            controller's calibration measured: ``[1, 1, 10]`` for an accelerator emulated on a host
+            10× slower); empty: the profiles as they are. Candidate plans stay those of the
+            profiles, as they do for a controller running a trained policy.
         traces: Trace files or directories; empty means the traces shipped in the package.
         synthetic: Synthetic trace kinds mixed in (``steps``, ``random_walk``, ``markov``).
         synthetic_share: Probability that a link's trace in an episode is synthetic, [0, 1].
@@ -67,6 +71,7 @@ class EnvConfig:
 
     model_profile: str = "mobilenet_v2"
     devices: tuple[str, ...] = ("raspberry-pi-4", "jetson-nano", "jetson-agx-orin")
+    device_scales: tuple[float, ...] = ()
     traces: tuple[str, ...] = ()
     synthetic: tuple[str, ...] = ("steps", "random_walk", "markov")
     synthetic_share: float = 0.2
@@ -105,6 +110,9 @@ class EnvConfig:
             (self.slo_ms is None or self.slo_ms > 0, "slo_ms must be > 0"),
             (self.max_plans >= 2, "max_plans must be >= 2"),
             (len(self.devices) >= 1, "devices must list at least one device"),
+            (not self.device_scales or (len(self.device_scales) == len(self.devices)
+                                        and all(k > 0 for k in self.device_scales)),
+             "device_scales must be empty or one number > 0 per device"),
         ]
         for ok, message in checks:
             if not ok:
@@ -153,6 +161,8 @@ class EnvConfig:
 def _convert(key: str, value: Any) -> Any:
     if isinstance(value, TraceScaling | NodeProcess):
         return value
+    if key == "device_scales":
+        return tuple(float(v) for v in value)
     if key in ("devices", "traces", "synthetic"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

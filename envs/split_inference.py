@@ -10,7 +10,7 @@ import numpy as np
 from adaptive.latency import ConditionBatch, Conditions, SplitModel
 from adaptive.observation import CandidatePlans, ObservationSpec, PolicySpec, candidate_plans
 from adaptive.plans import PlanArray
-from adaptive.profiles import resolve_device, resolve_model
+from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
 from envs.config import EnvConfig, NodeProcess
 from envs.traces import load_traces, resample, shipped_traces, synthetic
 
@@ -109,12 +109,17 @@ class SplitInferenceEnv(gym.Env):
             if overrides:
                 cfg = EnvConfig.from_dict({**_shallow(cfg), **overrides})
         self.config = cfg
-        self.model = SplitModel(resolve_model(cfg.model_profile), [resolve_device(d) for d in cfg.devices])
-        self.candidates: CandidatePlans = candidate_plans(self.model, max_plans=cfg.max_plans,
+        profile, devices = resolve_model(cfg.model_profile), [resolve_device(d) for d in cfg.devices]
+        profiled = SplitModel(profile, devices)
+        self.candidates: CandidatePlans = candidate_plans(profiled, max_plans=cfg.max_plans,
                                                           use_codecs=cfg.use_codecs)
+        self.model = profiled
+        if cfg.device_scales:  # the devices as measured: costs change, the action set does not
+            names = [f"d{i}" for i in range(len(devices))]
+            self.model = SplitModel(*scaled_profiles(profile, devices, list(cfg.device_scales), names))
         D, M, P = self.model.num_devices, self.model.num_devices - 1, len(self.candidates)
         self.num_devices, self.num_links, self.num_plans = D, M, P
-        nominal = self.model.evaluate(PlanArray.from_splits([[self.model.num_blocks] * M]),
+        nominal = profiled.evaluate(PlanArray.from_splits([[self.model.num_blocks] * M]),
                                       Conditions(bandwidth_mbps=1.0))
         self.ref_latency_ms = float(cfg.ref_latency_ms or nominal.latency_ms[0])
         self.ref_energy_j = max(float(nominal.energy_j[0]), 1e-9)
