@@ -130,17 +130,15 @@ def _wait_online(collector: Any, procs: list[subprocess.Popen], timeout_s: float
 
 
 PolicyBuilder = Callable[[str, Any], tuple[Any, Any, Any, str, Any]]
-StaticChooser = Callable[[str, list[str], str, float, list[float]],
-                         dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]
+StaticChooser = Callable[[str, list[str], str, float], dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]
 
 
 def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticChooser) -> dict[str, Any]:
     """Run the demo; return the summary (also written to ``<out>/summary.json``).
 
     ``build_policy(spec, controller_config)`` wires the controller's policy and
-    ``static_plans(model, devices, uplink_csv, window_s, device_scales)`` picks the static
-    baselines on the replayed window, with the device speeds the controller measured during the
-    adaptive phase (the CLI passes :func:`agents.live.build_policy` and
+    ``static_plans(model, devices, uplink_csv, window_s)`` picks the static baselines on the
+    replayed window (the CLI passes :func:`agents.live.build_policy` and
     :func:`agents.live.static_plans`), so the demo does not import ``agents`` or ``envs``.
     """
     from adaptive.broker import EmbeddedBroker
@@ -211,10 +209,9 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
             fixed: dict[str, Any] = {"static-hindsight": None, "static-mean": None,
                                      "device-only": ((L,) * (len(CHAIN) - 1), ())}
             for phase in ("adaptive", *fixed):
-                if phase == "static-hindsight":  # chosen once the controller has measured the devices
+                if phase == "static-hindsight":  # the adaptive phase is over: keep what it measured
                     scales = [round(controller.scales[n], 3) for n, _ in CHAIN]
-                    devices = [d for _, d in CHAIN]
-                    fixed.update(static_plans(cfg.model, devices, str(uplink_csv), phase_s, scales))
+                    fixed.update(static_plans(cfg.model, [d for _, d in CHAIN], str(uplink_csv), phase_s))
                 same = next((p["phase"] for p in phases if p.get("fixed") == fixed.get(phase)), None)
                 if phase != "adaptive" and same is not None:
                     phases.append({**next(p for p in phases if p["phase"] == same), "phase": phase,

@@ -106,20 +106,18 @@ def replay_env(model_profile: str, devices: list[str], uplink_csv: str, window_s
     return env, {"links": [name] + [LAN_MBPS] * (len(devices) - 2), "start_s": 0.0}
 
 
-def static_plans(model_profile: str, devices: list[str], uplink_csv: str, window_s: float,
-                 device_scales: list[float] | None = None
+def static_plans(model_profile: str, devices: list[str], uplink_csv: str, window_s: float
                  ) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
     """The two static baselines for a replayed window: ``{name: (splits, codecs)}``.
 
     ``static-hindsight`` is the fixed plan with the least mean latency over the window and
     ``static-mean`` the best plan for its mean conditions (Neurosurgeon-style), both on the
-    environment's true costs (transfers integrated over the changing bandwidth), with the
-    devices' measured speeds (``device_scales``, as the controller calibrated them) if given.
+    environment's true costs (transfers integrated over the changing bandwidth) with the devices
+    as profiled.
     """
     from agents.policies import make_heuristic
 
-    extra = {"device_scales": list(device_scales)} if device_scales else {}
-    env, options = replay_env(model_profile, devices, uplink_csv, window_s, **extra)
+    env, options = replay_env(model_profile, devices, uplink_csv, window_s)
     env.reset(seed=0, options=options)
     out = {}
     for name in ("static-hindsight", "static-mean"):

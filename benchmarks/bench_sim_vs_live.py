@@ -8,7 +8,8 @@ adaptive phase is two-level control: the ``pi`` decides every request from the c
 
 Sim: ``adaptive/SplitInference-v0`` replaying the same uplink series (``uplink.csv`` the demo
 wrote: the trace scaled as the ``pi`` replays it; a 1 Gbit/s LAN behind; no background load, one
-client), with its default decision period and telemetry age, and each device's compute scaled as
+client), with its default decision period and telemetry age; the static phases run the very plans
+the demo ran. Each device's compute is scaled as
 the controller calibrated it during the runs (median): one machine cannot emulate a device faster
 than itself, so the emulated AGX Orin runs at this host's speed, about 10x slower than its
 profile. The demo's client is closed-loop (one request at a time), so a phase's mean over requests
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from adaptive.plans import Plan
 
 DEVICES = ["raspberry-pi-4", "jetson-nano", "jetson-agx-orin"]
 STATICS = ("static-hindsight", "static-mean", "device-only")
@@ -75,8 +78,21 @@ def closed_loop(latency_ms: np.ndarray, dt_s: float, gap_s: float) -> float:
     return float(np.mean(seen))
 
 
-def simulate(uplink_csv: str, window_s: float, gap_s: float, policies: list[str], scales: list[float]
-             ) -> dict[str, dict[str, float]]:
+class Fixed:
+    """A fixed plan (what a static phase of the demo ran), as a policy."""
+
+    def __init__(self, action: int) -> None:
+        self.action = action
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True, action_masks: Any = None) -> tuple[int, Any]:
+        """The plan."""
+        return self.action, state
+
+
+def simulate(uplink_csv: str, window_s: float, gap_s: float, policies: list[str], fixed: dict[str, Any],
+             scales: list[float]) -> dict[str, dict[str, float]]:
+    """Per policy (and per static phase's plan), the sim's request and time means on the window."""
     from agents.evaluate import run_episode
     from agents.live import replay_env
     from agents.oracle import OraclePolicy
@@ -84,15 +100,18 @@ def simulate(uplink_csv: str, window_s: float, gap_s: float, policies: list[str]
     from agents.ppo import load_actor
 
     env, options = replay_env("mobilenet_v2", DEVICES, uplink_csv, window_s, device_scales=scales)
-    dt = env.unwrapped.config.dt_s
+    dt, cands = env.unwrapped.config.dt_s, env.unwrapped.candidates
     out = {}
-    for name in [*policies, *STATICS, "oracle"]:
+    for name in [*policies, *fixed, "oracle"]:
         if name == "ppo":
             from importlib import resources
 
             policy, _ = load_actor(Path(str(resources.files("agents.trained").joinpath("ppo_default.zip"))))
         elif name == "oracle":
             policy = OraclePolicy()
+        elif name in fixed:
+            plan = fixed[name]
+            policy = Fixed(cands.index(Plan(tuple(plan["splits"]), tuple(c for c in plan["codecs"]))))
         else:
             policy = make_heuristic(name, env)
         result = run_episode(env, policy, 0, name, options)
@@ -114,6 +133,7 @@ def main() -> None:
     others = [p for p in args.also.split(",") if p]
     live: dict[str, list[float]] = {}
     ratios, gaps, uplink, scales = [], [], None, []
+    plans: dict[str, Any] = {}  # the plan each static phase ran
     for policy, runs in [("ppo", args.runs), *((p, 1) for p in others)]:
         for k in range(runs):
             summary = run_demo(policy, args.duration, out / f"{policy}-{k + 1}")
@@ -122,6 +142,10 @@ def main() -> None:
             scales.append(summary["device_scales"])
             for phase in summary["phases"]:
                 name = policy if phase["phase"] == "adaptive" else phase["phase"]
+                if "plan" in phase:
+                    plans.setdefault(name, phase["plan"])
+                    if plans[name] != phase["plan"]:
+                        raise SystemExit(f"{name} ran {plans[name]} in one run, {phase['plan']} in another")
                 live.setdefault(name, []).append(phase["mean_ms"])
             if policy == "ppo":
                 ratios.append(summary["adaptive_vs_better_static"])
@@ -129,7 +153,7 @@ def main() -> None:
                                                         for p in summary["phases"]), flush=True)
     gap = statistics.median(gaps) if gaps else 0.0
     measured = [round(statistics.median(s[i] for s in scales), 3) for i in range(len(DEVICES))]
-    sim = simulate(uplink, args.duration / 3, gap, ["ppo", *others], measured)
+    sim = simulate(uplink, args.duration / 3, gap, ["ppo", *others], plans, measured)
     names = [n for n in ["ppo", *others, *STATICS] if n in live]
     live_mean = {n: statistics.median(live[n]) for n in names}
     rank_sim = sorted(names, key=lambda n: sim[n]["requests"])
