@@ -173,8 +173,10 @@ class SplitInferenceEnv(gym.Env):
         shocks = rng.normal(0, proc.sd * np.sqrt(1 - keep**2), (steps, D))
         start = rng.normal(0, proc.sd, D)
         decay = keep ** np.arange(steps)
-        # x_t − mean = keep^t · start + Σ_k keep^(t−k) · shock_k  (one convolution per device)
-        dev = np.stack([np.convolve(shocks[:, d], decay)[:steps] for d in range(D)], axis=1)
+        # x_t − mean = keep^t · start + Σ_k keep^(t−k) · shock_k: a convolution, by FFT for all devices
+        size = 1 << (2 * steps - 1).bit_length()
+        dev = np.fft.irfft(np.fft.rfft(shocks, size, axis=0) * np.fft.rfft(decay, size)[:, None], size,
+                           axis=0)[:steps]
         return np.clip(mean + start * decay[:, None] + dev, proc.low, proc.high)
 
     def _clients(self, steps: int, rng: np.random.Generator) -> np.ndarray:
@@ -183,10 +185,12 @@ class SplitInferenceEnv(gym.Env):
         out = np.empty(steps)
         moves = rng.random(steps) < cfg.client_change_prob
         ups = rng.random(steps) < 0.5
-        for t in range(steps):
-            if moves[t]:
-                n = min(cfg.max_clients, n + 1) if ups[t] else max(1, n - 1)
-            out[t] = n
+        at = 0
+        for t in np.flatnonzero(moves):  # the count holds between moves: fill each run at once
+            out[at:t] = n
+            n = min(cfg.max_clients, n + 1) if ups[t] else max(1, n - 1)
+            at = t
+        out[at:] = n
         return out
 
     def _bits_per_link(self) -> np.ndarray:
@@ -216,16 +220,19 @@ class SplitInferenceEnv(gym.Env):
         cap = bw * 1e6 * dt  # bits each step can carry
         cum = np.vstack([np.zeros((1, bw.shape[1])), np.cumsum(cap, axis=0)])
         eff = np.broadcast_to(bw[:steps, None, :], (steps, len(self.candidates), bw.shape[1])).copy()
-        t = np.arange(steps)
-        for p, m in zip(*np.nonzero(self._link_bits), strict=True):
-            need = self._link_bits[p, m]
-            target = cum[t, m] + need
+        t = np.arange(steps)[:, None]
+        for m in range(bw.shape[1]):  # all the plans that use link m at once
+            plans = np.flatnonzero(self._link_bits[:, m])
+            if plans.size == 0:
+                continue
+            need = self._link_bits[plans, m][None, :]  # (1, P_m)
+            target = cum[:steps, m][:, None] + need  # (T, P_m)
             k = np.searchsorted(cum[:, m], target, side="left")
             done = k < len(cum)
             k = np.minimum(k, len(cum) - 1)
             within = (target - cum[k - 1, m]) / np.maximum(cap[k - 1, m] / dt, 1e-9)
             seconds = np.where(done, (k - 1 - t) * dt + within, len(cap) * dt - t * dt)
-            eff[:, p, m] = need / np.maximum(seconds, 1e-9) / 1e6
+            eff[:, plans, m] = need / np.maximum(seconds, 1e-9) / 1e6
         return eff
 
     def _generate(self, rng: np.random.Generator, pinned: list[int | float] | None = None,

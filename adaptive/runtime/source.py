@@ -242,7 +242,10 @@ class ActorRunner:
         obs, mask = self.observation(now, estimate)
         dead = [i for i, n in enumerate(self.nodes) if not alive(n)]
         if dead:
-            mask = mask & ~self.uses[:, dead].any(axis=1)
+            living = ~self.uses[:, dead].any(axis=1)  # device-only always lives
+            mask = mask & living
+            if not mask.any():  # everything the rule allows needs a dead node: anything alive
+                mask = living
         action = self.net.act(obs, mask)
         if action != self.current:
             self.current, self.switched_at = action, now
