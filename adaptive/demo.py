@@ -1,4 +1,4 @@
-"""``adaptive demo``: a whole emulated cluster on one machine, in about two minutes.
+"""``adaptive demo``: a whole emulated cluster on one machine, in about three minutes.
 
 It starts the embedded MQTT broker; three node processes — a slow ``pi`` edge emulating a
 Raspberry Pi 4, a ``jetson`` (Jetson Nano) and a second accelerator ``jetson2`` (AGX Orin) — each

@@ -67,7 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
     p.set_defaults(func=_run_controller)
 
-    p = sub.add_parser("demo", help="the whole system on one machine in about two minutes",
+    p = sub.add_parser("demo", help="the whole system on one machine in about three minutes",
                        description="Broker, three emulated nodes with monitors, the controller and a client; "
                                    "adaptive (decided per request at the pi) vs static plans chosen in "
                                    "hindsight and for the mean bandwidth vs device-only on a real trace.")
