@@ -12,7 +12,8 @@ Every phase sees the same stretch of the trace (the replay restarts for each):
   itself, or a table for a heuristic policy) and the ``pi`` picks every request's plan from it with
   its own fresh uplink estimate;
 * ``static-hindsight``: the single plan with the least mean latency over the phase, chosen in
-  hindsight with the latency model on the true trace — the best any fixed plan can do;
+  hindsight on the environment replaying the same series (``uplink.csv``), whose true costs
+  integrate each transfer over the changing bandwidth;
 * ``static-mean``: the best plan for the phase's mean bandwidth (Neurosurgeon-style);
 * ``device-only``.
 
