@@ -315,7 +315,7 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
     }
     write_records([r for _, r in records], out / "requests.csv")  # one row per request, all phases
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    _plot(timeline, records, out / "demo.png", cfg, name)
+    _plot(timeline, records, series[: int(np.ceil(phase_s))], out / "demo.png", cfg, name)
     return summary
 
 
@@ -424,7 +424,8 @@ class _View:
         self.live.stop()
 
 
-def _plot(timeline: list[Any], records: list[Any], path: Path, cfg: DemoConfig, policy: str) -> None:
+def _plot(timeline: list[Any], records: list[Any], trace: Any, path: Path, cfg: DemoConfig,
+          policy: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -435,13 +436,8 @@ def _plot(timeline: list[Any], records: list[Any], path: Path, cfg: DemoConfig, 
     colors = {"adaptive": "tab:green", "static-hindsight": "tab:purple", "static-mean": "tab:orange",
               "device-only": "tab:gray"}
     adaptive = [x for x in timeline if x[1] == "adaptive"]
-    axes[0].step(
-        [x[0] for x in adaptive],
-        [x[2] for x in adaptive],
-        where="post",
-        color="black",
-        label="pi uplink (trace)",
-    )
+    axes[0].step(np.arange(len(trace) + 1), [*trace, trace[-1]], where="post", color="black",
+                 label="pi uplink (trace)")
     axes[0].plot(
         [x[0] for x in adaptive], [x[3] for x in adaptive], color="tab:blue", label="estimated (monitor)"
     )
