@@ -311,20 +311,22 @@ def _run_demo(args: argparse.Namespace) -> int:
     summary = run_demo(DemoConfig(model=args.model, policy=args.policy, trace=args.trace,
                                   trace_median_mbps=args.trace_median_mbps, duration_s=args.duration,
                                   out=args.out, view=not args.no_view), build_policy, static_plans)
-    print(f"\n{summary['model']} on pi -> jetson -> jetson2, trace {summary['trace']} "
-          f"(median {summary['trace_median_mbps']:g} Mbit/s), {summary['phase_s']:.0f} s per phase, "
-          f"policy {summary['policy']} ({summary['rule']} rule at the pi)")
-    print(f"{'phase':<17}{'requests':>9}{'ok':>6}{'err':>5}{'timeout':>8}{'mean ms':>9}{'median':>8}"
-          f"{'p95':>8}{'plans':>6}{'speedup':>9}")
+    print(f"\n{summary['model']} on pi -> jetson -> jetson2, policy {summary['policy']} "
+          f"({summary['rule']} rule at the pi)\ntrace {summary['trace']}, median "
+          f"{summary['trace_median_mbps']:g} Mbit/s, {summary['phase_s']:.0f} s phases")
+    print(f"{'phase':<17}{'reqs':>5}{'ok':>5}{'err':>4}{'t.o.':>5}{'mean ms':>8}{'median':>7}{'p95':>7}"
+          f"{'plans':>6}{'speedup':>8}")
     for p in summary["phases"]:
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
-        same = f"  (the plan of {p['same_as']})" if p.get("same_as") else ""
-        print(f"{p['phase']:<17}{p['requests']:>9}{p['ok']:>6}{p['errors']:>5}{p['timeouts']:>8}"
-              f"{fmt(p['mean_ms'], '>9.1f')}{fmt(p['median_ms'], '>8.1f')}{fmt(p['p95_ms'], '>8.1f')}"
-              f"{p['plans']:>6}{fmt(p['speedup_vs_device_only'], '>8.2f')}x{same}")
+        print(f"{p['phase']:<17}{p['requests']:>5}{p['ok']:>5}{p['errors']:>4}{p['timeouts']:>5}"
+              f"{fmt(p['mean_ms'], '>8.1f')}{fmt(p['median_ms'], '>7.1f')}{fmt(p['p95_ms'], '>7.1f')}"
+              f"{p['plans']:>6}{fmt(p['speedup_vs_device_only'], '>7.2f')}x")
+    for p in summary["phases"]:
+        if p.get("same_as"):
+            print(f"({p['phase']} is the plan of {p['same_as']}: not run twice)")
     ratio = summary["adaptive_vs_better_static"]
     if ratio is not None:
-        print(f"adaptive / {summary['better_static']} (the better static baseline): mean latency "
-              f"x{ratio:.3f} ({100 * abs(1 - ratio):.1f}% {'lower' if ratio < 1 else 'higher'})")
+        print(f"adaptive / {summary['better_static']} (the better static): mean x{ratio:.3f}, "
+              f"{100 * abs(1 - ratio):.1f}% {'lower' if ratio < 1 else 'higher'}")
     print(f"plot, requests.csv, summary.json and node logs in {args.out}")
     return 0

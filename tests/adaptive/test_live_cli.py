@@ -41,7 +41,7 @@ def test_demo_runs_its_phases_and_loses_nothing(tmp_path):
     assert len(rows) == sum(p["requests"] for p in measured)
     assert {r["outcome"] for r in rows} == {"ok"}
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "device-only" in proc.stdout and "better static baseline" in proc.stdout
+    assert "device-only" in proc.stdout and "the better static" in proc.stdout
 
 
 @pytest.mark.parametrize(
