@@ -209,7 +209,7 @@ class ActorRunner:
 
     def carry_over(self, previous: ActorRunner) -> None:
         """Keep the plan in force, its dwell and the uplink history across a new rule."""
-        if len(previous.working) == len(self.working):
+        if previous.uses.shape[0] == self.uses.shape[0]:  # the same action set
             self.current, self.switched_at = previous.current, previous.switched_at
         self.history = previous.history
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -63,6 +64,28 @@ def test_policy_rule_round_trips_and_fits_a_message(setting):
     assert len(payload) < 64 * 1024
     back = RuleMessage.decode(payload)
     assert back == rule
+    from importlib import resources
+
+    import jsonschema
+
+    schema = json.loads(resources.files("monitor.schemas").joinpath("rule.v1.json").read_text())
+    jsonschema.validate(json.loads(payload), schema)
+
+
+def test_a_new_policy_rule_keeps_the_sources_plan_dwell_and_history(setting):
+    from adaptive.runtime.source import SourceDecider
+    from monitor.presence import Presence
+
+    decider = SourceDecider("pi", Presence())
+    first = ActorRunner(setting["rule"])
+    decider.set_rule(setting["rule"], first)
+    first.decide(10.0, 50.0, lambda n: True)
+    first.decide(10.2, 2.0, lambda n: True)
+    second = ActorRunner(setting["rule"])
+    decider.set_rule(replace(setting["rule"], version=6), second)
+    assert decider.runner is second and decider.rule.version == 6
+    assert (second.current, second.switched_at) == (first.current, first.switched_at)
+    assert list(second.history) == [(10.0, 50.0), (10.2, 2.0)]
 
 
 def test_the_source_builds_the_envs_observation_and_acts_like_the_network(setting):
