@@ -355,6 +355,27 @@ class SplitModel:
         busy = np.broadcast_to(self._p_active + idle_others, share.shape)
         return self._p_active / share + idle_others, busy
 
+    @property
+    def load_sensitivity(self) -> np.ndarray:
+        """``(D,)`` κ per device: background load ``u`` divides computation by ``1 − κ·u``."""
+        return self._kappa.copy()
+
+    def link_bits(self, plans: PlanArray) -> np.ndarray:
+        """``(P, M)`` bits each plan's activation sends over each forward link (0: none).
+
+        A transfer that skips devices crosses every link on its way and counts on each.
+        """
+        L, D = self.num_blocks, self.num_devices
+        out = np.zeros((len(plans), D - 1))
+        for p in range(len(plans)):
+            bounds = [0, *(int(x) for x in plans.splits[p]), L]
+            for link in range(1, D):
+                j = next((d for d in range(link, D) if bounds[d + 1] > bounds[d]), None)
+                if j is not None:
+                    ratio = self._ratio[int(plans.codecs[p, j - 1])]
+                    out[p, link - 1] = self.split_bytes[bounds[j]] * ratio * 8
+        return out
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, plans: PlanArray, conditions: Conditions | ConditionBatch) -> Prediction:

@@ -11,8 +11,9 @@ from adaptive.latency import ConditionBatch, Conditions, SplitModel
 from adaptive.observation import CandidatePlans, ObservationSpec, PolicySpec, candidate_plans
 from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
-from envs.config import EnvConfig, NodeProcess
-from envs.traces import load_traces, resample, shipped_traces, synthetic
+from envs.config import EnvConfig
+from envs.episodes import link_series, node_process
+from envs.traces import load_traces, resample, shipped_traces
 
 __all__ = ["SplitInferenceEnv", "make_split_inference"]
 
@@ -132,52 +133,13 @@ class SplitInferenceEnv(gym.Env):
         self._traces = [resample(t, cfg.dt_s) for t in traces]
         self._trace_names = [t.name for t in traces]
         self._memory = np.array([d.memory_mb for d in self.model.devices])
-        self._link_bits = self._bits_per_link()
+        self._link_bits = self.model.link_bits(self.candidates.plans)
         self._horizon = max(round(120 / cfg.dt_s), 1)  # steps a transfer may take through an outage (120 s)
         self._t = 0
         self._current = 0
         self._dwell = 0
 
     # ------------------------------------------------------------------ episode generation
-
-    def _link_series(self, steps: int, rng: np.random.Generator, pinned: list[int | float] | None = None,
-                     start: int | None = None) -> tuple[np.ndarray, list[str]]:
-        """``(steps, M)`` true bandwidth; ``pinned``: per link a trace index or a fixed rate (float)."""
-        cfg = self.config
-        out, names = np.empty((steps, self.num_links)), []
-        for m in range(self.num_links):
-            if pinned is None and cfg.synthetic and rng.random() < cfg.synthetic_share:
-                kind = cfg.synthetic[int(rng.integers(len(cfg.synthetic)))]
-                lo, hi = cfg.scaling.target_median_mbps or (1.0, 100.0)
-                series = synthetic(kind, steps, rng, low_mbps=lo / 4, high_mbps=hi * 2, dt_s=cfg.dt_s)
-                out[:, m] = np.clip(series, cfg.scaling.min_mbps, cfg.scaling.max_mbps)
-                names.append(f"synthetic:{kind}")
-                continue
-            if pinned is not None and isinstance(pinned[m], float):
-                out[:, m] = pinned[m]
-                names.append(f"fixed:{pinned[m]:g}")
-                continue
-            k = int(rng.integers(len(self._traces))) if pinned is None else int(pinned[m])
-            base = self._traces[k]
-            first = int(rng.integers(len(base))) if start is None else start
-            idx = (first + np.arange(steps)) % len(base)  # wrap around the trace
-            out[:, m] = cfg.scaling.apply(base[idx], rng)
-            names.append(self._trace_names[k])
-        return out, names
-
-    def _process(self, proc: NodeProcess, steps: int, rng: np.random.Generator) -> np.ndarray:
-        """A mean-reverting AR(1) demand per device, clipped to ``[low, high]`` when observed."""
-        D = self.num_devices
-        mean = np.resize(np.asarray(proc.mean, float), D)
-        keep = 1.0 - proc.reversion
-        shocks = rng.normal(0, proc.sd * np.sqrt(1 - keep**2), (steps, D))
-        start = rng.normal(0, proc.sd, D)
-        decay = keep ** np.arange(steps)
-        # x_t − mean = keep^t · start + Σ_k keep^(t−k) · shock_k: a convolution, by FFT for all devices
-        size = 1 << (2 * steps - 1).bit_length()
-        dev = np.fft.irfft(np.fft.rfft(shocks, size, axis=0) * np.fft.rfft(decay, size)[:, None], size,
-                           axis=0)[:steps]
-        return np.clip(mean + start * decay[:, None] + dev, proc.low, proc.high)
 
     def _clients(self, steps: int, rng: np.random.Generator) -> np.ndarray:
         cfg = self.config
@@ -191,22 +153,6 @@ class SplitInferenceEnv(gym.Env):
             n = min(cfg.max_clients, n + 1) if ups[t] else max(1, n - 1)
             at = t
         out[at:] = n
-        return out
-
-    def _bits_per_link(self) -> np.ndarray:
-        """``(P, M)`` bits each candidate sends over each link (0 where the link carries nothing)."""
-        m = self.model
-        L, D = m.num_blocks, m.num_devices
-        out = np.zeros((len(self.candidates), D - 1))
-        for p in range(len(self.candidates)):
-            splits = self.candidates.plans.splits[p]
-            codecs = self.candidates.plans.codecs[p]
-            bounds = [0, *(int(s) for s in splits), L]
-            for link in range(1, D):
-                j = next((d for d in range(link, D) if bounds[d + 1] > bounds[d]), None)
-                if j is not None:
-                    ratio = m._ratio[int(codecs[j - 1])]
-                    out[p, link - 1] = m.split_bytes[bounds[j]] * ratio * 8
         return out
 
     def _effective_bandwidth(self, bw: np.ndarray, steps: int) -> np.ndarray:
@@ -243,10 +189,11 @@ class SplitInferenceEnv(gym.Env):
         warm = cfg.history + lag  # steps before step 0 that the observation history needs
         n = cfg.max_steps + warm
         start = None if start_s is None else round(start_s / cfg.dt_s) - warm  # step 0 at start_s
-        bw_ahead, self.episode_traces = self._link_series(n + self._horizon, rng, pinned, start)
+        bw_ahead, self.episode_traces = link_series(self._traces, self._trace_names, cfg, self.num_links,
+                                                    n + self._horizon, rng, pinned, start)
         bw = bw_ahead[:n]
-        load = self._process(cfg.cpu_load, n, rng)
-        used = self._process(cfg.memory_used, n, rng)
+        load = node_process(cfg.cpu_load, self.num_devices, n, rng)
+        used = node_process(cfg.memory_used, self.num_devices, n, rng)
         avail = self._memory * (1 - used)
         clients = self._clients(n, rng)
         steps = slice(warm, n)

@@ -1,0 +1,268 @@
+"""Several clients, each on its own edge device, sharing one chain of accelerators.
+
+Client ``k`` runs its own plan over ``[edge_k, a1, …, aM]`` with the same candidate set as a
+single chain. Every quantity here is an array over ``E`` clusters (independent episodes) and
+``K`` client slots, so one call steps many episodes.
+
+What couples the clients, per step of ``dt`` seconds (``docs/model.md``, "Several clients"):
+
+* **Batching** (seed 000 Sec. V-D): ``b_j`` active clients whose plans run a stage on
+  accelerator ``j`` are batched there. Each of their requests waits for the whole batch,
+  ``T(1)·(1 + β_j·(b_j − 1))``; the accelerator is busy ``T(b)/b`` per request.
+* **Queues** that persist across steps, as fluid backlogs: each edge device and each
+  accelerator holds milliseconds of work, each uplink holds bits and drains at the bandwidth of
+  the step. A request's latency is its service latency (the single-chain model at its batch
+  sizes) plus the backlog ahead of it on every resource it uses, averaged over the step.
+* **Deadlines**: a frame whose latency on arrival would exceed its client's deadline is dropped
+  at the source (seed 004's frame drop), so it never enters a queue.
+
+With one client, no backlog and ``b = 1`` everywhere this is :class:`adaptive.latency.SplitModel`
+exactly: communication is tabulated on a bandwidth grid and interpolated linearly in
+``1 / bandwidth``, which is exact for single-hop transfers (seed 000 Eq. 4 is affine in it) and
+within a grid interval's curvature for multi-hop ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from adaptive.errors import PlanError
+from adaptive.latency import ConditionBatch, SplitModel
+from adaptive.plans import PlanArray
+from adaptive.profiles import DeviceProfile, ModelProfile
+
+__all__ = ["ClusterState", "SharedChain", "StepOutcome"]
+
+_MAX_LOAD = 0.95  # as in adaptive.latency
+
+
+class ClusterState(NamedTuple):
+    """Backlogs carried from one step to the next.
+
+    Attributes:
+        edge_ms: ``(E, K)`` work queued on each client's edge device, ms.
+        uplink_bits: ``(E, K)`` bits queued on each client's uplink.
+        accel_ms: ``(E, M)`` work queued on each accelerator, ms.
+        link_ms: ``(E, M − 1)`` transfers queued between accelerators, ms.
+    """
+
+    edge_ms: np.ndarray
+    uplink_bits: np.ndarray
+    accel_ms: np.ndarray
+    link_ms: np.ndarray
+
+
+class StepOutcome(NamedTuple):
+    """What one step did, per cluster and client.
+
+    Attributes:
+        latency_ms: ``(E, K)`` latency of the step's admitted requests (NaN where none were).
+        service_ms: ``(E, K)`` latency without queueing: the chain model at the step's batches.
+        admitted: ``(E, K)`` the client's frames entered the system this step.
+        offered: ``(E, K)`` frames the clients produced this step.
+        dropped: ``(E, K)`` frames dropped at the source (deadline).
+        energy_j: ``(E, K)`` energy per request, J.
+        batch: ``(E, M)`` clients batched on each accelerator.
+    """
+
+    latency_ms: np.ndarray
+    service_ms: np.ndarray
+    admitted: np.ndarray
+    offered: np.ndarray
+    dropped: np.ndarray
+    energy_j: np.ndarray
+    batch: np.ndarray
+
+
+class SharedChain:
+    """The model of ``K`` clients, each on its own edge device, sharing accelerators ``a1..aM``.
+
+    Construction tabulates every candidate plan once per kind of edge device (one model call on
+    a bandwidth grid); stepping is then pure array arithmetic over clusters and clients.
+
+    Args:
+        model: Model profile, with per-block latency for every device involved.
+        edges: Edge device of each client slot (``K`` entries; repeat one profile for a fleet of
+            identical devices).
+        accelerators: The shared chain ``[a1, …, aM]``.
+        plans: The candidate plans, ``(P, M)`` splits, shared by all clients.
+        accel_link_mbps: Bandwidth of the links between accelerators, Mbit/s (wired).
+        grid: Bandwidths at which communication is tabulated, Mbit/s, increasing.
+    """
+
+    def __init__(self, model: ModelProfile, edges: Sequence[DeviceProfile],
+                 accelerators: Sequence[DeviceProfile], plans: PlanArray, *,
+                 accel_link_mbps: float = 1000.0,
+                 grid: np.ndarray | None = None) -> None:
+        if not edges:
+            raise PlanError("a shared chain needs at least one client edge device")
+        if not accelerators:
+            raise PlanError("a shared chain needs at least one accelerator")
+        if not accel_link_mbps > 0:
+            raise PlanError(f"accel_link_mbps must be > 0, found {accel_link_mbps}")
+        kinds = list(dict.fromkeys(e.name for e in edges))
+        by_name = {e.name: e for e in edges}
+        self.chains = [SplitModel(model, [by_name[n], *accelerators]) for n in kinds]
+        self.edge_kind = np.array([kinds.index(e.name) for e in edges])
+        self.plans = plans
+        self.num_clients, self.num_plans = len(edges), len(plans)
+        self.num_devices = len(accelerators) + 1
+        self.accel_link_mbps = float(accel_link_mbps)
+        self.grid = np.geomspace(0.01, 10_000.0, 2049) if grid is None else np.asarray(grid, float)
+        self._inv_grid = 1.0 / self.grid
+        D, M, G, P = self.num_devices, self.num_devices - 1, len(self.grid), len(plans)
+        comm, execs, delta, proc, power, kappa = [], [], [], [], [], []
+        for chain in self.chains:
+            chain._check_plans(plans)
+            bw = np.full((G, M), self.accel_link_mbps)
+            bw[:, 0] = self.grid
+            one = chain.evaluate(plans, _batch(bw, D, clients=1.0))
+            two = chain.evaluate(plans, _batch(bw[:1], D, clients=2.0))
+            comm.append(one.comm_ms)  # (G, P, D)
+            execs.append(one.exec_ms[0])  # (P, D) at no load, batch 1
+            delta.append(two.exec_ms[0] - one.exec_ms[0])  # one more item in the batch, at no load
+            proc.append(one.proc_ms[0])
+            power.append([d.power_active_w for d in chain.devices])
+            kappa.append(chain.load_sensitivity)
+        self._comm = np.stack(comm)  # (kinds, G, P, D)
+        self.exec_ms = np.stack(execs)  # (kinds, P, D)
+        self.batch_delta_ms = np.stack(delta)
+        self.proc_ms = np.stack(proc)
+        self._power = np.array(power)  # (kinds, D)
+        self._kappa = np.array(kappa)  # (kinds, D)
+        self.uses = self.exec_ms[0] > 0  # (P, D): the plan runs a stage there (same for every edge)
+        self.uses[:, 0] = True
+        bits = self.chains[0].link_bits(plans)  # (P, M)
+        self.uplink_bits = bits[:, 0]
+        # a transfer that starts on an accelerator (not one that skipped through from the edge)
+        self._accel_hop = np.zeros((P, max(M - 1, 0)), bool)
+        for m in range(1, M):
+            self._accel_hop[:, m - 1] = (bits[:, m] > 0) & ~np.isclose(bits[:, m], bits[:, 0])
+
+    # ------------------------------------------------------------------ pieces
+
+    def initial_state(self, clusters: int) -> ClusterState:
+        """Empty queues for ``clusters`` clusters."""
+        E, K, M = clusters, self.num_clients, self.num_devices - 1
+        return ClusterState(np.zeros((E, K)), np.zeros((E, K)), np.zeros((E, M)),
+                            np.zeros((E, max(M - 1, 0))))
+
+    def comm(self, plans: np.ndarray, bandwidth_mbps: np.ndarray) -> np.ndarray:
+        """``(…, D)`` communication into each device (index 0: the result coming back), ms.
+
+        Args:
+            plans: Plan index per client, shape ``(…, K)`` or ``(…, K, P')``.
+            bandwidth_mbps: Uplink bandwidth per client, shape ``(…, K)``.
+        """
+        bw = np.clip(np.asarray(bandwidth_mbps, float), self.grid[0], self.grid[-1])
+        i = np.clip(np.searchsorted(self.grid, bw), 1, len(self.grid) - 1)
+        lo, hi = self._inv_grid[i], self._inv_grid[i - 1]  # 1/bw decreases along the grid
+        w = (1.0 / bw - lo) / (hi - lo)  # weight of the point below (i − 1)
+        kind = np.broadcast_to(self.edge_kind, bw.shape)
+        extra = plans.ndim - bw.ndim
+        idx = (kind, i, plans) if extra == 0 else (kind[..., None], i[..., None], plans)
+        upper = self._comm[idx]
+        lower = self._comm[(idx[0], idx[1] - 1, idx[2])]
+        w = w.reshape(w.shape + (1,) * (extra + 1))
+        return upper + w * (lower - upper)
+
+    def slowdown(self, edge_load: np.ndarray, accel_load: np.ndarray) -> np.ndarray:
+        """``(E, K, D)`` slowdown ``1 / (1 − κ·u)`` on each client's edge and on the accelerators."""
+        E, K = edge_load.shape
+        load = np.empty((E, K, self.num_devices))
+        load[:, :, 0] = edge_load
+        load[:, :, 1:] = accel_load[:, None, :]
+        return 1.0 / (1.0 - self._kappa[self.edge_kind] * np.minimum(load, _MAX_LOAD))
+
+    def service_ms(self, plans: np.ndarray, bandwidth_mbps: np.ndarray, slow: np.ndarray,
+                   batch: np.ndarray) -> np.ndarray:
+        """``(E, K, P')`` latency of plans ``(E, K, P')`` with accelerators batching ``batch`` ``(E, M)``.
+
+        The single-chain model at those batch sizes, without queueing (what a client would see
+        on an idle cluster). Used by heuristics to score every candidate for every client.
+        """
+        kind = self.edge_kind[None, :, None]
+        comm = self.comm(plans, bandwidth_mbps).sum(axis=-1)
+        ex = self.exec_ms[kind, plans] * slow[:, :, None, :]
+        extra = self.batch_delta_ms[kind, plans] * slow[:, :, None, :]
+        extra[..., 1:] *= np.maximum(batch[:, None, None, :] - 1.0, 0.0)
+        extra[..., 0] = 0.0
+        return ex.sum(-1) + extra.sum(-1) + self.proc_ms[kind, plans].sum(-1) + comm
+
+    def batches(self, plans: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """``(E, M)`` active clients whose plans run a stage on each accelerator."""
+        return (self.uses[plans][:, :, 1:] & active[:, :, None]).sum(axis=1).astype(float)
+
+    # ------------------------------------------------------------------ dynamics
+
+    def step(self, state: ClusterState, plans: np.ndarray, active: np.ndarray, rate_rps: np.ndarray,
+             bandwidth_mbps: np.ndarray, edge_load: np.ndarray, accel_load: np.ndarray, dt_s: float,
+             deadline_ms: np.ndarray | float) -> tuple[ClusterState, StepOutcome]:
+        """Advance every cluster by ``dt_s`` with the given plans.
+
+        Args:
+            state: Backlogs at the start of the step.
+            plans: ``(E, K)`` plan index per client (ignored where not active).
+            active: ``(E, K)`` the client is present.
+            rate_rps: ``(E, K)`` frames per second each client produces.
+            bandwidth_mbps: ``(E, K)`` each client's uplink during the step (true).
+            edge_load: ``(E, K)`` background CPU load of each client's edge device.
+            accel_load: ``(E, M)`` background load of each accelerator.
+            dt_s: Step length, s.
+            deadline_ms: Per-client (``(E, K)``) or one deadline, ms.
+        """
+        E, K = plans.shape
+        M = self.num_devices - 1
+        kind = self.edge_kind[None, :]
+        slow = self.slowdown(edge_load, accel_load)
+        batch = self.batches(plans, active)  # (E, M)
+        b = np.maximum(batch, 1.0)[:, None, :]  # (E, 1, M)
+        comm = self.comm(plans, bandwidth_mbps)  # (E, K, D)
+        ex = self.exec_ms[kind, plans] * slow  # (E, K, D)
+        grow = self.batch_delta_ms[kind, plans][:, :, 1:] * slow[:, :, 1:] * (b - 1.0)
+        proc = self.proc_ms[kind, plans]
+        service = ex.sum(-1) + grow.sum(-1) + proc.sum(-1) + comm.sum(-1)
+        # work each request puts on each resource
+        uses = self.uses[plans]  # (E, K, D)
+        w_edge = ex[:, :, 0] + proc[:, :, 0]
+        w_accel = (ex[:, :, 1:] + grow) / b + proc[:, :, 1:]  # a batch shares the execution
+        bits = self.uplink_bits[plans]
+        w_link = np.where(self._accel_hop[plans], comm[:, :, 2:], 0.0) if M > 1 else np.zeros((E, K, 0))
+        bw = np.maximum(bandwidth_mbps, 1e-9)
+        wait_now = _ahead(state, uses, bits, w_link, bw)
+        admitted = active & (service + wait_now <= deadline_ms)
+        frames = rate_rps * dt_s * active
+        n = frames * admitted
+        cap_ms = 1e3 * dt_s
+        new = ClusterState(
+            np.maximum(state.edge_ms + n * w_edge - cap_ms, 0.0),
+            np.maximum(state.uplink_bits + n * bits - bw * 1e6 * dt_s, 0.0),
+            np.maximum(state.accel_ms + (n[:, :, None] * w_accel).sum(axis=1) - cap_ms, 0.0),
+            np.maximum(state.link_ms + (n[:, :, None] * w_link).sum(axis=1) - cap_ms, 0.0),
+        )
+        # the step's requests see, on average, the backlog half way between its start and end
+        wait = 0.5 * (wait_now + _ahead(new, uses, bits, w_link, bw))
+        latency = np.where(admitted & (n > 0), service + wait, np.nan)
+        power = self._power[kind]  # (1, K, D)
+        busy = ex.copy()
+        busy[:, :, 1:] = (ex[:, :, 1:] + grow) / b
+        energy = ((busy + proc + comm) * power).sum(-1) / 1e3
+        return new, StepOutcome(latency, service, admitted, frames, frames - n, energy, batch)
+
+
+def _ahead(state: ClusterState, uses: np.ndarray, bits: np.ndarray, w_link: np.ndarray,
+           bw: np.ndarray) -> np.ndarray:
+    """``(E, K)`` backlog ahead of a request arriving now on every resource it uses, ms."""
+    wait = state.edge_ms + np.where(bits > 0, state.uplink_bits / (bw * 1e3), 0.0)
+    wait = wait + (state.accel_ms[:, None, :] * uses[:, :, 1:]).sum(-1)
+    if w_link.shape[-1]:
+        wait = wait + (state.link_ms[:, None, :] * (w_link > 0)).sum(-1)
+    return wait
+
+
+def _batch(bw: np.ndarray, D: int, clients: float) -> ConditionBatch:
+    B, M = bw.shape
+    return ConditionBatch(bw, np.zeros((B, M)), np.zeros((B, D)), np.full(B, clients), np.full((B, D), 1e12))
