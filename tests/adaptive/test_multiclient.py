@@ -27,10 +27,9 @@ def run(chain, plans, active, rate, bw, edge_load=0.0, accel_load=0.0, deadline=
     E, K = 1, chain.num_clients
     shape = (E, K)
     state = chain.initial_state(E) if state is None else state
-    return chain.step(state, np.broadcast_to(plans, shape), np.broadcast_to(active, shape),
-                      np.broadcast_to(np.asarray(rate, float), shape), np.broadcast_to(np.asarray(bw, float), shape),
-                      np.broadcast_to(np.asarray(edge_load, float), shape),
-                      np.broadcast_to(np.asarray(accel_load, float), (E, chain.num_devices - 1)), 0.25, deadline)
+    arr = lambda x, like=shape: np.broadcast_to(np.asarray(x, float), like)  # noqa: E731
+    return chain.step(state, np.broadcast_to(plans, shape), np.broadcast_to(active, shape), arr(rate),
+                      arr(bw), arr(edge_load), arr(accel_load, (E, chain.num_devices - 1)), 0.25, deadline)
 
 
 def test_one_client_without_contention_is_the_single_chain_model(setup):
