@@ -25,6 +25,7 @@ within a grid interval's curvature for multi-hop ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -34,7 +35,7 @@ from adaptive.latency import ConditionBatch, SplitModel
 from adaptive.plans import PlanArray
 from adaptive.profiles import DeviceProfile, ModelProfile
 
-__all__ = ["ClusterState", "SharedChain", "StepOutcome"]
+__all__ = ["ClusterObservation", "ClusterState", "SharedChain", "StepOutcome"]
 
 _MAX_LOAD = 0.95  # as in adaptive.latency
 
@@ -128,6 +129,7 @@ class SharedChain:
             power.append([d.power_active_w for d in chain.devices])
             kappa.append(chain.load_sensitivity)
         self._comm = np.stack(comm)  # (kinds, G, P, D)
+        self._comm_total = self._comm.sum(-1)  # (kinds, G, P)
         self.exec_ms = np.stack(execs)  # (kinds, P, D)
         self.batch_delta_ms = np.stack(delta)
         self.proc_ms = np.stack(proc)
@@ -150,6 +152,39 @@ class SharedChain:
         return ClusterState(np.zeros((E, K)), np.zeros((E, K)), np.zeros((E, M)),
                             np.zeros((E, max(M - 1, 0))))
 
+    def _grid_weights(self, bandwidth_mbps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grid index ``i`` above each bandwidth, the weight of the point below, and the bandwidth."""
+        bw = np.clip(np.asarray(bandwidth_mbps, float), self.grid[0], self.grid[-1])
+        i = np.clip(np.searchsorted(self.grid, bw), 1, len(self.grid) - 1)
+        lo, hi = self._inv_grid[i], self._inv_grid[i - 1]  # 1/bw decreases along the grid
+        return i, (1.0 / bw - lo) / (hi - lo), bw
+
+    def alone_ms(self, bandwidth_mbps: np.ndarray, edge_load: np.ndarray,
+                 accel_load: np.ndarray) -> np.ndarray:
+        """``(…, K, P)`` latency of every candidate for every client alone on the cluster.
+
+        Batch 1 and no queue: the single-chain model's prediction, computed for many steps at once
+        (what the observation shows). Shapes: bandwidth and edge load ``(…, K)``, accelerator
+        load ``(…, M)``.
+        """
+        i, w, _ = self._grid_weights(bandwidth_mbps)
+        if len(self.chains) == 1:  # one kind of edge device: index the table by grid point only
+            table = self._comm_total[0]
+            upper, lower = table[i], table[i - 1]  # (…, K, P)
+        else:
+            kind = np.broadcast_to(self.edge_kind, i.shape)
+            upper, lower = self._comm_total[kind, i], self._comm_total[kind, i - 1]
+        comm = upper + w[..., None] * (lower - upper)
+        load = np.concatenate([np.asarray(edge_load, float)[..., None],
+                               np.broadcast_to(np.asarray(accel_load, float)[..., None, :],
+                                               (*i.shape, self.num_devices - 1))], axis=-1)
+        slow = 1.0 / (1.0 - self._kappa[self.edge_kind] * np.minimum(load, _MAX_LOAD))  # (…, K, D)
+        ex = self.exec_ms[self.edge_kind]  # (K, P, D)
+        out = comm + self.proc_ms.sum(-1)[self.edge_kind]
+        for d in range(self.num_devices):
+            out += slow[..., d : d + 1] * ex[:, :, d]
+        return out
+
     def comm(self, plans: np.ndarray, bandwidth_mbps: np.ndarray) -> np.ndarray:
         """``(…, D)`` communication into each device (index 0: the result coming back), ms.
 
@@ -157,10 +192,7 @@ class SharedChain:
             plans: Plan index per client, shape ``(…, K)`` or ``(…, K, P')``.
             bandwidth_mbps: Uplink bandwidth per client, shape ``(…, K)``.
         """
-        bw = np.clip(np.asarray(bandwidth_mbps, float), self.grid[0], self.grid[-1])
-        i = np.clip(np.searchsorted(self.grid, bw), 1, len(self.grid) - 1)
-        lo, hi = self._inv_grid[i], self._inv_grid[i - 1]  # 1/bw decreases along the grid
-        w = (1.0 / bw - lo) / (hi - lo)  # weight of the point below (i − 1)
+        i, w, bw = self._grid_weights(bandwidth_mbps)
         kind = np.broadcast_to(self.edge_kind, bw.shape)
         extra = plans.ndim - bw.ndim
         idx = (kind, i, plans) if extra == 0 else (kind[..., None], i[..., None], plans)
@@ -251,6 +283,122 @@ class SharedChain:
         busy[:, :, 1:] = (ex[:, :, 1:] + grow) / b
         energy = ((busy + proc + comm) * power).sum(-1) / 1e3
         return new, StepOutcome(latency, service, admitted, frames, frames - n, energy, batch)
+
+
+@dataclass(frozen=True)
+class ClusterObservation:
+    """The observation of a shared chain: one block per client slot, then the shared part.
+
+    Used by ``adaptive/MultiClient-v0`` and meant for the live controller, so both see the same
+    vector. ``K`` slots, history ``H``, ``P`` candidates, ``M`` accelerators; every entry is in
+    [0, 1] or [−1, 1]:
+
+    ==================  =====  ===================================================================
+    per slot            size   meaning
+    ==================  =====  ===================================================================
+    ``active``          1      the client is present
+    ``rate``            1      its frame rate / ``max_rate_rps``
+    ``edge_load``       1      background CPU load of its edge device
+    ``edge_wait``       1      backlog on its edge device, ``tanh(ms / ref_latency_ms)``
+    ``uplink_wait``     1      backlog on its uplink at its reported bandwidth, the same scale
+    ``bandwidth``       H      its uplink, oldest first, log-scaled as in the single-chain spec
+    ``predicted``       P      each candidate's latency alone on the cluster (batch 1, no queue),
+                               ``tanh(log(ms / ref_latency_ms))``
+    ==================  =====  ===================================================================
+
+    then ``accel_load`` (M), ``accel_wait`` (M, ``tanh(ms / ref)``), ``link_wait`` (M − 1),
+    ``batch`` (M, clients batched on each accelerator at the last step / K) and ``clients``
+    (present / K).
+    """
+
+    num_clients: int
+    num_plans: int
+    num_accels: int
+    ref_latency_ms: float
+    history: int = 4
+    max_rate_rps: float = 8.0
+    bw_min_mbps: float = 0.1
+    bw_max_mbps: float = 1e4
+
+    @property
+    def slot_size(self) -> int:
+        """Entries per client slot."""
+        return 5 + self.history + self.num_plans
+
+    @property
+    def size(self) -> int:
+        """Length of the observation vector."""
+        M = self.num_accels
+        return self.num_clients * self.slot_size + 3 * M + max(M - 1, 0) + 1
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` of the observation space."""
+        low = np.zeros(self.size, np.float32)
+        K, S, H = self.num_clients, self.slot_size, self.history
+        for k in range(K):
+            low[k * S + 5 + H : (k + 1) * S] = -1.0
+        return low, np.ones(self.size, np.float32)
+
+    def slots(self, active: np.ndarray, rate_rps: np.ndarray, edge_load: np.ndarray,
+              bandwidth_mbps: np.ndarray, predicted_ms: np.ndarray) -> np.ndarray:
+        """``(…, K, S)`` slot blocks with the waits left at 0 (they change every step).
+
+        Args:
+            active: ``(…, K)``.
+            rate_rps: ``(…, K)``.
+            edge_load: ``(…, K)``.
+            bandwidth_mbps: ``(…, K, H)`` uplink history, oldest first.
+            predicted_ms: ``(…, K, P)``.
+        """
+        lo, hi = np.log10(self.bw_min_mbps), np.log10(self.bw_max_mbps)
+        out = np.empty((*active.shape, self.slot_size), np.float32)
+        out[..., 0] = active
+        out[..., 1] = np.minimum(rate_rps / self.max_rate_rps, 1.0) * active
+        out[..., 2] = np.clip(edge_load, 0, 1)
+        out[..., 3:5] = 0.0
+        bw = np.clip(np.asarray(bandwidth_mbps, np.float32), self.bw_min_mbps, self.bw_max_mbps)
+        out[..., 5 : 5 + self.history] = (np.log10(bw) - lo) / (hi - lo)
+        pred = np.maximum(np.asarray(predicted_ms, np.float32), 1e-6) / np.float32(self.ref_latency_ms)
+        out[..., 5 + self.history :] = np.tanh(np.log(pred))
+        return out
+
+    def assemble(self, slots: np.ndarray, seen_bw_mbps: np.ndarray, accel_load: np.ndarray,
+                 state: ClusterState, batch: np.ndarray) -> np.ndarray:
+        """``(E, size)`` observations from slot blocks ``(E, K, S)`` and the step's shared state.
+
+        ``seen_bw_mbps`` ``(E, K)``: the reported uplink the uplink backlog is timed at.
+        """
+        E, K = seen_bw_mbps.shape
+        ref = self.ref_latency_ms
+        blocks = slots.copy()
+        blocks[:, :, 3] = np.tanh(state.edge_ms / ref)
+        blocks[:, :, 4] = np.tanh(state.uplink_bits / (np.maximum(seen_bw_mbps, 1e-9) * 1e3) / ref)
+        active = blocks[:, :, 0]
+        shared = [np.clip(accel_load, 0, 1), np.tanh(state.accel_ms / ref), np.tanh(state.link_ms / ref),
+                  batch / K, active.sum(axis=1, keepdims=True) / K]
+        return np.concatenate([blocks.reshape(E, -1), *shared], axis=1).astype(np.float32)
+
+    def decode(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        """The parts of ``(…, size)`` observations, in their units (ms, Mbit/s, frames/s)."""
+        K, S, H, M = self.num_clients, self.slot_size, self.history, self.num_accels
+        lead = obs.shape[:-1]
+        slots = obs[..., : K * S].reshape(*lead, K, S).astype(float)
+        lo, hi = np.log10(self.bw_min_mbps), np.log10(self.bw_max_mbps)
+        untanh = lambda x: np.arctanh(np.clip(x, -0.999999, 0.999999))  # noqa: E731
+        rest = obs[..., K * S :].astype(float)
+        return {
+            "active": slots[..., 0] > 0.5,
+            "rate_rps": slots[..., 1] * self.max_rate_rps,
+            "edge_load": slots[..., 2],
+            "edge_wait_ms": untanh(slots[..., 3]) * self.ref_latency_ms,
+            "uplink_wait_ms": untanh(slots[..., 4]) * self.ref_latency_ms,
+            "bandwidth_mbps": 10 ** (lo + slots[..., 5 : 5 + H] * (hi - lo)),
+            "predicted_ms": self.ref_latency_ms * np.exp(untanh(slots[..., 5 + H :])),
+            "accel_load": rest[..., :M],
+            "accel_wait_ms": untanh(rest[..., M : 2 * M]) * self.ref_latency_ms,
+            "link_wait_ms": untanh(rest[..., 2 * M : 3 * M - 1]) * self.ref_latency_ms,
+            "batch": rest[..., 3 * M - 1 : 4 * M - 1] * K,
+        }
 
 
 def _ahead(state: ClusterState, uses: np.ndarray, bits: np.ndarray, w_link: np.ndarray,

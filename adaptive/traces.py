@@ -157,11 +157,14 @@ def synthetic(kind: str, steps: int, rng: np.random.Generator, *, low_mbps: floa
         folded = np.where(folded > span, 2 * span - folded, folded)
         return np.exp(lo + folded)
     if kind == "markov":
-        out = np.empty(steps)
+        # a switch after each step with probability dt / mean sojourn: the sojourns are geometric
         good = bool(rng.random() < 0.8)
-        for i in range(steps):
-            out[i] = high_mbps if good else low_mbps
-            if rng.random() < dt_s / (20.0 if good else 5.0):
-                good = not good
-        return out * np.exp(rng.normal(0, 0.05, steps))
+        state = np.empty(steps, bool)
+        i = 0
+        while i < steps:
+            hold = int(rng.geometric(min(dt_s / (20.0 if good else 5.0), 1.0)))
+            state[i : i + hold] = good
+            i += hold
+            good = not good
+        return np.where(state, high_mbps, low_mbps) * np.exp(rng.normal(0, 0.05, steps))
     raise AdaptiveError(f"unknown synthetic trace '{kind}' (expected steps, random_walk, markov)")

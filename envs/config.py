@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptive.errors import AdaptiveError
 from envs.traces import TraceScaling
 
-__all__ = ["EnvConfig", "NodeProcess"]
+__all__ = ["EnvConfig", "MultiClientConfig", "NodeProcess"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ class EnvConfig:
     max_plans: int = 32
     use_codecs: bool = True
 
+    default_file: ClassVar[str] = "default.yaml"
+
     def __post_init__(self) -> None:
         checks = [
             (self.dt_s > 0, "dt_s must be > 0"),
@@ -135,11 +137,12 @@ class EnvConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> EnvConfig:
-        """Load YAML (the shipped ``envs/data/default.yaml`` when ``path`` is None)."""
+        """Load YAML (the shipped default, ``envs/data/`` + :attr:`default_file`, when ``path`` is None)."""
         import yaml
 
         if path is None:
-            text, source = resources.files("envs.data").joinpath("default.yaml").read_text(), "default.yaml"
+            name = cls.default_file
+            text, source = resources.files("envs.data").joinpath(name).read_text(), name
         else:
             try:
                 text, source = Path(path).read_text(encoding="utf-8"), str(path)
@@ -158,11 +161,60 @@ class EnvConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class MultiClientConfig(EnvConfig):
+    """Configuration of ``adaptive/MultiClient-v0``: :class:`EnvConfig` plus the client streams.
+
+    ``devices`` is the chain template ``[edge, a1, …, aM]``: every client has its own edge device of
+    the first kind, and all share ``a1..aM``. ``max_clients`` is the number of client slots. Each
+    client has its own uplink trace, edge load and frame rate; ``cpu_load.mean`` gives the edge's
+    mean first, then each accelerator's. Memory (``memory_used``), ``slo_*``, ``switch_cost_ms`` and
+    ``infeasible_penalty`` do not apply here: the deadline and the drop penalty take their place.
+
+    Attributes:
+        client_rate_rps: Range of a client's frame rate, frames/s, drawn log-uniformly when it joins.
+        deadline_ms: A frame whose latency on arrival would exceed this is dropped at its source, ms.
+        drop_penalty: Cost of a dropped frame in the reward, in units of ``ref_latency_ms``.
+        min_clients: Fewest clients present at any time (≥ 1).
+        accel_link_mbps: Bandwidth of the wired links between accelerators, Mbit/s.
+    """
+
+    max_steps: int = 800
+    client_rate_rps: tuple[float, float] = (1.0, 8.0)
+    deadline_ms: float = 1000.0
+    drop_penalty: float = 5.0
+    min_clients: int = 1
+    accel_link_mbps: float = 1000.0
+    client_change_prob: float = 0.02
+
+    default_file: ClassVar[str] = "multi_client.yaml"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lo, hi = self.client_rate_rps
+        checks = [
+            (0 < lo <= hi, "client_rate_rps must be [low, high] frames/s with 0 < low <= high"),
+            (self.deadline_ms > 0, "deadline_ms must be > 0"),
+            (self.drop_penalty >= 0, "drop_penalty must be >= 0"),
+            (1 <= self.min_clients <= self.max_clients, "min_clients must be in 1..max_clients"),
+            (self.accel_link_mbps > 0, "accel_link_mbps must be > 0"),
+            (len(self.devices) >= 2, "devices must list an edge device and at least one accelerator"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise AdaptiveError(f"env config: {message}")
+
+
 def _convert(key: str, value: Any) -> Any:
     if isinstance(value, TraceScaling | NodeProcess):
         return value
     if key == "device_scales":
         return tuple(float(v) for v in value)
+    if key == "client_rate_rps":
+        rates = [float(v) for v in value] if isinstance(value, list | tuple) else [float(value)]
+        if len(rates) not in (1, 2):
+            raise ValueError(f"expected one rate or [low, high], found {value!r}")
+        return (rates[0], rates[-1])
     if key in ("devices", "traces", "synthetic"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -178,7 +230,7 @@ def _convert(key: str, value: Any) -> Any:
         mean = tuple(float(m) for m in mean) if isinstance(mean, list | tuple) else (float(mean),)
         return NodeProcess(mean, float(value.get("sd", 0.15)), float(value.get("reversion", 0.1)),
                            float(value.get("low", 0.0)), float(value.get("high", 0.95)))
-    if key in ("max_steps", "history", "max_clients", "staleness_steps", "max_plans"):
+    if key in ("max_steps", "history", "max_clients", "staleness_steps", "max_plans", "min_clients"):
         if isinstance(value, bool) or int(value) != value:
             raise TypeError(f"expected an integer, found {value!r}")
         return int(value)

@@ -1,0 +1,99 @@
+"""Multi-client heuristics: valid plans, the direction of seed 000 Fig. 13b, and what each promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptive.multiclient import ClusterState
+from agents.multi_policies import Coordinated, Greedy, make_multi_heuristic
+from envs.multi_client import MultiClientEnv
+
+NAMES = ["device-only", "greedy", "hysteresis", "coordinated", "static-hindsight", "clairvoyant"]
+STILL = {"bw_noise": 0.0, "load_noise": 0.0, "cpu_load": {"mean": [0.0, 0.0], "sd": 0.0, "reversion": 0.1}}
+
+
+def episode(env, policy, options=None, seed=0):
+    obs, _ = env.reset(seed=seed, options=options)
+    policy.begin_episode(env)
+    infos = []
+    for _ in range(env.config.max_steps):
+        mask = env.action_masks()
+        action, _ = policy.predict(obs, action_masks=mask)
+        assert action.shape == (env.core.num_clients,)
+        assert mask.reshape(env.core.num_clients, -1)[np.arange(len(action)), action].all()
+        obs, _, _, _, info = env.step(action)
+        infos.append(info)
+    return infos
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_heuristic_gives_a_valid_plan_per_client(name):
+    env = MultiClientEnv(max_steps=40)
+    infos = episode(env, make_multi_heuristic(name, env))
+    assert all(p == 0 for info in infos for p, a in zip(info["plan"], info["active"], strict=True) if not a)
+
+
+def test_an_unknown_policy_is_named():
+    with pytest.raises(ValueError, match="unknown multi-client policy 'ppo2'"):
+        make_multi_heuristic("ppo2", MultiClientEnv())
+
+
+def edge_share(env, policy, clients, rate):
+    """Mean share of the model's blocks run on the edge devices, over the present clients."""
+    links = [20.0] * env.core.num_clients
+    infos = episode(env, policy, {"clients": clients, "rate_rps": rate, "links": links})
+    splits = env.candidates.plans.splits[:, 0] / env.chain.chains[0].num_blocks
+    return float(np.mean([splits[p] for info in infos
+                          for p, a in zip(info["plan"], info["active"], strict=True) if a]))
+
+
+def test_splits_move_toward_the_edge_as_clients_saturate_the_accelerator():
+    """Seed 000 Fig. 13b: more clients on one accelerator, more of the model on the edge."""
+    env = MultiClientEnv(max_steps=40, max_clients=8, **STILL)
+    policy = Coordinated(env)
+    shares = [edge_share(env, policy, n, 3.0) for n in (1, 2, 4, 6, 8)]
+    assert shares == sorted(shares), shares
+    assert shares[0] == 0.0 and shares[-1] > 0.3, shares
+
+
+def drop_rate(infos):
+    return sum(i["dropped"] for i in infos) / sum(i["offered"] for i in infos)
+
+
+def test_coordination_avoids_the_drops_of_clients_deciding_alone():
+    env = MultiClientEnv(max_steps=80, max_clients=8, **STILL)
+    options = {"clients": 8, "rate_rps": 6.0, "links": [20.0] * 8}
+    alone = drop_rate(episode(env, Greedy(env), options))
+    together = drop_rate(episode(env, Coordinated(env), options))
+    assert alone > 0.1 and together < 0.01, (alone, together)
+
+
+def test_best_responses_never_predict_worse_than_where_they_start():
+    env = MultiClientEnv(max_steps=60)
+    greedy, coordinated = Greedy(env), Coordinated(env)
+    obs, _ = env.reset(seed=3)
+    for _ in range(60):
+        seen = coordinated.seen(obs)
+        bw = seen["bandwidth_mbps"][:, -1]
+        inputs = dict(active=seen["active"], rate=seen["rate_rps"], bw=bw, edge_load=seen["edge_load"],
+                      accel_load=seen["accel_load"])
+        state = ClusterState(seen["edge_wait_ms"], seen["uplink_wait_ms"] * bw * 1e3, seen["accel_wait_ms"],
+                             seen["link_wait_ms"])
+        start = greedy.act(obs, env.action_masks().reshape(4, -1))
+        chosen = coordinated.act(obs, env.action_masks().reshape(4, -1))
+        costs = coordinated.rollout(np.stack([start, chosen]), state, [inputs] * coordinated.horizon)
+        assert costs[1] <= costs[0] + 1e-12
+        obs, *_ = env.step(chosen)
+
+
+def test_static_hindsight_keeps_the_fixed_plan_of_least_true_cost():
+    env = MultiClientEnv(max_steps=60)
+    policy = make_multi_heuristic("static-hindsight", env)
+    totals = []
+    for p in range(env.core.num_plans):
+        env.reset(seed=7)
+        totals.append(-sum(env.step([p] * 4)[1] for _ in range(60)))
+    env.reset(seed=7)
+    policy.begin_episode(env)
+    assert policy._choice == int(np.argmin(totals))
