@@ -29,6 +29,10 @@ class EpisodeResult:
         switches: Plan changes.
         slo_violations: Steps over the SLO (0 without an SLO).
         infeasible: Steps whose plan did not fit memory.
+        frames: ``(T,)`` requests served at each step: the weight of its latency (1 per step on a
+            single chain; frames on ``adaptive/MultiClient-v0``, whose steps serve several).
+        dropped: Frames dropped over the episode.
+        offered: Frames offered over the episode.
     """
 
     policy: str
@@ -42,6 +46,9 @@ class EpisodeResult:
     switches: int
     slo_violations: int
     infeasible: int
+    frames: np.ndarray | None = None
+    dropped: float = 0.0
+    offered: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -51,14 +58,16 @@ class Summary:
     Attributes:
         policy: Name.
         episodes: Episodes run.
-        mean_latency_ms: Mean per-step latency, ms.
-        p95_latency_ms: 95th percentile of per-step latency, ms.
-        mean_energy_j: Mean per-step energy, J.
+        mean_latency_ms: Mean latency per request served, ms (per step on a single chain).
+        p95_latency_ms: Its 95th percentile, ms.
+        mean_energy_j: Mean energy per request served, J.
         switches_per_episode: Mean plan changes per episode.
         slo_violation_rate: Share of steps over the SLO.
         infeasible_rate: Share of steps whose plan did not fit.
         mean_return: Mean episode return.
-        ratio_to_oracle: Mean latency / the oracle's on the same episodes (nan without an oracle).
+        ratio_to_oracle: Mean latency / the reference's on the same episodes: the ``oracle``, or
+            on ``adaptive/MultiClient-v0`` the ``clairvoyant`` policy (nan without either).
+        drop_rate: Share of the offered frames dropped (0 on a single chain, which drops none).
     """
 
     policy: str
@@ -71,6 +80,7 @@ class Summary:
     infeasible_rate: float
     mean_return: float
     ratio_to_oracle: float
+    drop_rate: float = 0.0
 
 
 def run_episode(env: Any, policy: Policy, seed: int, name: str = "", options: dict | None = None
@@ -80,13 +90,14 @@ def run_episode(env: Any, policy: Policy, seed: int, name: str = "", options: di
     if hasattr(policy, "begin_episode"):
         policy.begin_episode(env)
     slo = env.unwrapped.config.slo_ms
-    lat, energy, acts, bw = [], [], [], []
-    total, switches, infeasible = 0.0, 0, 0
+    lat, energy, acts, bw, frames = [], [], [], [], []
+    total, switches, infeasible, dropped, offered = 0.0, 0, 0, 0.0, 0.0
     done = False
     while not done:
         masks = env.unwrapped.action_masks()
         action, _ = policy.predict(obs, deterministic=True, action_masks=masks)
-        obs, reward, terminated, truncated, info = env.step(int(action))
+        action = np.asarray(action)
+        obs, reward, terminated, truncated, info = env.step(int(action) if action.ndim == 0 else action)
         done = terminated or truncated
         total += float(reward)
         lat.append(info["latency_ms"])
@@ -95,25 +106,49 @@ def run_episode(env: Any, policy: Policy, seed: int, name: str = "", options: di
         bw.append(info["bandwidth_mbps"])
         switches += int(info["switched"])
         infeasible += int(not info["feasible"])
+        frames.append(info.get("frames", 1.0))
+        dropped += info.get("dropped", 0.0)
+        offered += info.get("offered", 1.0)
     latency = np.asarray(lat)
     return EpisodeResult(name or getattr(policy, "name", type(policy).__name__), seed,
                          tuple(env.unwrapped.episode_traces), latency, np.asarray(energy),
                          np.asarray(acts), np.asarray(bw), total, switches,
-                         int((latency > slo).sum()) if slo is not None else 0, infeasible)
+                         int((latency > slo).sum()) if slo is not None else 0, infeasible,
+                         np.asarray(frames, float), dropped, offered)
 
 
 def summarise(results: Sequence[EpisodeResult], oracle: Sequence[EpisodeResult] | None = None) -> Summary:
-    """Aggregate one policy's episodes (``oracle``: the oracle's episodes with the same seeds)."""
-    lat = np.concatenate([r.latency_ms for r in results])
+    """Aggregate one policy's episodes (``oracle``: the reference's episodes with the same seeds)."""
+    lat, w = _weighted(results)
+    mean = float((w * lat).sum() / w.sum()) if w.sum() else float("nan")
     ratio = float("nan")
     if oracle:
-        ratio = float(lat.mean() / np.concatenate([r.latency_ms for r in oracle]).mean())
-    steps = len(lat)
-    return Summary(results[0].policy, len(results), float(lat.mean()), float(np.percentile(lat, 95)),
-                   float(np.concatenate([r.energy_j for r in results]).mean()),
+        ref_lat, ref_w = _weighted(oracle)
+        ratio = mean / float((ref_w * ref_lat).sum() / ref_w.sum())
+    if np.all(w == 1.0):
+        p95 = float(np.percentile(lat, 95))
+    else:
+        p95 = float(np.percentile(lat[w > 0], 95, weights=w[w > 0], method="inverted_cdf"))
+    energy, w_all = np.concatenate([r.energy_j for r in results]), _weights(results)
+    steps = sum(len(r.latency_ms) for r in results)
+    offered = sum(r.offered for r in results)
+    mean_energy = float((w_all * energy).sum() / w_all.sum()) if w_all.sum() else float("nan")
+    return Summary(results[0].policy, len(results), mean, p95, mean_energy,
                    float(np.mean([r.switches for r in results])),
                    sum(r.slo_violations for r in results) / steps, sum(r.infeasible for r in results) / steps,
-                   float(np.mean([r.reward for r in results])), ratio)
+                   float(np.mean([r.reward for r in results])), ratio,
+                   sum(r.dropped for r in results) / offered if offered else 0.0)
+
+
+def _weighted(results: Sequence[EpisodeResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Latencies and their weights (requests served), steps that served none left out."""
+    lat, w = np.concatenate([r.latency_ms for r in results]), _weights(results)
+    keep = w > 0
+    return lat[keep], w[keep]
+
+
+def _weights(results: Sequence[EpisodeResult]) -> np.ndarray:
+    return np.concatenate([r.frames if r.frames is not None else np.ones(len(r.latency_ms)) for r in results])
 
 
 def evaluate(make_env: Callable[[], Any], policies: Mapping[str, Callable[[Any], Policy]],
@@ -133,5 +168,5 @@ def evaluate(make_env: Callable[[], Any], policies: Mapping[str, Callable[[Any],
         policy = factory(env)
         episodes[name] = [run_episode(env, policy, s, name, (options or [None] * len(seeds))[i])
                           for i, s in enumerate(seeds)]
-    oracle = episodes.get("oracle")
+    oracle = episodes.get("oracle") or episodes.get("clairvoyant")
     return [summarise(eps, oracle) for eps in episodes.values()], episodes

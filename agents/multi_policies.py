@@ -18,10 +18,10 @@ clairvoyant reference, which reads the episode's true future.
   the ``P^K`` joint plans.
 * ``static-hindsight``: the one plan every client keeps all episode that has the least true cost
   over the episode, chosen in hindsight by simulating each candidate.
-* ``clairvoyant``: ``coordinated`` on the *true* state and the true future of the next
-  ``horizon`` steps (bandwidth, load, arrivals and departures), receding-horizon. It is a
-  reference, not a bound: best responses find a local optimum of the joint plan, and plans are
-  held fixed over the horizon.
+* ``clairvoyant``: ``coordinated``'s choice, then best responses on the *true* state and the
+  true future of the next ``horizon`` steps (bandwidth, load, arrivals and departures),
+  receding-horizon. It is a reference, not a bound: best responses find a local optimum of the
+  joint plan, and plans are held fixed over the horizon.
 """
 
 from __future__ import annotations
@@ -237,12 +237,13 @@ class Coordinated(Greedy):
 
 
 class Clairvoyant(Coordinated):
-    """``coordinated`` on the true state and the true next ``horizon`` steps (a reference)."""
+    """``coordinated``, then improved on the true state and the true next ``horizon`` steps (a reference)."""
 
     name = "clairvoyant"
 
     def __init__(self, env: Any, horizon: int = 4, rounds: int = 3) -> None:
         super().__init__(env, horizon, rounds)
+        self._observed = Coordinated(env)
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """Best responses on the truth."""
@@ -251,7 +252,7 @@ class Clairvoyant(Coordinated):
         future = core.truth(t, t + self.horizon)
         steps = [{key: x[u] for key, x in future.items()} for u in range(len(future["bw"]))]
         state = ClusterState(*(x[0] for x in core.state))
-        start = Greedy.choose(self, self.seen(obs), mask)
+        start = self._observed.act(obs, mask)  # the observed optimum, then improved on the truth
         return self.best_response(start, state, steps, mask)
 
 

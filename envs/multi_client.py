@@ -311,6 +311,7 @@ class MultiClientEnv(gym.Env):
         self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
         self.action_space = gym.spaces.MultiDiscrete([self.core.num_plans] * self.core.num_clients)
         self.candidates = self.core.candidates
+        self.num_plans, self.num_clients = self.core.num_plans, self.core.num_clients
         self.obs_spec = self.core.obs_spec
         self.chain = self.core.chain
         self.ref_latency_ms = self.core.ref_latency_ms

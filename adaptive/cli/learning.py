@@ -11,6 +11,10 @@ from typing import Any
 __all__ = ["add_parsers"]
 
 HEURISTICS = ("device-only", "offload", "static-mean", "static-hindsight", "greedy", "hysteresis", "static")
+MULTI_HEURISTICS = ("device-only", "greedy", "hysteresis", "coordinated", "static-hindsight", "clairvoyant")
+SINGLE, MULTI = "adaptive/SplitInference-v0", "adaptive/MultiClient-v0"
+DEFAULT_POLICIES = {SINGLE: "ppo,greedy,hysteresis,static-hindsight,static-mean,device-only,offload,oracle",
+                    MULTI: "greedy,hysteresis,coordinated,static-hindsight,device-only,clairvoyant"}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +31,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="compare policies against the hindsight oracle",
                        description="Run every policy on the same seeded episodes and compare.")
+    p.add_argument("--env", default=SINGLE, choices=(SINGLE, MULTI),
+                   help=f"environment (default {SINGLE}; {MULTI}: several clients share the accelerators)")
     p.add_argument("--config", help="env config YAML (default: the PPO policy's, else the shipped)")
     p.add_argument("--traces", nargs="+", metavar="DIR|FILE",
                    help="evaluate on these traces, each pinned for --episodes-per-trace episodes")
     p.add_argument("--policies",
-                   default="ppo,greedy,hysteresis,static-hindsight,static-mean,device-only,offload,oracle",
-                   help="comma list of ppo[:PATH], " + ", ".join(HEURISTICS) + ", oracle")
+                   help="comma list; single chain: ppo[:PATH], " + ", ".join(HEURISTICS)
+                   + f", oracle (default {DEFAULT_POLICIES[SINGLE]}); {MULTI}: " + ", ".join(MULTI_HEURISTICS)
+                   + f" (default {DEFAULT_POLICIES[MULTI]})")
     p.add_argument("--episodes", type=int, default=20, help="episodes without --traces (default 20)")
     p.add_argument("--episodes-per-trace", type=int, default=3, help="episodes per trace (default 3)")
     p.add_argument("--seed", type=int, default=1000, help="first episode seed (default 1000)")
@@ -87,6 +94,19 @@ def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
     return factories, spec
 
 
+def _multi_factories(names: list[str]) -> dict[str, Any]:
+    from adaptive.errors import AdaptiveError
+    from agents.multi_policies import make_multi_heuristic
+
+    factories: dict[str, Any] = {}
+    for name in names:
+        if name not in MULTI_HEURISTICS:
+            raise AdaptiveError(f"--policies: unknown policy '{name}' for {MULTI} "
+                                f"(expected {', '.join(MULTI_HEURISTICS)})")
+        factories[name] = lambda env, n=name: make_multi_heuristic(n, env)
+    return factories
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
@@ -94,24 +114,31 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from adaptive.cli.args import parse_names
     from adaptive.errors import AdaptiveError
     from agents.evaluate import evaluate
-    from envs.config import EnvConfig
+    from envs.config import EnvConfig, MultiClientConfig
 
     if min(args.episodes, args.episodes_per_trace) < 1:
         raise AdaptiveError("--episodes and --episodes-per-trace must be >= 1")
-    factories, spec = _policy_factories(parse_names(args.policies, "--policies"))
-    if args.config:
-        config = EnvConfig.load(args.config)
-    elif spec is not None:
-        config = EnvConfig.from_dict(spec.env, "policy sidecar")
+    names = parse_names(args.policies or DEFAULT_POLICIES[args.env], "--policies")
+    multi = args.env == MULTI
+    spec = None
+    if multi:
+        factories, kind = _multi_factories(names), MultiClientConfig
+        config = MultiClientConfig.load(args.config)
     else:
-        config = EnvConfig.load()
+        (factories, spec), kind = _policy_factories(names), EnvConfig
+        if args.config:
+            config = EnvConfig.load(args.config)
+        elif spec is not None:
+            config = EnvConfig.from_dict(spec.env, "policy sidecar")
+        else:
+            config = EnvConfig.load()
     overrides: dict[str, Any] = {"synthetic_share": 0.0}
     if args.traces:
         overrides["traces"] = tuple(args.traces)
-    config = EnvConfig.from_dict({**config.to_dict(), **overrides}, "evaluate")
+    config = kind.from_dict({**config.to_dict(), **overrides}, "evaluate")
 
     def make_env() -> Any:
-        return gym.make("adaptive/SplitInference-v0", config=config)
+        return gym.make(args.env, config=config)
 
     probe = make_env().unwrapped
     if spec is not None and (spec.plans != probe.candidates.to_json()
@@ -130,18 +157,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         _plot(episodes, args.plot, probe)
     if args.json:
-        print(json.dumps({"episodes": len(seeds), "model": config.model_profile,
+        print(json.dumps({"env": args.env, "episodes": len(seeds), "model": config.model_profile,
                           "devices": list(config.devices), "policies": rows}, indent=1))
         return 0
     print(f"{len(seeds)} episodes of {config.max_steps} steps, {config.model_profile} on "
-          f"{' -> '.join(config.devices)}")
+          f"{' -> '.join(config.devices)}" + (f", {config.max_clients} client slots" if multi else ""))
     width = max(len("policy"), *(len(s.policy) for s in summaries)) + 1
+    last = ("drops", "vs clairv.") if multi else ("SLO viol.", "vs oracle")
     print(f"{'policy':<{width}}{'mean ms':>10}{'p95 ms':>10}{'energy J':>10}{'switches':>10}"
-          f"{'SLO viol.':>10}{'vs oracle':>11}")
+          f"{last[0]:>10}{last[1]:>11}")
     for s in summaries:
         ratio = "" if s.ratio_to_oracle != s.ratio_to_oracle else f"{s.ratio_to_oracle:.3f}"
+        share = s.drop_rate if multi else s.slo_violation_rate
         print(f"{s.policy:<{width}}{s.mean_latency_ms:>10.2f}{s.p95_latency_ms:>10.2f}{s.mean_energy_j:>10.4f}"
-              f"{s.switches_per_episode:>10.1f}{100 * s.slo_violation_rate:>9.1f}%{ratio:>11}")
+              f"{s.switches_per_episode:>10.1f}{100 * share:>9.1f}%{ratio:>11}")
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
@@ -157,22 +186,24 @@ def _plot(episodes: dict[str, Any], path: str, env: Any) -> None:
     any_ep = next(iter(first.values()))
     t = range(len(any_ep.latency_ms))
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    multi = any_ep.actions.ndim == 2
     axes[0].plot(t, any_ep.bandwidth_mbps[:, 0], color="black")
-    axes[0].set_ylabel("bandwidth, Mbit/s")
+    axes[0].set_ylabel("client 1's uplink, Mbit/s" if multi else "bandwidth, Mbit/s")
     axes[0].set_yscale("log")
-    axes[0].set_title(f"{env.config.model_profile} on {' -> '.join(env.config.devices)}: "
-                      f"{', '.join(any_ep.traces)}")
+    follows = f"client 1 on {any_ep.traces[0]}" if multi else ", ".join(any_ep.traces)
+    axes[0].set_title(f"{env.config.model_profile} on {' -> '.join(env.config.devices)}: {follows}",
+                      fontsize=9)
     for name, ep in first.items():
         axes[1].plot(t, ep.latency_ms, label=name, lw=1)
-        axes[2].step(t, ep.actions, where="post", label=name, lw=1)
-    axes[1].set_ylabel("latency, ms")
+        axes[2].step(t, ep.actions[:, 0] if multi else ep.actions, where="post", label=name, lw=1)
+    axes[1].set_ylabel("mean latency of the step's frames, ms" if multi else "latency, ms")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=8, ncol=4)
     labels = [str(env.candidates.plan(i).splits) + ("+" + ",".join(env.candidates.plan(i).codecs)
                                                     if env.candidates.plan(i).codecs else "")
               for i in range(env.num_plans)]
     axes[2].set_yticks(range(env.num_plans), labels, fontsize=7)
-    axes[2].set_ylabel("plan (splits)")
+    axes[2].set_ylabel("client 1's plan (splits)" if multi else "plan (splits)")
     axes[2].set_xlabel(f"step ({env.config.dt_s:g} s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

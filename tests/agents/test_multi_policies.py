@@ -97,3 +97,25 @@ def test_static_hindsight_keeps_the_fixed_plan_of_least_true_cost():
     env.reset(seed=7)
     policy.begin_episode(env)
     assert policy._choice == int(np.argmin(totals))
+
+
+def test_evaluate_cli_on_the_multi_client_env(tmp_path):
+    import json
+
+    from tests.agents.test_policies import run_cli
+
+    config = tmp_path / "multi.yaml"
+    config.write_text("env:\n  max_steps: 40\n")
+    proc = run_cli("evaluate", "--env", "adaptive/MultiClient-v0", "--config", str(config),
+                   "--episodes", "2", "--policies", "greedy,coordinated,clairvoyant", "--json",
+                   "--plot", str(tmp_path / "m.png"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["env"] == "adaptive/MultiClient-v0"
+    rows = {p["policy"]: p for p in out["policies"]}
+    assert list(rows) == ["greedy", "coordinated", "clairvoyant"]
+    assert all(0.0 <= p["drop_rate"] <= 1.0 for p in rows.values())
+    assert rows["clairvoyant"]["ratio_to_oracle"] == pytest.approx(1.0)
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+    proc = run_cli("evaluate", "--env", "adaptive/MultiClient-v0", "--policies", "greedy,oracle")
+    assert proc.returncode == 2 and "unknown policy 'oracle' for adaptive/MultiClient-v0" in proc.stderr
