@@ -143,6 +143,14 @@ class SharedChain:
         self._accel_hop = np.zeros((P, max(M - 1, 0)), bool)
         for m in range(1, M):
             self._accel_hop[:, m - 1] = (bits[:, m] > 0) & ~np.isclose(bits[:, m], bits[:, 0])
+        # per (edge kind, plan): exec (D), one more batch item (D), data movement (D), runs there
+        # (D), uplink bits (1), hops between accelerators (M − 1): one gather per step gets them all
+        kinds = len(self.chains)
+        self._features = np.concatenate([
+            self.exec_ms, self.batch_delta_ms, self.proc_ms,
+            np.broadcast_to(self.uses, (kinds, P, D)).astype(float),
+            np.broadcast_to(self.uplink_bits[:, None], (kinds, P, 1)),
+            np.broadcast_to(self._accel_hop, (kinds, P, max(M - 1, 0))).astype(float)], axis=2)
 
     # ------------------------------------------------------------------ pieces
 
@@ -230,9 +238,15 @@ class SharedChain:
 
     # ------------------------------------------------------------------ dynamics
 
+    def grid_position(self, bandwidth_mbps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where bandwidths fall on the communication table: for :meth:`step`'s ``grid_at``."""
+        i, w, _ = self._grid_weights(bandwidth_mbps)
+        return i, w
+
     def step(self, state: ClusterState, plans: np.ndarray, active: np.ndarray, rate_rps: np.ndarray,
              bandwidth_mbps: np.ndarray, edge_load: np.ndarray, accel_load: np.ndarray, dt_s: float,
-             deadline_ms: np.ndarray | float) -> tuple[ClusterState, StepOutcome]:
+             deadline_ms: np.ndarray | float, *, grid_at: tuple[np.ndarray, np.ndarray] | None = None,
+             slow: np.ndarray | None = None) -> tuple[ClusterState, StepOutcome]:
         """Advance every cluster by ``dt_s`` with the given plans.
 
         Args:
@@ -245,26 +259,39 @@ class SharedChain:
             accel_load: ``(E, M)`` background load of each accelerator.
             dt_s: Step length, s.
             deadline_ms: Per-client (``(E, K)``) or one deadline, ms.
+            grid_at: :meth:`grid_position` of ``bandwidth_mbps``, if already known.
+            slow: :meth:`slowdown` of the loads, if already known.
         """
-        E, K = plans.shape
-        M = self.num_devices - 1
-        kind = self.edge_kind[None, :]
-        slow = self.slowdown(edge_load, accel_load)
-        batch = self.batches(plans, active)  # (E, M)
-        b = np.maximum(batch, 1.0)[:, None, :]  # (E, 1, M)
-        comm = self.comm(plans, bandwidth_mbps)  # (E, K, D)
-        ex = self.exec_ms[kind, plans] * slow  # (E, K, D)
-        grow = self.batch_delta_ms[kind, plans][:, :, 1:] * slow[:, :, 1:] * (b - 1.0)
-        proc = self.proc_ms[kind, plans]
-        service = ex.sum(-1) + grow.sum(-1) + proc.sum(-1) + comm.sum(-1)
+        D, M = self.num_devices, self.num_devices - 1
+        if slow is None:
+            slow = self.slowdown(edge_load, accel_load)
+        i, w = self.grid_position(bandwidth_mbps) if grid_at is None else grid_at
+        if len(self.chains) == 1:  # one kind of edge device: one gather per table
+            f = self._features[0][plans]  # (E, K, F)
+            upper, lower = self._comm[0][i, plans], self._comm[0][i - 1, plans]
+        else:
+            kind = np.broadcast_to(self.edge_kind, plans.shape)
+            f = self._features[kind, plans]
+            upper, lower = self._comm[kind, i, plans], self._comm[kind, i - 1, plans]
+        comm = upper + w[..., None] * (lower - upper)  # (E, K, D)
+        execs, delta, proc = f[..., :D], f[..., D : 2 * D], f[..., 2 * D : 3 * D]
+        uses = f[..., 3 * D + 1 : 4 * D] > 0.5  # on the accelerators
+        bits = f[..., 4 * D]
+        hop = f[..., 4 * D + 1 :] > 0.5  # (E, K, M − 1)
+        batch = (uses & active[:, :, None]).sum(axis=1).astype(float)  # (E, M)
+        b = np.maximum(batch, 1.0)[:, None, :]
+        ex = execs * slow  # (E, K, D)
+        grow = delta[..., 1:] * slow[..., 1:] * (b - 1.0)  # (E, K, M)
+        total = ex + proc + comm
+        service = _last_sum(total) + _last_sum(grow)
         # work each request puts on each resource
-        uses = self.uses[plans]  # (E, K, D)
-        w_edge = ex[:, :, 0] + proc[:, :, 0]
-        w_accel = (ex[:, :, 1:] + grow) / b + proc[:, :, 1:]  # a batch shares the execution
-        bits = self.uplink_bits[plans]
-        w_link = np.where(self._accel_hop[plans], comm[:, :, 2:], 0.0) if M > 1 else np.zeros((E, K, 0))
+        w_edge = ex[..., 0] + proc[..., 0]
+        shared = (ex[..., 1:] + grow) / b  # a batch shares the execution
+        w_accel = shared + proc[..., 1:]
+        w_link = np.where(hop, comm[..., 2:], 0.0)
         bw = np.maximum(bandwidth_mbps, 1e-9)
-        wait_now = _ahead(state, uses, bits, w_link, bw)
+        sends = bits > 0
+        wait_now = _ahead(state, uses, sends, w_link, bw)
         admitted = active & (service + wait_now <= deadline_ms)
         frames = rate_rps * dt_s * active
         n = frames * admitted
@@ -273,16 +300,25 @@ class SharedChain:
             np.maximum(state.edge_ms + n * w_edge - cap_ms, 0.0),
             np.maximum(state.uplink_bits + n * bits - bw * 1e6 * dt_s, 0.0),
             np.maximum(state.accel_ms + (n[:, :, None] * w_accel).sum(axis=1) - cap_ms, 0.0),
-            np.maximum(state.link_ms + (n[:, :, None] * w_link).sum(axis=1) - cap_ms, 0.0),
+            np.maximum(state.link_ms + (n[:, :, None] * w_link).sum(axis=1) - cap_ms, 0.0) if M > 1
+            else state.link_ms,
         )
         # the step's requests see, on average, the backlog half way between its start and end
-        wait = 0.5 * (wait_now + _ahead(new, uses, bits, w_link, bw))
+        wait = 0.5 * (wait_now + _ahead(new, uses, sends, w_link, bw))
         latency = np.where(admitted & (n > 0), service + wait, np.nan)
-        power = self._power[kind]  # (1, K, D)
-        busy = ex.copy()
-        busy[:, :, 1:] = (ex[:, :, 1:] + grow) / b
-        energy = ((busy + proc + comm) * power).sum(-1) / 1e3
+        power = self._power[self.edge_kind]  # (K, D)
+        busy = total.copy()
+        busy[..., 1:] += shared - ex[..., 1:]
+        energy = _last_sum(busy * power) / 1e3
         return new, StepOutcome(latency, service, admitted, frames, frames - n, energy, batch)
+
+
+def _last_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over a short last axis (faster than ``sum(-1)`` for a few devices)."""
+    out = x[..., 0].copy()
+    for d in range(1, x.shape[-1]):
+        out += x[..., d]
+    return out
 
 
 @dataclass(frozen=True)
@@ -401,13 +437,16 @@ class ClusterObservation:
         }
 
 
-def _ahead(state: ClusterState, uses: np.ndarray, bits: np.ndarray, w_link: np.ndarray,
+def _ahead(state: ClusterState, uses: np.ndarray, sends: np.ndarray, w_link: np.ndarray,
            bw: np.ndarray) -> np.ndarray:
-    """``(E, K)`` backlog ahead of a request arriving now on every resource it uses, ms."""
-    wait = state.edge_ms + np.where(bits > 0, state.uplink_bits / (bw * 1e3), 0.0)
-    wait = wait + (state.accel_ms[:, None, :] * uses[:, :, 1:]).sum(-1)
+    """``(E, K)`` backlog ahead of a request arriving now on every resource it uses, ms.
+
+    ``uses``: ``(E, K, M)`` the request runs on each accelerator; ``sends``: it crosses the uplink.
+    """
+    wait = state.edge_ms + np.where(sends, state.uplink_bits / (bw * 1e3), 0.0)
+    wait += _last_sum(state.accel_ms[:, None, :] * uses)
     if w_link.shape[-1]:
-        wait = wait + (state.link_ms[:, None, :] * (w_link > 0)).sum(-1)
+        wait += _last_sum(state.link_ms[:, None, :] * (w_link > 0))
     return wait
 
 

@@ -83,6 +83,9 @@ class MultiClientCore:
         self._edge_load = np.zeros((E, T, K))
         self._accel_load = np.zeros((E, T, M))
         self._accel_seen = np.zeros((E, T + 1, M))
+        self._grid_i = np.ones((E, T, K), np.int64)  # where the true uplink falls on the comm table
+        self._grid_w = np.zeros((E, T, K))
+        self._slow = np.ones((E, T, K, M + 1))  # true computation slowdown by background load
         self._slots = np.zeros((E, T + 1, K, S), np.float32)
         self.state = self.chain.initial_state(E)
         self.batch = np.zeros((E, M))
@@ -130,6 +133,9 @@ class MultiClientCore:
         true = load[:, warm : warm + T]
         self._edge_load[idx], self._accel_load[idx] = true[..., :K], true[..., K:]
         self._accel_seen[idx] = seen_load[..., K:]
+        self._grid_i[idx], self._grid_w[idx] = self.chain.grid_position(self._bw[idx])
+        self._slow[idx] = self.chain.slowdown(true[..., :K].reshape(-1, K),
+                                              true[..., K:].reshape(-1, M)).reshape(N, T, K, M + 1)
         self._slots[idx] = self.obs_spec.slots(active[:, steps], rate[:, steps], seen_load[..., :K], hist,
                                                predicted)
         for queue in self.state:
@@ -230,7 +236,8 @@ class MultiClientCore:
         actions = np.where(active, actions, 0)
         self.state, out = self.chain.step(self.state, actions, active, self._rate[rows, t], self._bw[rows, t],
                                           self._edge_load[rows, t], self._accel_load[rows, t], cfg.dt_s,
-                                          cfg.deadline_ms)
+                                          cfg.deadline_ms, grid_at=(self._grid_i[rows, t], self._grid_w[rows, t]),
+                                          slow=self._slow[rows, t])
         admitted = out.offered - out.dropped
         offered = out.offered.sum(axis=1)
         lat = np.where(admitted > 0, out.latency_ms, 0.0)
