@@ -3,8 +3,8 @@
 Side by side in one process, alternating in chunks so machine noise hits all alike:
 - CartPole-v1 with random actions (the usual reference);
 - adaptive/MultiClient-v0 (one episode per env object), a random valid plan per client, with resets;
-- MultiClientVecEnv with E episodes stepped in one numpy call (E = 64, 256, 1024), same actions; steps/s counts
-  episode steps (E per call).
+- MultiClientVecEnv with E episodes stepped in one numpy call (E = 64, 256, 1024), same actions; steps/s
+  counts  episode steps (E per call).
 Then the coordinated best-response heuristic's decision time for 8 clients on a 3-accelerator chain, and, with
 --train-steps, MaskablePPO's wall time on the batched env.
 

@@ -236,8 +236,8 @@ class MultiClientCore:
         actions = np.where(active, actions, 0)
         self.state, out = self.chain.step(self.state, actions, active, self._rate[rows, t], self._bw[rows, t],
                                           self._edge_load[rows, t], self._accel_load[rows, t], cfg.dt_s,
-                                          cfg.deadline_ms, grid_at=(self._grid_i[rows, t], self._grid_w[rows, t]),
-                                          slow=self._slow[rows, t])
+                                          cfg.deadline_ms, slow=self._slow[rows, t],
+                                          grid_at=(self._grid_i[rows, t], self._grid_w[rows, t]))
         admitted = out.offered - out.dropped
         offered = out.offered.sum(axis=1)
         lat = np.where(admitted > 0, out.latency_ms, 0.0)
