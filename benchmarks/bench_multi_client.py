@@ -4,7 +4,7 @@ Side by side in one process, alternating in chunks so machine noise hits all ali
 - CartPole-v1 with random actions (the usual reference);
 - adaptive/MultiClient-v0 (one episode per env object), a random valid plan per client, with resets;
 - MultiClientVecEnv with E episodes stepped in one numpy call (E = 64, 256, 1024), same actions; steps/s
-  counts  episode steps (E per call).
+  counts episode steps (E per call).
 Then the coordinated best-response heuristic's decision time for 8 clients on a 3-accelerator chain, and, with
 --train-steps, MaskablePPO's wall time on the batched env.
 
