@@ -41,6 +41,7 @@ from adaptive.plans import Plan, PlanArray
 __all__ = ["CandidatePlans", "ObservationSpec", "ObservedState", "PolicySpec", "candidate_plans"]
 
 POLICY_SCHEMA = "adaptive.policy/v1"
+SINGLE_ENV, MULTI_ENV = "adaptive/SplitInference-v0", "adaptive/MultiClient-v0"
 
 
 @dataclass(frozen=True)
@@ -260,23 +261,32 @@ class PolicySpec:
         env: The environment configuration the policy was trained with (free-form dict).
         policy: ``ppo`` or a heuristic name.
         notes: Training details.
+        env_id: The environment: ``adaptive/SplitInference-v0`` (one chain; ``observation`` is an
+            :class:`ObservationSpec`) or ``adaptive/MultiClient-v0`` (several clients: a
+            :class:`adaptive.multiclient.ClusterObservation`, one plan per client slot).
     """
 
     model_profile: str
     devices: tuple[str, ...]
     plans: list[dict[str, Any]]
     codec_names: tuple[str, ...]
-    observation: ObservationSpec
+    observation: Any
     env: dict[str, Any] = field(default_factory=dict)
     policy: str = "ppo"
     notes: str = ""
+    env_id: str = SINGLE_ENV
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits the policy network gives: one per plan, per client slot on the multi-client env."""
+        return self.observation.num_plans * getattr(self.observation, "num_clients", 1)
 
     def save(self, path: str | Path) -> None:
         """Write the sidecar JSON."""
         doc = {"schema": POLICY_SCHEMA, "model_profile": self.model_profile, "devices": list(self.devices),
                "codec_names": list(self.codec_names), "plans": self.plans,
                "observation": asdict(self.observation), "env": self.env, "policy": self.policy,
-               "notes": self.notes}
+               "notes": self.notes, "env_id": self.env_id}
         Path(path).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
     @classmethod
@@ -290,11 +300,20 @@ class PolicySpec:
             raise AdaptiveError(f"{path}: cannot read policy sidecar ({exc.__class__.__name__})") from None
         if not isinstance(doc, dict) or doc.get("schema") != POLICY_SCHEMA:
             raise AdaptiveError(f"{path}: expected schema '{POLICY_SCHEMA}'")
+        env_id = str(doc.get("env_id", SINGLE_ENV))
+        if env_id not in (SINGLE_ENV, MULTI_ENV):
+            raise AdaptiveError(f"{path}: unknown env_id '{env_id}' (expected {SINGLE_ENV} or {MULTI_ENV})")
         try:
+            if env_id == MULTI_ENV:
+                from adaptive.multiclient import ClusterObservation
+
+                observation: Any = ClusterObservation(**doc["observation"])
+            else:
+                observation = ObservationSpec(**doc["observation"])
             return cls(model_profile=str(doc["model_profile"]), devices=tuple(doc["devices"]),
                        plans=list(doc["plans"]), codec_names=tuple(doc["codec_names"]),
-                       observation=ObservationSpec(**doc["observation"]), env=dict(doc.get("env", {})),
-                       policy=str(doc.get("policy", "ppo")), notes=str(doc.get("notes", "")))
+                       observation=observation, env=dict(doc.get("env", {})),
+                       policy=str(doc.get("policy", "ppo")), notes=str(doc.get("notes", "")), env_id=env_id)
         except (KeyError, TypeError) as exc:
             raise AdaptiveError(f"{path}: malformed policy sidecar ({exc})") from None
 

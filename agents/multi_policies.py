@@ -32,8 +32,8 @@ import numpy as np
 
 from adaptive.multiclient import ClusterState
 
-__all__ = ["Clairvoyant", "Coordinated", "DeviceOnly", "Greedy", "Hysteresis", "MultiClientHeuristic",
-           "StaticHindsight", "make_multi_heuristic"]
+__all__ = ["Clairvoyant", "Coordinated", "DeviceOnly", "Greedy", "Hysteresis", "MultiActor",
+           "MultiClientHeuristic", "StaticHindsight", "make_multi_heuristic"]
 
 
 class MultiClientHeuristic:
@@ -281,6 +281,35 @@ class StaticHindsight(MultiClientHeuristic):
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """The fixed plan for every present client."""
         return np.where(self.seen(obs)["active"], getattr(self, "_choice", 0), 0)
+
+
+class MultiActor:
+    """A trained policy's numpy actor on ``adaptive/MultiClient-v0``: a plan per client slot.
+
+    The network gives ``K·P`` logits (MaskablePPO's ``MultiDiscrete`` head); each slot takes its
+    best allowed plan.
+
+    Args:
+        net: The actor (:class:`adaptive.mlp.MlpPolicyNet`).
+        num_clients: ``K``.
+    """
+
+    name = "ppo"
+
+    def __init__(self, net: Any, num_clients: int) -> None:
+        if net.num_actions % num_clients:
+            raise ValueError(f"the actor gives {net.num_actions} logits, not one set per each of "
+                             f"{num_clients} clients")
+        self.net, self.num_clients = net, num_clients
+
+    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        """Return ``(plan per client slot, state)``."""
+        z = self.net.logits(observation).reshape(self.num_clients, -1)
+        if action_masks is not None:
+            mask = np.asarray(action_masks, bool).reshape(z.shape)
+            z = np.where(mask | ~mask.any(axis=1, keepdims=True), z, -np.inf)
+        return z.argmax(axis=1), state
 
 
 def make_multi_heuristic(name: str, env: Any, **kwargs: Any) -> MultiClientHeuristic:

@@ -19,8 +19,8 @@ import numpy as np
 
 from adaptive.errors import AdaptiveError
 from adaptive.mlp import MlpPolicyNet
-from adaptive.observation import PolicySpec
-from envs.config import EnvConfig
+from adaptive.observation import MULTI_ENV, PolicySpec
+from envs.config import EnvConfig, MultiClientConfig
 
 __all__ = ["TrainResult", "export_mlp", "load_actor", "load_hyperparams", "load_policy", "mlp_path", "train"]
 
@@ -63,7 +63,7 @@ def load_hyperparams(path: str | Path | None = None, env_id: str = ENV_ID) -> di
     return {**doc.get("default", {}), **doc.get(env_id, {})}
 
 
-def _make_env(config: EnvConfig, seed: int) -> Any:
+def _make_env(config: EnvConfig, seed: int, env_id: str = ENV_ID) -> Any:
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the env id)
@@ -71,7 +71,7 @@ def _make_env(config: EnvConfig, seed: int) -> Any:
     def init() -> Any:
         from stable_baselines3.common.monitor import Monitor
 
-        env = Monitor(gym.make(ENV_ID, config=config))
+        env = Monitor(gym.make(env_id, config=config))
         env.reset(seed=seed)
         return env
 
@@ -81,7 +81,12 @@ def _make_env(config: EnvConfig, seed: int) -> Any:
 def train(config: EnvConfig, out_dir: str | Path, *, hyperparams: dict[str, Any] | None = None,
           timesteps: int | None = None, seed: int = 0, progress: bool = True,
           verbose: int = 0) -> TrainResult:
-    """Train MaskablePPO on ``config``; write the run directory; return where things are."""
+    """Train MaskablePPO on ``config``; write the run directory; return where things are.
+
+    A :class:`~envs.config.MultiClientConfig` trains on ``adaptive/MultiClient-v0``, its ``n_envs``
+    episodes stepped together by :class:`~envs.multi_client.MultiClientVecEnv`; otherwise
+    ``adaptive/SplitInference-v0`` in a ``DummyVecEnv``.
+    """
     import torch
     import yaml
     from sb3_contrib import MaskablePPO
@@ -98,8 +103,15 @@ def train(config: EnvConfig, out_dir: str | Path, *, hyperparams: dict[str, Any]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # a 64x64 MLP: threads only add overhead on small machines
-    venv = DummyVecEnv([_make_env(config, seed + i) for i in range(n_envs)])
-    eval_env = DummyVecEnv([_make_env(config, seed + 10_000)])
+    env_id = MULTI_ENV if isinstance(config, MultiClientConfig) else ENV_ID
+    if env_id == MULTI_ENV:
+        from envs.multi_client import MultiClientVecEnv
+
+        venv = MultiClientVecEnv(n_envs, config, seed=seed)
+        eval_env = MultiClientVecEnv(1, config, seed=seed + 10_000)
+    else:
+        venv = DummyVecEnv([_make_env(config, seed + i) for i in range(n_envs)])
+        eval_env = DummyVecEnv([_make_env(config, seed + 10_000)])
     model = MaskablePPO(policy, venv, seed=seed, verbose=verbose, tensorboard_log=str(out / "tb"), **hp)
     callback = MaskableEvalCallback(eval_env, best_model_save_path=str(out), log_path=str(out),
                                     eval_freq=max(eval_freq // n_envs, 1), n_eval_episodes=eval_episodes,
@@ -109,7 +121,7 @@ def train(config: EnvConfig, out_dir: str | Path, *, hyperparams: dict[str, Any]
     wall = time.perf_counter() - start
     policy_path = out / "policy.zip"
     model.save(policy_path)
-    env = _make_env(config, seed)()
+    env = _make_env(config, seed, env_id)()
     spec = env.unwrapped.policy_spec("ppo", notes=f"MaskablePPO, {total} steps, seed {seed}, "
                                                   f"{wall:.0f} s wall on {n_envs} envs")
     sidecar = out / "policy.json"
@@ -180,10 +192,10 @@ def load_actor(path: str | Path) -> tuple[MlpPolicyNet, PolicySpec]:
     actor = mlp_path(path)
     net = MlpPolicyNet.load(actor) if actor.exists() else export_mlp(load_policy(path)[0])
     net.step_s = float(spec.env.get("dt_s", 1.0))
-    if net.num_inputs != spec.observation.size or net.num_actions != spec.observation.num_plans:
+    if net.num_inputs != spec.observation.size or net.num_actions != spec.num_outputs:
         raise AdaptiveError(f"{path}: the network takes {net.num_inputs} inputs and gives "
                             f"{net.num_actions} actions; its sidecar says {spec.observation.size} and "
-                            f"{spec.observation.num_plans}")
+                            f"{spec.num_outputs}")
     return net, spec
 
 

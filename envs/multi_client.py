@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 from adaptive.latency import Conditions, SplitModel
 from adaptive.multiclient import ClusterObservation, SharedChain
-from adaptive.observation import CandidatePlans, candidate_plans
+from adaptive.observation import MULTI_ENV, CandidatePlans, PolicySpec, candidate_plans
 from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
 from envs.config import MultiClientConfig, NodeProcess
@@ -370,6 +370,14 @@ class MultiClientEnv(gym.Env):
         return self.core.masks()[0]
 
 
+    def policy_spec(self, policy: str = "ppo", notes: str = "") -> PolicySpec:
+        """The sidecar: candidate plans, observation layout and configuration."""
+        return PolicySpec(model_profile=self.config.model_profile, devices=tuple(self.config.devices),
+                          plans=self.candidates.to_json(), codec_names=self.candidates.codec_names,
+                          observation=self.obs_spec, env=self.config.to_dict(), policy=policy, notes=notes,
+                          env_id=MULTI_ENV)
+
+
 class MultiClientVecEnv(VecEnv):
     """``num_envs`` episodes of :class:`MultiClientEnv` stepped in one numpy call.
 
@@ -460,8 +468,10 @@ class MultiClientVecEnv(VecEnv):
         return [result] * len(idx)
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
-        """No episode is wrapped."""
-        return [False] * len(self._get_indices(indices))
+        """Only ``Monitor``: finished episodes report ``info["episode"]`` as it does."""
+        from stable_baselines3.common.monitor import Monitor
+
+        return [wrapper_class is Monitor] * len(self._get_indices(indices))
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, K·P)`` masks."""

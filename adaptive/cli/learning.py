@@ -21,6 +21,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the learning subcommands."""
     p = sub.add_parser("train", help="train a MaskablePPO policy on the split-inference env",
                        description="Train MaskablePPO (sb3-contrib); write model, sidecar, logs.")
+    p.add_argument("--env", default=SINGLE, choices=(SINGLE, MULTI),
+                   help=f"environment (default {SINGLE}; {MULTI} trains on batched episodes)")
     p.add_argument("--config", help="env config YAML (default: the shipped default)")
     p.add_argument("--hyperparams", help="PPO hyperparameter YAML (default: agents/hyperparams/ppo.yml)")
     p.add_argument("--timesteps", type=int, help="environment steps (default: from the hyperparameters)")
@@ -51,13 +53,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from adaptive.errors import AdaptiveError
     from agents.ppo import load_hyperparams, train
-    from envs.config import EnvConfig
+    from envs.config import EnvConfig, MultiClientConfig
 
     if args.timesteps is not None and args.timesteps < 1:
         raise AdaptiveError(f"--timesteps must be >= 1, found {args.timesteps}")
-    config = EnvConfig.load(args.config)
+    config = (MultiClientConfig if args.env == MULTI else EnvConfig).load(args.config)
     started = time.time() - 1.0  # file times may be rounded down
-    result = train(config, args.out, hyperparams=load_hyperparams(args.hyperparams),
+    result = train(config, args.out, hyperparams=load_hyperparams(args.hyperparams, args.env),
                    timesteps=args.timesteps, seed=args.seed, progress=not args.no_progress)
     wrote = [p.name for p in sorted(result.out_dir.iterdir()) if p.is_file() and p.stat().st_mtime >= started]
     print(f"trained {result.timesteps} steps in {result.wall_s:.0f} s; wrote {', '.join(wrote)} and "
@@ -96,14 +98,24 @@ def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
 
 def _multi_factories(names: list[str]) -> dict[str, Any]:
     from adaptive.errors import AdaptiveError
-    from agents.multi_policies import make_multi_heuristic
+    from agents.multi_policies import MultiActor, make_multi_heuristic
+    from agents.ppo import load_actor
 
     factories: dict[str, Any] = {}
-    for name in names:
-        if name not in MULTI_HEURISTICS:
-            raise AdaptiveError(f"--policies: unknown policy '{name}' for {MULTI} "
-                                f"(expected {', '.join(MULTI_HEURISTICS)})")
-        factories[name] = lambda env, n=name: make_multi_heuristic(n, env)
+    for item in names:
+        name, _, path = item.partition(":")
+        if name == "ppo":
+            if not path:
+                raise AdaptiveError(f"--policies: ppo on {MULTI} needs a path (ppo:PATH; none ships yet)")
+            net, spec = load_actor(path)
+            if spec.env_id != MULTI:
+                raise AdaptiveError(f"{path}: trained on {spec.env_id}, not {MULTI}")
+            factories["ppo"] = lambda env, n=net, k=spec.observation.num_clients: MultiActor(n, k)
+        elif name in MULTI_HEURISTICS:
+            factories[name] = lambda env, n=name: make_multi_heuristic(n, env)
+        else:
+            raise AdaptiveError(f"--policies: unknown policy '{item}' for {MULTI} "
+                                f"(expected ppo:PATH, {', '.join(MULTI_HEURISTICS)})")
     return factories
 
 

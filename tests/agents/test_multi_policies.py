@@ -119,3 +119,30 @@ def test_evaluate_cli_on_the_multi_client_env(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 10_000
     proc = run_cli("evaluate", "--env", "adaptive/MultiClient-v0", "--policies", "greedy,oracle")
     assert proc.returncode == 2 and "unknown policy 'oracle' for adaptive/MultiClient-v0" in proc.stderr
+
+
+def test_train_then_evaluate_ppo_on_the_multi_client_env(tmp_path):
+    import json
+
+    from adaptive.observation import MULTI_ENV, PolicySpec
+    from tests.agents.test_policies import run_cli
+
+    hyper = tmp_path / "ppo.yml"
+    hyper.write_text("adaptive/MultiClient-v0:\n  n_envs: 8\n  n_steps: 32\n  batch_size: 128\n"
+                     "  n_epochs: 1\n  eval_freq: 1000000\n")
+    config = tmp_path / "multi.yaml"
+    config.write_text("env:\n  max_steps: 40\n")
+    out = tmp_path / "run"
+    proc = run_cli("train", "--env", MULTI_ENV, "--config", str(config), "--hyperparams", str(hyper),
+                   "--timesteps", "512", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "best_model.zip" not in proc.stdout  # no evaluation ran, so none was written or named
+    spec = PolicySpec.load(out / "policy.json")
+    assert spec.env_id == MULTI_ENV and spec.num_outputs == 4 * spec.observation.num_plans
+    proc = run_cli("evaluate", "--env", MULTI_ENV, "--config", str(config), "--episodes", "1",
+                   "--policies", f"ppo:{out / 'policy.zip'},greedy", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["policies"]
+    assert [r["policy"] for r in rows] == ["ppo", "greedy"]
+    proc = run_cli("evaluate", "--env", MULTI_ENV, "--policies", "ppo")
+    assert proc.returncode == 2 and "needs a path" in proc.stderr
