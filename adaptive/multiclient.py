@@ -167,15 +167,15 @@ class SharedChain:
         lo, hi = self._inv_grid[i], self._inv_grid[i - 1]  # 1/bw decreases along the grid
         return i, (1.0 / bw - lo) / (hi - lo), bw
 
-    def alone_ms(self, bandwidth_mbps: np.ndarray, edge_load: np.ndarray,
-                 accel_load: np.ndarray) -> np.ndarray:
+    def alone_ms(self, bandwidth_mbps: np.ndarray, edge_load: np.ndarray, accel_load: np.ndarray,
+                 grid_at: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """``(…, K, P)`` latency of every candidate for every client alone on the cluster.
 
         Batch 1 and no queue: the single-chain model's prediction, computed for many steps at once
         (what the observation shows). Shapes: bandwidth and edge load ``(…, K)``, accelerator
-        load ``(…, M)``.
+        load ``(…, M)``; ``grid_at``: :meth:`grid_position` of the bandwidths, if already known.
         """
-        i, w, _ = self._grid_weights(bandwidth_mbps)
+        i, w = self.grid_position(bandwidth_mbps) if grid_at is None else grid_at
         if len(self.chains) == 1:  # one kind of edge device: index the table by grid point only
             table = self._comm_total[0]
             upper, lower = table[i], table[i - 1]  # (…, K, P)
@@ -376,43 +376,50 @@ class ClusterObservation:
         return low, np.ones(self.size, np.float32)
 
     def slots(self, active: np.ndarray, rate_rps: np.ndarray, edge_load: np.ndarray,
-              bandwidth_mbps: np.ndarray, predicted_ms: np.ndarray) -> np.ndarray:
-        """``(…, K, S)`` slot blocks with the waits left at 0 (they change every step).
+              bandwidth_mbps: np.ndarray) -> np.ndarray:
+        """``(…, K, 5 + H)``: the slot entries that do not depend on plans or backlogs.
 
         Args:
             active: ``(…, K)``.
             rate_rps: ``(…, K)``.
             edge_load: ``(…, K)``.
             bandwidth_mbps: ``(…, K, H)`` uplink history, oldest first.
-            predicted_ms: ``(…, K, P)``.
         """
         lo, hi = np.log10(self.bw_min_mbps), np.log10(self.bw_max_mbps)
-        out = np.empty((*active.shape, self.slot_size), np.float32)
+        out = np.empty((*active.shape, 5 + self.history), np.float32)
         out[..., 0] = active
         out[..., 1] = np.minimum(rate_rps / self.max_rate_rps, 1.0) * active
         out[..., 2] = np.clip(edge_load, 0, 1)
         out[..., 3:5] = 0.0
         bw = np.clip(np.asarray(bandwidth_mbps, np.float32), self.bw_min_mbps, self.bw_max_mbps)
-        out[..., 5 : 5 + self.history] = (np.log10(bw) - lo) / (hi - lo)
-        pred = np.maximum(np.asarray(predicted_ms, np.float32), 1e-6) / np.float32(self.ref_latency_ms)
-        out[..., 5 + self.history :] = np.tanh(np.log(pred))
+        out[..., 5:] = (np.log10(bw) - lo) / (hi - lo)
         return out
 
-    def assemble(self, slots: np.ndarray, seen_bw_mbps: np.ndarray, accel_load: np.ndarray,
-                 state: ClusterState, batch: np.ndarray) -> np.ndarray:
-        """``(E, size)`` observations from slot blocks ``(E, K, S)`` and the step's shared state.
+    def assemble(self, slots: np.ndarray, predicted_ms: np.ndarray, seen_bw_mbps: np.ndarray,
+                 accel_load: np.ndarray, state: ClusterState, batch: np.ndarray) -> np.ndarray:
+        """``(E, size)`` observations from slot entries, predictions and the step's shared state.
 
-        ``seen_bw_mbps`` ``(E, K)``: the reported uplink the uplink backlog is timed at.
+        ``slots``: :meth:`slots` ``(E, K, 5 + H)``; ``predicted_ms``: each candidate alone
+        ``(E, K, P)``; ``seen_bw_mbps`` ``(E, K)``: the reported uplink the uplink backlog is timed at.
         """
         E, K = seen_bw_mbps.shape
         ref = self.ref_latency_ms
-        blocks = slots.copy()
+        S0 = slots.shape[-1]
+        out = np.empty((E, self.size), np.float32)
+        blocks = out[:, : K * self.slot_size].reshape(E, K, self.slot_size)
+        blocks[:, :, :S0] = slots
         blocks[:, :, 3] = np.tanh(state.edge_ms / ref)
         blocks[:, :, 4] = np.tanh(state.uplink_bits / (np.maximum(seen_bw_mbps, 1e-9) * 1e3) / ref)
-        active = blocks[:, :, 0]
-        shared = [np.clip(accel_load, 0, 1), np.tanh(state.accel_ms / ref), np.tanh(state.link_ms / ref),
-                  batch / K, active.sum(axis=1, keepdims=True) / K]
-        return np.concatenate([blocks.reshape(E, -1), *shared], axis=1).astype(np.float32)
+        pred = np.maximum(np.asarray(predicted_ms, np.float32), 1e-6) / np.float32(ref)
+        blocks[:, :, S0:] = np.tanh(np.log(pred))
+        M = self.num_accels
+        rest = out[:, K * self.slot_size :]
+        rest[:, :M] = np.clip(accel_load, 0, 1)
+        rest[:, M : 2 * M] = np.tanh(state.accel_ms / ref)
+        rest[:, 2 * M : 3 * M - 1] = np.tanh(state.link_ms / ref)
+        rest[:, 3 * M - 1 : 4 * M - 1] = batch / K
+        rest[:, 4 * M - 1] = slots[:, :, 0].sum(axis=1) / K
+        return out
 
     def decode(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         """The parts of ``(…, size)`` observations, in their units (ms, Mbit/s, frames/s)."""

@@ -75,7 +75,7 @@ class MultiClientCore:
         traces = load_traces(cfg.traces) if cfg.traces else shipped_traces()
         self._traces = [resample(t, cfg.dt_s) for t in traces]
         self.trace_names = [t.name for t in traces]
-        T, E, S = cfg.max_steps, num_envs, self.obs_spec.slot_size
+        T, E, S = cfg.max_steps, num_envs, 5 + cfg.history
         self._active = np.zeros((E, T + 1, K), bool)
         self._rate = np.zeros((E, T + 1, K))
         self._bw = np.ones((E, T, K))
@@ -83,6 +83,9 @@ class MultiClientCore:
         self._edge_load = np.zeros((E, T, K))
         self._accel_load = np.zeros((E, T, M))
         self._accel_seen = np.zeros((E, T + 1, M))
+        self._edge_seen = np.zeros((E, T + 1, K))
+        self._seen_i = np.ones((E, T + 1, K), np.int64)  # where the seen uplink falls on the comm table
+        self._seen_w = np.zeros((E, T + 1, K))
         self._grid_i = np.ones((E, T, K), np.int64)  # where the true uplink falls on the comm table
         self._grid_w = np.zeros((E, T, K))
         self._slow = np.ones((E, T, K, M + 1))  # true computation slowdown by background load
@@ -127,17 +130,16 @@ class MultiClientCore:
         seen = np.arange(warm, n) - lag  # what is seen at each step: `lag` steps old
         hist = np.stack([rep_bw[:, seen - H + 1 + h] for h in range(H)], axis=-1)  # (N, T+1, K, H)
         seen_load = rep_load[:, seen]
-        predicted = self.chain.alone_ms(hist[..., -1], seen_load[..., :K], seen_load[..., K:])
         self._active[idx], self._rate[idx] = active[:, steps], rate[:, steps]
         self._bw[idx], self._bw_seen[idx] = bw[:, warm : warm + T], hist[..., -1]
         true = load[:, warm : warm + T]
         self._edge_load[idx], self._accel_load[idx] = true[..., :K], true[..., K:]
-        self._accel_seen[idx] = seen_load[..., K:]
+        self._accel_seen[idx], self._edge_seen[idx] = seen_load[..., K:], seen_load[..., :K]
         self._grid_i[idx], self._grid_w[idx] = self.chain.grid_position(self._bw[idx])
+        self._seen_i[idx], self._seen_w[idx] = self.chain.grid_position(hist[..., -1])
         self._slow[idx] = self.chain.slowdown(true[..., :K].reshape(-1, K),
                                               true[..., K:].reshape(-1, M)).reshape(N, T, K, M + 1)
-        self._slots[idx] = self.obs_spec.slots(active[:, steps], rate[:, steps], seen_load[..., :K], hist,
-                                               predicted)
+        self._slots[idx] = self.obs_spec.slots(active[:, steps], rate[:, steps], seen_load[..., :K], hist)
         for queue in self.state:
             queue[idx] = 0.0
         self.batch[idx] = 0.0
@@ -226,8 +228,10 @@ class MultiClientCore:
         """``(E, size)`` observations at each episode's current step."""
         t = np.minimum(self.t, self.config.max_steps)
         rows = self._rows
-        return self.obs_spec.assemble(self._slots[rows, t], self._bw_seen[rows, t], self._accel_seen[rows, t],
-                                      self.state, self.batch)
+        bw, accel = self._bw_seen[rows, t], self._accel_seen[rows, t]
+        predicted = self.chain.alone_ms(bw, self._edge_seen[rows, t], accel,  # every plan alone, as seen
+                                        grid_at=(self._seen_i[rows, t], self._seen_w[rows, t]))
+        return self.obs_spec.assemble(self._slots[rows, t], predicted, bw, accel, self.state, self.batch)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Apply ``(E, K)`` plans for one step; returns the rewards and the step's arrays."""
