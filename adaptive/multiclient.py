@@ -193,22 +193,6 @@ class SharedChain:
             out += slow[..., d : d + 1] * ex[:, :, d]
         return out
 
-    def comm(self, plans: np.ndarray, bandwidth_mbps: np.ndarray) -> np.ndarray:
-        """``(…, D)`` communication into each device (index 0: the result coming back), ms.
-
-        Args:
-            plans: Plan index per client, shape ``(…, K)`` or ``(…, K, P')``.
-            bandwidth_mbps: Uplink bandwidth per client, shape ``(…, K)``.
-        """
-        i, w, bw = self._grid_weights(bandwidth_mbps)
-        kind = np.broadcast_to(self.edge_kind, bw.shape)
-        extra = plans.ndim - bw.ndim
-        idx = (kind, i, plans) if extra == 0 else (kind[..., None], i[..., None], plans)
-        upper = self._comm[idx]
-        lower = self._comm[(idx[0], idx[1] - 1, idx[2])]
-        w = w.reshape(w.shape + (1,) * (extra + 1))
-        return upper + w * (lower - upper)
-
     def slowdown(self, edge_load: np.ndarray, accel_load: np.ndarray) -> np.ndarray:
         """``(E, K, D)`` slowdown ``1 / (1 − κ·u)`` on each client's edge and on the accelerators."""
         E, K = edge_load.shape
@@ -216,25 +200,6 @@ class SharedChain:
         load[:, :, 0] = edge_load
         load[:, :, 1:] = accel_load[:, None, :]
         return 1.0 / (1.0 - self._kappa[self.edge_kind] * np.minimum(load, _MAX_LOAD))
-
-    def service_ms(self, plans: np.ndarray, bandwidth_mbps: np.ndarray, slow: np.ndarray,
-                   batch: np.ndarray) -> np.ndarray:
-        """``(E, K, P')`` latency of plans ``(E, K, P')`` with accelerators batching ``batch`` ``(E, M)``.
-
-        The single-chain model at those batch sizes, without queueing (what a client would see
-        on an idle cluster). Used by heuristics to score every candidate for every client.
-        """
-        kind = self.edge_kind[None, :, None]
-        comm = self.comm(plans, bandwidth_mbps).sum(axis=-1)
-        ex = self.exec_ms[kind, plans] * slow[:, :, None, :]
-        extra = self.batch_delta_ms[kind, plans] * slow[:, :, None, :]
-        extra[..., 1:] *= np.maximum(batch[:, None, None, :] - 1.0, 0.0)
-        extra[..., 0] = 0.0
-        return ex.sum(-1) + extra.sum(-1) + self.proc_ms[kind, plans].sum(-1) + comm
-
-    def batches(self, plans: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """``(E, M)`` active clients whose plans run a stage on each accelerator."""
-        return (self.uses[plans][:, :, 1:] & active[:, :, None]).sum(axis=1).astype(float)
 
     # ------------------------------------------------------------------ dynamics
 
