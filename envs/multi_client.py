@@ -304,7 +304,8 @@ class MultiClientEnv(gym.Env):
 
     ``latency_ms`` (mean over the frames served in the step, NaN if none), ``frames`` (served),
     ``offered``, ``dropped``, ``energy_j`` (per served frame), ``plan`` (per slot), ``active``,
-    ``batch`` (per accelerator), ``bandwidth_mbps`` (true, per slot), ``switched``, ``feasible``.
+    ``batch`` (per accelerator), ``bandwidth_mbps`` (true, per slot), ``switched``, ``feasible``,
+    ``ignored`` (the slots whose plan was outside the mask: empty slots, which run nothing).
 
     ## Version History
 
@@ -366,7 +367,8 @@ class MultiClientEnv(gym.Env):
                 "plan": out["plans"][0].tolist(), "active": out["active"][0].tolist(),
                 "client_latency_ms": out["latency_ms"][0].tolist(), "batch": out["batch"][0].tolist(),
                 "bandwidth_mbps": out["bandwidth_mbps"][0].tolist(),
-                "switched": bool(np.any((out["plans"][0] != before) & out["active"][0])), "feasible": True}
+                "switched": bool(np.any((out["plans"][0] != before) & out["active"][0])), "feasible": True,
+                "ignored": np.flatnonzero(~out["active"][0] & (a[0] != 0)).tolist()}
         return self.core.observe()[0], float(reward[0]), False, False, info
 
     def action_masks(self) -> np.ndarray:

@@ -72,6 +72,13 @@ def test_options_pin_the_clients_rates_and_links():
         env.reset(seed=0, options={"clients": 9})
 
 
+def test_a_plan_for_an_empty_slot_is_ignored_and_reported():
+    env = MultiClientEnv()
+    env.reset(seed=0, options={"clients": 2})
+    _, _, _, _, info = env.step([1, 1, 3, 0])
+    assert info["plan"] == [1, 1, 0, 0] and info["ignored"] == [2]
+
+
 def test_a_bad_action_is_refused_with_what_was_wrong():
     env = MultiClientEnv()
     env.reset(seed=0)
