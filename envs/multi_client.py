@@ -215,33 +215,37 @@ class MultiClientCore:
 
     # ------------------------------------------------------------------ stepping
 
+    def _at(self, t: np.ndarray) -> Any:
+        """An index of each episode's step ``t``: a plain column while the episodes run in step."""
+        return (slice(None), int(t[0])) if (t == t[0]).all() else (self._rows, t)
+
     def masks(self) -> np.ndarray:
         """``(E, K·P)``: every plan for a present client, only plan 0 for an empty slot."""
         E, K, P = self.num_envs, self.num_clients, self.num_plans
-        t = np.minimum(self.t, self.config.max_steps)
-        active = self._active[self._rows, t]  # (E, K)
-        out = np.broadcast_to(active[:, :, None], (E, K, P)).copy()
+        active = self._active[self._at(np.minimum(self.t, self.config.max_steps))]  # (E, K)
+        out = np.empty((E, K, P), bool)
+        out[...] = active[:, :, None]
         out[:, :, 0] = True
         return out.reshape(E, K * P)
 
     def observe(self) -> np.ndarray:
         """``(E, size)`` observations at each episode's current step."""
-        t = np.minimum(self.t, self.config.max_steps)
-        rows = self._rows
-        bw, accel = self._bw_seen[rows, t], self._accel_seen[rows, t]
-        predicted = self.chain.alone_ms(bw, self._edge_seen[rows, t], accel,  # every plan alone, as seen
-                                        grid_at=(self._seen_i[rows, t], self._seen_w[rows, t]))
-        return self.obs_spec.assemble(self._slots[rows, t], predicted, bw, accel, self.state, self.batch)
+        at = self._at(np.minimum(self.t, self.config.max_steps))
+        bw, accel = self._bw_seen[at], self._accel_seen[at]
+        predicted = self.chain.alone_ms(bw, self._edge_seen[at], accel,  # every plan alone, as seen
+                                        grid_at=(self._seen_i[at], self._seen_w[at]))
+        return self.obs_spec.assemble(self._slots[at], predicted, bw, accel, self.state, self.batch)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Apply ``(E, K)`` plans for one step; returns the rewards and the step's arrays."""
-        cfg, rows, t = self.config, self._rows, self.t
-        active = self._active[rows, t]
+        cfg, t = self.config, self.t
+        at = self._at(t)
+        active = self._active[at]
         actions = np.where(active, actions, 0)
-        self.state, out = self.chain.step(self.state, actions, active, self._rate[rows, t], self._bw[rows, t],
-                                          self._edge_load[rows, t], self._accel_load[rows, t], cfg.dt_s,
-                                          cfg.deadline_ms, slow=self._slow[rows, t],
-                                          grid_at=(self._grid_i[rows, t], self._grid_w[rows, t]))
+        self.state, out = self.chain.step(self.state, actions, active, self._rate[at], self._bw[at],
+                                          self._edge_load[at], self._accel_load[at], cfg.dt_s,
+                                          cfg.deadline_ms, slow=self._slow[at],
+                                          grid_at=(self._grid_i[at], self._grid_w[at]))
         admitted = out.offered - out.dropped
         offered = out.offered.sum(axis=1)
         lat = np.where(admitted > 0, out.latency_ms, 0.0)
@@ -254,7 +258,7 @@ class MultiClientCore:
         self.t = t + 1
         return reward, {"latency_ms": out.latency_ms, "admitted": admitted, "offered": out.offered,
                         "dropped": out.dropped, "energy_j": out.energy_j, "batch": out.batch,
-                        "plans": actions, "active": active, "bandwidth_mbps": self._bw[rows, t]}
+                        "plans": actions, "active": active, "bandwidth_mbps": self._bw[at]}
 
 
 class MultiClientEnv(gym.Env):
