@@ -123,6 +123,6 @@ def static_plans(model_profile: str, devices: list[str], uplink_csv: str, window
     for name in ("static-hindsight", "static-mean"):
         policy = make_heuristic(name, env)
         policy.begin_episode(env)
-        plan = env.unwrapped.candidates.plan(policy._choice)
+        plan = env.unwrapped.candidates.plan(policy.choice)
         out[name] = (tuple(plan.splits), tuple(plan.codecs))
     return out

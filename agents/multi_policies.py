@@ -260,6 +260,7 @@ class StaticHindsight(MultiClientHeuristic):
     """The one plan for every client, all episode, with the least true cost (chosen in hindsight)."""
 
     name = "static-hindsight"
+    choice = 0  # the plan every client keeps this episode (set by begin_episode)
 
     def begin_episode(self, env: Any) -> None:
         """Simulate the episode once per candidate, all candidates at once, and keep the best."""
@@ -276,11 +277,11 @@ class StaticHindsight(MultiClientHeuristic):
                                          now["bw"], now["edge_load"], now["accel_load"], self.config.dt_s,
                                          self.config.deadline_ms)
             total += self.cost(out)
-        self._choice = int(np.argmin(total))
+        self.choice = int(np.argmin(total))
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """The fixed plan for every present client."""
-        return np.where(self.seen(obs)["active"], getattr(self, "_choice", 0), 0)
+        return np.where(self.seen(obs)["active"], self.choice, 0)
 
 
 class MultiActor:

@@ -176,6 +176,7 @@ class StaticMean(HeuristicPolicy):
     """
 
     name = "static-mean"
+    choice = 0  # the plan kept this episode (set by begin_episode)
 
     def begin_episode(self, env: Any) -> None:
         """Choose the plan for the mean of the episode's true conditions."""
@@ -186,11 +187,11 @@ class StaticMean(HeuristicPolicy):
         cost = pred.latency_ms[0] / self.spec.ref_latency_ms
         if self.energy_weight:
             cost = cost + self.energy_weight * pred.energy_j[0] / self.ref_energy_j
-        self._choice = _masked_argmin(np.where(pred.feasible[0], cost, np.inf), None)
+        self.choice = _masked_argmin(np.where(pred.feasible[0], cost, np.inf), None)
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> int:
         """The fixed plan (greedy while it does not fit)."""
-        choice = getattr(self, "_choice", 0)
+        choice = self.choice
         return choice if mask is None or mask[choice] else _masked_argmin(self.step_costs(obs), mask)
 
 
@@ -208,7 +209,7 @@ class StaticHindsight(StaticMean):
         """Choose the plan whose summed true cost over the episode is least."""
         from agents.oracle import step_costs
 
-        self._choice = int(np.argmin(step_costs(env, False).sum(axis=0)))
+        self.choice = int(np.argmin(step_costs(env, False).sum(axis=0)))
 
 
 def make_heuristic(name: str, env: Any, **kwargs: Any) -> HeuristicPolicy:

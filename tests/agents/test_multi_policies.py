@@ -96,7 +96,7 @@ def test_static_hindsight_keeps_the_fixed_plan_of_least_true_cost():
         totals.append(-sum(env.step([p] * 4)[1] for _ in range(60)))
     env.reset(seed=7)
     policy.begin_episode(env)
-    assert policy._choice == int(np.argmin(totals))
+    assert policy.choice == int(np.argmin(totals))
 
 
 def test_evaluate_cli_on_the_multi_client_env(tmp_path):
