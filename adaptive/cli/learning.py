@@ -14,7 +14,7 @@ HEURISTICS = ("device-only", "offload", "static-mean", "static-hindsight", "gree
 MULTI_HEURISTICS = ("device-only", "greedy", "hysteresis", "coordinated", "static-hindsight", "clairvoyant")
 SINGLE, MULTI = "adaptive/SplitInference-v0", "adaptive/MultiClient-v0"
 DEFAULT_POLICIES = {SINGLE: "ppo,greedy,hysteresis,static-hindsight,static-mean,device-only,offload,oracle",
-                    MULTI: "greedy,hysteresis,coordinated,static-hindsight,device-only,clairvoyant"}
+                    MULTI: "ppo,greedy,hysteresis,coordinated,static-hindsight,device-only,clairvoyant"}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="evaluate on these traces, each pinned for --episodes-per-trace episodes")
     p.add_argument("--policies",
                    help="comma list; single chain: ppo[:PATH], " + ", ".join(HEURISTICS)
-                   + f", oracle (default {DEFAULT_POLICIES[SINGLE]}); {MULTI}: " + ", ".join(MULTI_HEURISTICS)
+                   + f", oracle (default {DEFAULT_POLICIES[SINGLE]}); {MULTI}: ppo[:PATH], "
+                   + ", ".join(MULTI_HEURISTICS)
                    + f" (default {DEFAULT_POLICIES[MULTI]})")
     p.add_argument("--episodes", type=int, default=20, help="episodes without --traces (default 20)")
     p.add_argument("--episodes-per-trace", type=int, default=3, help="episodes per trace (default 3)")
@@ -67,10 +68,11 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_ppo() -> Path:
+def _default_ppo(env_id: str = SINGLE) -> Path:
     from importlib import resources
 
-    return Path(str(resources.files("agents.trained").joinpath("ppo_default.zip")))
+    name = "ppo_multi_client.zip" if env_id == MULTI else "ppo_default.zip"
+    return Path(str(resources.files("agents.trained").joinpath(name)))
 
 
 def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
@@ -105,9 +107,7 @@ def _multi_factories(names: list[str]) -> dict[str, Any]:
     for item in names:
         name, _, path = item.partition(":")
         if name == "ppo":
-            if not path:
-                raise AdaptiveError(f"--policies: ppo on {MULTI} needs a path (ppo:PATH; none ships yet)")
-            net, spec = load_actor(path)
+            net, spec = load_actor(path or _default_ppo(MULTI))
             if spec.env_id != MULTI:
                 raise AdaptiveError(f"{path}: trained on {spec.env_id}, not {MULTI}")
             factories["ppo"] = lambda env, n=net, k=spec.observation.num_clients: MultiActor(n, k)
@@ -115,7 +115,7 @@ def _multi_factories(names: list[str]) -> dict[str, Any]:
             factories[name] = lambda env, n=name: make_multi_heuristic(n, env)
         else:
             raise AdaptiveError(f"--policies: unknown policy '{item}' for {MULTI} "
-                                f"(expected ppo:PATH, {', '.join(MULTI_HEURISTICS)})")
+                                f"(expected ppo[:PATH], {', '.join(MULTI_HEURISTICS)})")
     return factories
 
 

@@ -15,7 +15,8 @@ STILL = {"bw_noise": 0.0, "load_noise": 0.0, "cpu_load": {"mean": [0.0, 0.0], "s
 
 def episode(env, policy, options=None, seed=0):
     obs, _ = env.reset(seed=seed, options=options)
-    policy.begin_episode(env)
+    if hasattr(policy, "begin_episode"):
+        policy.begin_episode(env)
     infos = []
     for _ in range(env.config.max_steps):
         mask = env.action_masks()
@@ -144,5 +145,21 @@ def test_train_then_evaluate_ppo_on_the_multi_client_env(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["policies"]
     assert [r["policy"] for r in rows] == ["ppo", "greedy"]
-    proc = run_cli("evaluate", "--env", MULTI_ENV, "--policies", "ppo")
-    assert proc.returncode == 2 and "needs a path" in proc.stderr
+    proc = run_cli("evaluate", "--env", MULTI_ENV, "--policies", "ppo:/nonexistent/policy.zip")
+    assert proc.returncode == 2 and "policy file not found" in proc.stderr
+
+
+def test_the_shipped_multi_client_policy_matches_the_default_env():
+    from importlib import resources
+
+    from adaptive.observation import MULTI_ENV
+    from agents.multi_policies import MultiActor
+    from agents.ppo import load_actor
+
+    path = resources.files("agents.trained").joinpath("ppo_multi_client.zip")
+    net, spec = load_actor(str(path))
+    env = MultiClientEnv(max_steps=40)
+    assert spec.env_id == MULTI_ENV and spec.plans == env.candidates.to_json()
+    assert net.num_inputs == env.observation_space.shape[0]
+    infos = episode(env, MultiActor(net, spec.observation.num_clients))
+    assert sum(i["frames"] for i in infos) > 0
