@@ -59,7 +59,8 @@ class Summary:
         policy: Name.
         episodes: Episodes run.
         mean_latency_ms: Mean latency per request served, ms (per step on a single chain).
-        p95_latency_ms: Its 95th percentile, ms.
+        p95_latency_ms: 95th percentile of per-step latency, ms; on ``adaptive/MultiClient-v0``
+            of each step's mean over its frames, weighted by them.
         mean_energy_j: Mean energy per request served, J.
         switches_per_episode: Mean plan changes per episode.
         slo_violation_rate: Share of steps over the SLO.
