@@ -23,7 +23,8 @@ class EpisodeResult:
         traces: Trace name per link.
         latency_ms: ``(T,)`` per-step latency including switch costs, ms.
         energy_j: ``(T,)`` per-step energy, J.
-        actions: ``(T,)`` plan indices.
+        actions: ``(T,)`` plan indices; ``(T, K)`` per client slot on ``adaptive/MultiClient-v0``,
+            −1 where the slot was empty.
         bandwidth_mbps: ``(T, M)`` true bandwidth.
         reward: Episode return.
         switches: Plan changes.
@@ -103,7 +104,7 @@ def run_episode(env: Any, policy: Policy, seed: int, name: str = "", options: di
         total += float(reward)
         lat.append(info["latency_ms"])
         energy.append(info["energy_j"])
-        acts.append(info["plan"])
+        acts.append(np.where(info["active"], info["plan"], -1) if "active" in info else info["plan"])
         bw.append(info["bandwidth_mbps"])
         switches += int(info["switched"])
         infeasible += int(not info["feasible"])

@@ -190,6 +190,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _plot(episodes: dict[str, Any], path: str, env: Any) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -207,7 +208,9 @@ def _plot(episodes: dict[str, Any], path: str, env: Any) -> None:
                       fontsize=9)
     for name, ep in first.items():
         axes[1].plot(t, ep.latency_ms, label=name, lw=1)
-        axes[2].step(t, ep.actions[:, 0] if multi else ep.actions, where="post", label=name, lw=1)
+        # on the multi-client env, a gap while client 1 is absent
+        plans = np.where(ep.actions[:, 0] >= 0, ep.actions[:, 0], np.nan) if multi else ep.actions
+        axes[2].step(t, plans, where="post", label=name, lw=1)
     axes[1].set_ylabel("mean latency of the step's frames, ms" if multi else "latency, ms")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=8, ncol=4)
