@@ -135,14 +135,18 @@ class SharedChain:
         self.proc_ms = np.stack(proc)
         self._power = np.array(power)  # (kinds, D)
         self._kappa = np.array(kappa)  # (kinds, D)
-        self.uses = self.exec_ms[0] > 0  # (P, D): the plan runs a stage there (same for every edge)
+        # (P, D): the plan runs a stage there, from its split positions (the edge always takes part)
+        L = self.chains[0].num_blocks
+        bounds = np.column_stack([np.zeros(P, np.int64), plans.splits, np.full(P, L)])
+        self.uses = bounds[:, 1:] > bounds[:, :-1]
         self.uses[:, 0] = True
         bits = self.chains[0].link_bits(plans)  # (P, M)
         self.uplink_bits = bits[:, 0]
-        # a transfer that starts on an accelerator (not one that skipped through from the edge)
+        # link m (into device m + 1) carries a transfer that starts on an accelerator: one of
+        # devices 1..m ran a stage (otherwise the transfer skipped through from the edge)
         self._accel_hop = np.zeros((P, max(M - 1, 0)), bool)
         for m in range(1, M):
-            self._accel_hop[:, m - 1] = (bits[:, m] > 0) & ~np.isclose(bits[:, m], bits[:, 0])
+            self._accel_hop[:, m - 1] = (bits[:, m] > 0) & self.uses[:, 1 : m + 1].any(axis=1)
         # per (edge kind, plan): exec (D), one more batch item (D), data movement (D), runs there
         # (D), uplink bits (1), hops between accelerators (M − 1): one gather per step gets them all
         kinds = len(self.chains)

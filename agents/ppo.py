@@ -84,7 +84,7 @@ def train(config: EnvConfig, out_dir: str | Path, *, hyperparams: dict[str, Any]
     """Train MaskablePPO on ``config``; write the run directory; return where things are.
 
     A :class:`~envs.config.MultiClientConfig` trains on ``adaptive/MultiClient-v0``, its ``n_envs``
-    episodes stepped together by :class:`~envs.multi_client.MultiClientVecEnv`; otherwise
+    episodes stepped together by :class:`~envs.multi_client_vec.MultiClientVecEnv`; otherwise
     ``adaptive/SplitInference-v0`` in a ``DummyVecEnv``.
     """
     import torch
@@ -105,7 +105,7 @@ def train(config: EnvConfig, out_dir: str | Path, *, hyperparams: dict[str, Any]
     torch.set_num_threads(1)  # a 64x64 MLP: threads only add overhead on small machines
     env_id = MULTI_ENV if isinstance(config, MultiClientConfig) else ENV_ID
     if env_id == MULTI_ENV:
-        from envs.multi_client import MultiClientVecEnv
+        from envs.multi_client_vec import MultiClientVecEnv
 
         venv = MultiClientVecEnv(n_envs, config, seed=seed)
         eval_env = MultiClientVecEnv(1, config, seed=seed + 10_000)

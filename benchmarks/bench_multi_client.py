@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401
-from envs.multi_client import MultiClientVecEnv
+from envs.multi_client_vec import MultiClientVecEnv
 
 
 def cartpole(env: gym.Env, seconds: float, rng: np.random.Generator) -> tuple[int, float]:

@@ -156,6 +156,26 @@ class EnvConfig:
             raise AdaptiveError(f"{source}: expected a mapping of env config keys")
         return cls.from_dict(doc.get("env", doc), source)
 
+    @classmethod
+    def resolve(cls, config: EnvConfig | Mapping[str, Any] | str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Any:
+        """The config an env constructor was given, with single keys overridden.
+
+        ``config`` is a config, a mapping, a YAML path, or ``None`` for the shipped default.
+        """
+        if isinstance(config, cls) and not overrides:
+            return config
+        if isinstance(config, cls):
+            base: Mapping[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        elif isinstance(config, Mapping):
+            base = config
+        else:
+            loaded = cls.load(config)
+            if not overrides:
+                return loaded
+            base = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded)}
+        return cls.from_dict({**base, **(overrides or {})})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for sidecars and resolved-config files)."""
         return dataclasses.asdict(self)

@@ -101,15 +101,7 @@ class SplitInferenceEnv(gym.Env):
     def __init__(self, config: EnvConfig | dict | str | None = None, render_mode: str | None = None,
                  **overrides: Any) -> None:
         self.render_mode = render_mode  # accepted for API compatibility; the env does not render
-        if isinstance(config, EnvConfig):
-            cfg = config if not overrides else EnvConfig.from_dict({**_shallow(config), **overrides})
-        elif isinstance(config, dict):
-            cfg = EnvConfig.from_dict({**config, **overrides})
-        else:
-            cfg = EnvConfig.load(config)
-            if overrides:
-                cfg = EnvConfig.from_dict({**_shallow(cfg), **overrides})
-        self.config = cfg
+        cfg = self.config = EnvConfig.resolve(config, overrides)
         profile, devices = resolve_model(cfg.model_profile), [resolve_device(d) for d in cfg.devices]
         profiled = SplitModel(profile, devices)
         self.candidates: CandidatePlans = candidate_plans(profiled, max_plans=cfg.max_plans,
@@ -344,9 +336,3 @@ def make_split_inference(config: EnvConfig | dict | str | None = None, render_mo
     """Entry point of ``adaptive/SplitInference-v0``: the env in a ``TimeLimit`` of ``max_steps``."""
     env = SplitInferenceEnv(config, render_mode, **overrides)
     return gym.wrappers.TimeLimit(env, max_episode_steps=env.config.max_steps)
-
-
-def _shallow(cfg: EnvConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}

@@ -11,7 +11,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import envs  # noqa: F401  (registers the envs)
 from adaptive.errors import AdaptiveError
 from envs.config import MultiClientConfig
-from envs.multi_client import MultiClientEnv, MultiClientVecEnv
+from envs.multi_client import MultiClientEnv
+from envs.multi_client_vec import MultiClientVecEnv
 
 
 def test_works_with_no_arguments_and_passes_both_checkers():
