@@ -95,6 +95,29 @@ class MultiClientHeuristic:
             total = total + self.config.energy_weight * (served * out.energy_j).sum(-1) / self.ref_energy_j
         return total / np.maximum(out.offered.sum(-1), 1e-9)
 
+    def rollout(self, trial: np.ndarray, state: ClusterState,
+                steps: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """``(E,)`` summed cost of joint plans ``trial`` ``(E, K)`` over the simulated steps.
+
+        ``steps``: per step the conditions ``active``, ``rate``, ``bw``, ``edge_load`` ``(K,)`` and
+        ``accel_load`` ``(M,)``, shared by every trial.
+        """
+        E = len(trial)
+        st = ClusterState(*(np.broadcast_to(x, (E, *x.shape)).copy() for x in state))
+        total = np.zeros(E)
+        tile = lambda x: np.broadcast_to(x, (E, *np.shape(x)))  # noqa: E731
+        for s in steps:
+            st, out = self.chain.step(st, trial, tile(s["active"]), tile(s["rate"]), tile(s["bw"]),
+                                      tile(s["edge_load"]), tile(s["accel_load"]), self.config.dt_s,
+                                      self.config.deadline_ms)
+            total += self.cost(out)
+        return total
+
+    def true_steps(self, start: int, stop: int) -> list[dict[str, np.ndarray]]:
+        """The episode's true conditions at steps ``start..stop-1``, as :meth:`rollout` takes them."""
+        truth = self.env.core.truth(start, stop)
+        return [{key: x[u] for key, x in truth.items()} for u in range(len(truth["bw"]))]
+
 
 def _allowed(mask: np.ndarray | None, k: int, P: int) -> np.ndarray:
     return np.ones(P, bool) if mask is None else mask[k]
@@ -185,14 +208,18 @@ class Coordinated(Greedy):
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """Start from ``greedy``, then let each client best-respond to the others."""
+        state, steps = self.observed(obs)
+        return self.best_response(self.choose(self.seen(obs), mask), state, steps, mask)
+
+    def observed(self, obs: np.ndarray) -> tuple[ClusterState, list[dict[str, np.ndarray]]]:
+        """The backlogs an observation shows, and its conditions held for ``horizon`` steps."""
         seen = self.seen(obs)
         bw = seen["bandwidth_mbps"][:, -1]
-        inputs = dict(active=seen["active"], rate=seen["rate_rps"], bw=bw, edge_load=seen["edge_load"],
-                      accel_load=seen["accel_load"])
+        now = dict(active=seen["active"], rate=seen["rate_rps"], bw=bw, edge_load=seen["edge_load"],
+                   accel_load=seen["accel_load"])
         state = ClusterState(seen["edge_wait_ms"], seen["uplink_wait_ms"] * bw * 1e3, seen["accel_wait_ms"],
                              seen["link_wait_ms"])
-        steps = [inputs] * self.horizon
-        return self.best_response(self.choose(seen, mask), state, steps, mask)
+        return state, [now] * self.horizon
 
     def best_response(self, plans: np.ndarray, state: ClusterState, steps: list[dict[str, np.ndarray]],
                       mask: np.ndarray | None) -> np.ndarray:
@@ -221,21 +248,6 @@ class Coordinated(Greedy):
             plans[movers[j]] = best[j]
         return np.where(active, plans, 0)
 
-    def rollout(self, trial: np.ndarray, state: ClusterState,
-                steps: list[dict[str, np.ndarray]]) -> np.ndarray:
-        """``(E,)`` summed cost of joint plans ``trial`` ``(E, K)`` over the simulated steps."""
-        E = len(trial)
-        st = ClusterState(*(np.broadcast_to(x, (E, *x.shape)).copy() for x in state))
-        total = np.zeros(E)
-        for s in steps:
-            tile = lambda x: np.broadcast_to(x, (E, *np.shape(x)))  # noqa: E731
-            st, out = self.chain.step(st, trial, tile(s["active"]), tile(s["rate"]), tile(s["bw"]),
-                                      tile(s["edge_load"]), tile(s["accel_load"]), self.config.dt_s,
-                                      self.config.deadline_ms)
-            total += self.cost(out)
-        return total
-
-
 class Clairvoyant(Coordinated):
     """``coordinated``, then improved on the true state and the true next ``horizon`` steps (a reference)."""
 
@@ -249,11 +261,9 @@ class Clairvoyant(Coordinated):
         """Best responses on the truth."""
         core = self.env.core
         t = int(core.t[0])
-        future = core.truth(t, t + self.horizon)
-        steps = [{key: x[u] for key, x in future.items()} for u in range(len(future["bw"]))]
         state = ClusterState(*(x[0] for x in core.state))
         start = self._observed.act(obs, mask)  # the observed optimum, then improved on the truth
-        return self.best_response(start, state, steps, mask)
+        return self.best_response(start, state, self.true_steps(t, t + self.horizon), mask)
 
 
 class StaticHindsight(MultiClientHeuristic):
@@ -264,19 +274,10 @@ class StaticHindsight(MultiClientHeuristic):
 
     def begin_episode(self, env: Any) -> None:
         """Simulate the episode once per candidate, all candidates at once, and keep the best."""
-        core, P = env.unwrapped.core, self.num_plans
-        state = self.chain.initial_state(P)
-        total = np.zeros(P)
-        plans = np.repeat(np.arange(P)[:, None], self.num_clients, axis=1)
-        tile = lambda x: np.broadcast_to(x, (P, *x.shape))  # noqa: E731
-        truth = core.truth(0, self.config.max_steps)
-        for t in range(self.config.max_steps):
-            active = truth["active"][t]
-            now = {key: tile(x[t]) for key, x in truth.items()}
-            state, out = self.chain.step(state, np.where(active, plans, 0), now["active"], now["rate"],
-                                         now["bw"], now["edge_load"], now["accel_load"], self.config.dt_s,
-                                         self.config.deadline_ms)
-            total += self.cost(out)
+        self.env = env.unwrapped
+        plans = np.repeat(np.arange(self.num_plans)[:, None], self.num_clients, axis=1)
+        empty = ClusterState(*(x[0] for x in self.chain.initial_state(1)))
+        total = self.rollout(plans, empty, self.true_steps(0, self.config.max_steps))
         self.choice = int(np.argmin(total))
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

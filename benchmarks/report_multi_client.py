@@ -38,11 +38,10 @@ class ExactCoordinated(Coordinated):
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """Best responses from the true state, held for the horizon."""
-        core = self.env.core
-        t = int(core.t[0])
-        now = {k: v[0] for k, v in core.truth(t, t + 1).items()}
-        state = ClusterState(*(x[0] for x in core.state))
-        return self.best_response(self.choose(self.seen(obs), mask), state, [now] * self.horizon, mask)
+        t = int(self.env.core.t[0])
+        state = ClusterState(*(x[0] for x in self.env.core.state))
+        return self.best_response(self.choose(self.seen(obs), mask), state,
+                                  self.true_steps(t, t + 1) * self.horizon, mask)
 
 
 def held_out(config: MultiClientConfig, shared: Path, per_trace: int, ppo: Any,

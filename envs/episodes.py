@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from envs.config import EnvConfig, NodeProcess
 from envs.traces import synthetic
 
-__all__ = ["link_series", "node_process"]
+__all__ = ["link_series", "node_process", "pinned_links"]
 
 
 def link_series(traces: Sequence[np.ndarray], names: Sequence[str], cfg: EnvConfig, count: int, steps: int,
@@ -67,3 +68,30 @@ def node_process(proc: NodeProcess, count: int, steps: int, rng: np.random.Gener
     dev = np.fft.irfft(np.fft.rfft(shocks, size, axis=0) * np.fft.rfft(decay, size)[:, None], size,
                        axis=0)[:steps]
     return np.clip(mean + first * decay[:, None] + dev, proc.low, proc.high)
+
+
+def pinned_links(options: Mapping[str, Any] | None, names: Sequence[str], count: int,
+                 what: str = "link") -> list[int | float] | None:
+    """Per link, a trace index or a fixed rate, from reset ``options`` (evaluation, replays).
+
+    ``{"trace": name or index}`` puts that trace on every link; ``{"links": [...]}`` gives each
+    link a trace name or index, or a fixed rate in Mbit/s as a float. ``None``: draw at random.
+    """
+    if not options:
+        return None
+    if options.get("links") is not None:
+        links = list(options["links"])
+        if len(links) != count:
+            raise ValueError(f"links: expected one entry per {what} ({count}), found {len(links)}")
+        return [float(x) if isinstance(x, float) else _trace_index(x, names) for x in links]
+    if options.get("trace") is None:
+        return None
+    return [_trace_index(options["trace"], names)] * count
+
+
+def _trace_index(want: Any, names: Sequence[str]) -> int:
+    if isinstance(want, int) and 0 <= want < len(names):
+        return want
+    if want in names:
+        return list(names).index(want)
+    raise ValueError(f"unknown trace {want!r} (have {len(names)}: {', '.join(names[:5])}, ...)")

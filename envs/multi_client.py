@@ -21,7 +21,7 @@ from adaptive.observation import MULTI_ENV, CandidatePlans, PolicySpec, candidat
 from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
 from envs.config import MultiClientConfig, NodeProcess
-from envs.episodes import link_series, node_process
+from envs.episodes import link_series, node_process, pinned_links
 from envs.traces import load_traces, resample, shipped_traces
 
 __all__ = ["MultiClientCore", "MultiClientEnv", "make_multi_client"]
@@ -96,7 +96,7 @@ class MultiClientCore:
         lag, H, T = cfg.staleness_steps, cfg.history, cfg.max_steps
         warm = H + lag
         n = T + 1 + warm
-        pinned = self._pinned(options)
+        pinned = pinned_links(options, self.trace_names, self.num_clients, "client slot")
         start = options.get("start_s")
         start = None if start is None or pinned is None else round(float(start) / cfg.dt_s) - warm
         active, rate, bw = np.empty((N, n, K), bool), np.empty((N, n, K)), np.empty((N, n, K))
@@ -168,25 +168,6 @@ class MultiClientCore:
             at = t
         active[at:], rate[at:] = present, rates
         return active, rate
-
-    def _pinned(self, options: dict[str, Any]) -> list[int | float] | None:
-        if options.get("links") is not None:
-            links = list(options["links"])
-            if len(links) != self.num_clients:
-                raise ValueError(f"links: expected one entry per client slot ({self.num_clients}), "
-                                 f"found {len(links)}")
-            return [float(x) if isinstance(x, float) else self._trace_index(x) for x in links]
-        if options.get("trace") is not None:
-            return [self._trace_index(options["trace"])] * self.num_clients
-        return None
-
-    def _trace_index(self, want: Any) -> int:
-        if isinstance(want, int) and 0 <= want < len(self._traces):
-            return want
-        if want in self.trace_names:
-            return self.trace_names.index(want)
-        some = ", ".join(self.trace_names[:5])
-        raise ValueError(f"unknown trace {want!r} (have {len(self._traces)}: {some}, ...)")
 
     def truth(self, start: int, stop: int, e: int = 0) -> dict[str, np.ndarray]:
         """Episode ``e``'s true conditions at steps ``start..stop-1`` (for references in hindsight).

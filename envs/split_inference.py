@@ -12,7 +12,7 @@ from adaptive.observation import CandidatePlans, ObservationSpec, PolicySpec, ca
 from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
 from envs.config import EnvConfig
-from envs.episodes import link_series, node_process
+from envs.episodes import link_series, node_process, pinned_links
 from envs.traces import load_traces, resample, shipped_traces
 
 __all__ = ["SplitInferenceEnv", "make_split_inference"]
@@ -242,7 +242,7 @@ class SplitInferenceEnv(gym.Env):
               ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode (see *Starting State*)."""
         super().reset(seed=seed)
-        pinned = self._pinned_trace(options)
+        pinned = pinned_links(options, self._trace_names, self.num_links)
         start_s = options.get("start_s") if options and pinned is not None else None
         self._generate(self.np_random, pinned, None if start_s is None else float(start_s))
         self._t = 0
@@ -250,31 +250,6 @@ class SplitInferenceEnv(gym.Env):
         self._current = int(valid[self.np_random.integers(len(valid))])
         self._dwell = 0
         return self._observe(0), {"traces": list(self.episode_traces), "plan": self._current}
-
-    def _pinned_trace(self, options: dict[str, Any] | None) -> list[int | float] | None:
-        """Per link, a trace index or a fixed rate, from ``options`` (evaluation, replays).
-
-        ``{"trace": name or index}`` puts that trace on every link; ``{"links": [...]}`` gives each
-        link a trace name or index, or a fixed rate in Mbit/s as a float.
-        """
-        if not options:
-            return None
-        if options.get("links") is not None:
-            links = list(options["links"])
-            if len(links) != self.num_links:
-                raise ValueError(f"links: expected one entry per link ({self.num_links}), found {len(links)}")
-            return [float(x) if isinstance(x, float) else self._trace_index(x) for x in links]
-        if options.get("trace") is None:
-            return None
-        return [self._trace_index(options["trace"])] * self.num_links
-
-    def _trace_index(self, want: Any) -> int:
-        if isinstance(want, int) and 0 <= want < len(self._traces):
-            return want
-        if want in self._trace_names:
-            return self._trace_names.index(want)
-        names = ", ".join(self._trace_names[:5])
-        raise ValueError(f"unknown trace {want!r} (have {len(self._traces)}: {names}, ...)")
 
     @property
     def trace_names(self) -> list[str]:

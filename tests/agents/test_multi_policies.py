@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adaptive.multiclient import ClusterState
 from agents.multi_policies import Coordinated, Greedy, make_multi_heuristic
 from envs.multi_client import MultiClientEnv
 
@@ -31,8 +30,8 @@ def episode(env, policy, options=None, seed=0):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_heuristic_gives_a_valid_plan_per_client(name):
     env = MultiClientEnv(max_steps=40)
-    infos = episode(env, make_multi_heuristic(name, env))
-    assert all(p == 0 for info in infos for p, a in zip(info["plan"], info["active"], strict=True) if not a)
+    infos = episode(env, make_multi_heuristic(name, env))  # asserts every plan is within the mask
+    assert sum(info["frames"] for info in infos) > 0
 
 
 def test_an_unknown_policy_is_named():
@@ -75,15 +74,10 @@ def test_best_responses_never_predict_worse_than_where_they_start():
     greedy, coordinated = Greedy(env), Coordinated(env)
     obs, _ = env.reset(seed=3)
     for _ in range(60):
-        seen = coordinated.seen(obs)
-        bw = seen["bandwidth_mbps"][:, -1]
-        inputs = dict(active=seen["active"], rate=seen["rate_rps"], bw=bw, edge_load=seen["edge_load"],
-                      accel_load=seen["accel_load"])
-        state = ClusterState(seen["edge_wait_ms"], seen["uplink_wait_ms"] * bw * 1e3, seen["accel_wait_ms"],
-                             seen["link_wait_ms"])
+        state, steps = coordinated.observed(obs)
         start = greedy.act(obs, env.action_masks().reshape(4, -1))
         chosen = coordinated.act(obs, env.action_masks().reshape(4, -1))
-        costs = coordinated.rollout(np.stack([start, chosen]), state, [inputs] * coordinated.horizon)
+        costs = coordinated.rollout(np.stack([start, chosen]), state, steps)
         assert costs[1] <= costs[0] + 1e-12
         obs, *_ = env.step(chosen)
 
