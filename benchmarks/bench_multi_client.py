@@ -3,10 +3,11 @@
 Side by side in one process, alternating in chunks so machine noise hits all alike:
 - CartPole-v1 with random actions (the usual reference);
 - adaptive/MultiClient-v0 (one episode per env object), a random valid plan per client, with resets;
-- MultiClientVecEnv with E episodes stepped in one numpy call (E = 64, 256, 1024), same actions; steps/s
-  counts episode steps (E per call).
+- MultiClientVecEnv with E episodes stepped in one numpy call (E = 64, 256, 1024), same actions, whole
+  rounds of episodes (each includes one reset of them all); steps/s counts episode steps (E per call).
 Then the coordinated best-response heuristic's decision time for 8 clients on a 3-accelerator chain, and, with
---train-steps, MaskablePPO's wall time on the batched env.
+--train-steps, the wall time of `adaptive train --env adaptive/MultiClient-v0` with the shipped
+hyperparameters (evaluations included), beside the env's own rate from the same run.
 
 Usage: python benchmarks/bench_multi_client.py [--seconds 3] [--repeats 3] [--train-steps 0] [--json]
 """
@@ -27,6 +28,8 @@ import numpy as np
 
 import envs  # noqa: F401
 from envs.multi_client_vec import MultiClientVecEnv
+
+MULTI = "adaptive/MultiClient-v0"
 
 
 def cartpole(env: gym.Env, seconds: float, rng: np.random.Generator) -> tuple[int, float]:
@@ -56,16 +59,18 @@ def single(env: gym.Env, seconds: float, rng: np.random.Generator) -> tuple[int,
 
 
 def batched(venv: MultiClientVecEnv, seconds: float, rng: np.random.Generator) -> tuple[int, float]:
+    """One whole round of episodes (``max_steps`` calls, so exactly one reset of them all), whatever
+    ``seconds``: timing a slice instead would count the reset of all episodes, or not, by chance.
+    """
     E, K, P = venv.num_envs, venv.core.num_clients, venv.core.num_plans
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(20):
-            mask = venv.action_masks().reshape(E, K, P)
-            scores = np.where(mask, rng.random((E, K, P)), -1.0)  # a random valid plan per client
-            venv.step_async(scores.argmax(axis=2))
-            venv.step_wait()
-        n += 20 * E
-    return n, time.perf_counter() - t0
+    calls = venv.config.max_steps
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        mask = venv.action_masks().reshape(E, K, P)
+        scores = np.where(mask, rng.random((E, K, P)), -1.0)  # a random valid plan per client
+        venv.step_async(scores.argmax(axis=2))
+        venv.step_wait()
+    return calls * E, time.perf_counter() - t0
 
 
 def coordinated_ms(steps: int = 200) -> tuple[float, float, int]:
@@ -87,16 +92,17 @@ def coordinated_ms(steps: int = 200) -> tuple[float, float, int]:
 
 
 def train(steps: int) -> dict[str, float]:
-    import torch
-    from sb3_contrib import MaskablePPO
+    """`adaptive train --env adaptive/MultiClient-v0` for `steps` steps, shipped hyperparameters."""
+    import tempfile
 
-    torch.set_num_threads(1)
-    venv = MultiClientVecEnv(64, seed=0)
-    model = MaskablePPO("MlpPolicy", venv, n_steps=64, batch_size=1024, n_epochs=5, seed=0, device="cpu")
-    t0 = time.perf_counter()
-    model.learn(steps)
-    wall = time.perf_counter() - t0
-    return {"train_steps": steps, "train_wall_s": wall, "train_steps_per_s": steps / wall}
+    from agents.ppo import load_hyperparams
+    from agents.ppo import train as train_ppo
+    from envs.config import MultiClientConfig
+
+    with tempfile.TemporaryDirectory() as out:
+        result = train_ppo(MultiClientConfig.load(), out, hyperparams=load_hyperparams(env_id=MULTI),
+                           timesteps=steps, progress=False)
+    return {"train_steps": steps, "train_wall_s": result.wall_s, "train_steps_per_s": steps / result.wall_s}
 
 
 def main() -> None:
@@ -150,7 +156,7 @@ def main() -> None:
     print(f"  coordinated, 8 clients x 3 accelerators ({plans} plans): median {median:.1f} ms, "
           f"p90 {p90:.1f} ms (target <= 10 ms)")
     if args.train_steps:
-        print(f"  MaskablePPO on 64 batched episodes: {args.train_steps:,} steps in "
+        print(f"  adaptive train (shipped hyperparameters): {args.train_steps:,} steps in "
               f"{out['train_wall_s']:.0f} s ({out['train_steps_per_s']:,.0f} steps/s)")
 
 
