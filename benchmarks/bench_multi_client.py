@@ -59,8 +59,10 @@ def single(env: gym.Env, seconds: float, rng: np.random.Generator) -> tuple[int,
 
 
 def batched(venv: MultiClientVecEnv, seconds: float, rng: np.random.Generator) -> tuple[int, float]:
-    """One whole round of episodes (``max_steps`` calls, so exactly one reset of them all), whatever
-    ``seconds``: timing a slice instead would count the reset of all episodes, or not, by chance.
+    """One whole round of episodes, whatever ``seconds``.
+
+    ``max_steps`` calls include exactly one reset of them all; timing a slice instead would count
+    that reset, or not, by chance.
     """
     E, K, P = venv.num_envs, venv.core.num_clients, venv.core.num_plans
     calls = venv.config.max_steps
