@@ -133,6 +133,10 @@ class InferenceClient:
         source_decides: Send requests without a plan to the source node (the default plan's first
             node), which picks each one's plan from its decision rule and its fresh uplink estimate
             (:mod:`adaptive.runtime.source`); False stamps the current default plan here.
+        source: The node this client's inputs enter at: its own edge device, when several clients
+            share the accelerators, each from its own device. Requests go there without a plan
+            (``source_decides`` must be True) and no default plan is needed. None: the default
+            plan's first node.
     """
 
     def __init__(self, client_id: str, broker: BrokerAddress, cluster: str, input_shape: tuple[int, ...],
@@ -140,7 +144,9 @@ class InferenceClient:
                  timeout_s: float = 10.0, on_result: Callable[[Frame], None] | None = None,
                  on_record: Callable[[RequestRecord], None] | None = None, ca_file: str | None = None,
                  max_retries: int = 3, min_deadline_s: float = 2.0, deadline_factor: float = 4.0,
-                 curve: Any = None, source_decides: bool = True) -> None:
+                 curve: Any = None, source_decides: bool = True, source: str | None = None) -> None:
+        if source is not None and not source_decides:
+            raise AdaptiveError("a client with its own source node lets that node decide (source_decides)")
         if max_retries < 0 or not min_deadline_s > 0 or not deadline_factor > 0 or not timeout_s > 0:
             raise AdaptiveError("max_retries must be >= 0; timeout_s, min_deadline_s and deadline_factor > 0")
         self.client_id = client_id
@@ -155,6 +161,7 @@ class InferenceClient:
         self.deadline_factor = deadline_factor
         self.curve = curve
         self.source_decides = source_decides
+        self.source = source
         self.plan: PlanMessage | None = None
         self.presence = Presence()
         self.records: list[RequestRecord] = []
@@ -254,9 +261,13 @@ class InferenceClient:
     def _route(self, plan: PlanMessage | None = None) -> tuple[PlanMessage | None, str, str]:
         """``(plan, first node's endpoint, "")`` if a request can go out now, else ``(None, "", why)``.
 
-        ``plan`` defaults to the current one.
+        ``plan`` defaults to the current one. A client with its own ``source`` needs no plan: it
+        gets a placeholder naming only that node (the source stamps the real one).
         """
         explicit = plan is not None
+        if plan is None and self.source is not None:
+            plan = PlanMessage(version=0, model="", devices=(self.source,), splits=(), issued_at=0.0,
+                               policy="source")
         if plan is None:
             with self._lock:
                 plan = self.plan

@@ -512,27 +512,33 @@ class NodeRuntime:
                 self._reply(f.error_reply(f"node {self.config.node} failed: {exc.__class__.__name__}"))
 
     def _process(self, arrivals: list[tuple[float, Frame]]) -> None:
+        """Run one batch: frames of the same stage, each forwarded along its own plan.
+
+        Frames from different plans (several clients, each with its own) batch together when this
+        node runs the same blocks of them; each then goes on to its own next node with its own codec.
+        """
         started = time.monotonic()
-        batch = [f for _, f in arrivals]
-        queued_ms = [round((started - t) * 1e3, 3) for t, _ in arrivals]
-        head = batch[0]
         L = self.part.num_blocks
         online = set(self.presence.endpoints()) | {self.config.node}
-        error, transient = check_route(head.model, head.devices, head.splits, self.config.model, L,
-                                       self.presence.seen() | online, online)
-        if error:
-            for f in batch:
+        known = self.presence.seen() | online
+        runnable: list[tuple[float, Frame]] = []
+        for arrival in arrivals:
+            f = arrival[1]
+            error, transient = check_route(f.model, f.devices, f.splits, self.config.model, L, known, online)
+            if error:
                 self._reply(f.error_reply(f"node {self.config.node} refused the request's plan: {error}",
                                           retry=transient))
-            return
-        bounds = [0, *head.splits, L]
-        h = head.hop
-        if head.devices[h] != self.config.node or head.position != bounds[h]:
-            for f in batch:
+            elif f.devices[f.hop] != self.config.node or f.position != _bounds(f, L)[f.hop]:
                 self._reply(f.error_reply(f"misrouted: node {self.config.node} got hop {f.hop} at "
                                           f"position {f.position} of plan {list(f.splits)}"))
+            else:
+                runnable.append(arrival)
+        if not runnable:
             return
-        start, stop = bounds[h], bounds[h + 1]
+        batch = [f for _, f in runnable]
+        queued_ms = [round((started - t) * 1e3, 3) for t, _ in runnable]
+        head = batch[0]
+        start, stop = _bounds(head, L)[head.hop], _bounds(head, L)[head.hop + 1]
         try:
             x = np.concatenate([f.tensor() for f in batch], axis=0)
             t0 = time.perf_counter()
@@ -545,25 +551,27 @@ class NodeRuntime:
             return
         spent = self._pad(start, stop, len(batch), compute)
         with self._lock:
-            self._stats.stages[(head.version, start, stop, len(batch))].append(spent * 1e3)
+            for version in {f.version for f in batch}:  # calibration compares stages with predictions
+                self._stats.stages[(version, start, stop, len(batch))].append(spent * 1e3)
             self.processed += len(batch)
-        label = ",".join(str(s) for s in head.splits)
-        if self.metrics is not None:
-            self.metrics.executed(label, spent, [q / 1e3 for q in queued_ms])
-        nxt = next((j for j in range(h + 1, len(head.devices)) if bounds[j + 1] > bounds[j]), None)
         for i, f in enumerate(batch):
+            label = ",".join(str(s) for s in f.splits)
+            if self.metrics is not None:
+                self.metrics.executed(label, spent, [queued_ms[i] / 1e3])
             out = y[i : i + 1] if len(batch) > 1 else y
             trace = (*f.trace, (self.config.node, queued_ms[i], round(spent * 1e3, 3), len(batch)))
+            bounds = _bounds(f, L)
+            nxt = next((j for j in range(f.hop + 1, len(f.devices)) if bounds[j + 1] > bounds[j]), None)
             if nxt is None:
                 self._reply(tensor_frame(f, out, kind="result", position=L, trace=trace))
                 if self.metrics is not None:
                     self.metrics.finished(label, f.sent_at)
                 continue
-            codec = head.codecs[nxt - 1] if head.codecs else "none"
+            codec = f.codecs[nxt - 1] if f.codecs else "none"
             frame = tensor_frame(f, out, codec, hop=nxt, position=stop, trace=trace)
-            endpoint = self.presence.endpoint(head.devices[nxt])
-            if endpoint is None or not self.outbox.send(endpoint, frame, head.devices[nxt]):
-                self._reply(f.error_reply(f"next node {head.devices[nxt]} is unreachable", retry=True))
+            endpoint = self.presence.endpoint(f.devices[nxt])
+            if endpoint is None or not self.outbox.send(endpoint, frame, f.devices[nxt]):
+                self._reply(f.error_reply(f"next node {f.devices[nxt]} is unreachable", retry=True))
 
     def _pad(self, start: int, stop: int, batch: int, compute_s: float) -> float:
         """Sleep so the stage takes what the emulated device would; return the stage time, s."""
@@ -620,9 +628,20 @@ def _version_of(payload: bytes) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 else None
 
 
+def _bounds(frame: Frame, num_blocks: int) -> list[int]:
+    """``[0, s1, …, sM, L]`` of a frame's plan."""
+    return [0, *frame.splits, num_blocks]
+
+
 def _batch_key(frame: Frame) -> tuple[Any, ...]:
-    """Frames that may run as one batch: the same stage of the same plan, the same tensor shape."""
-    return (frame.devices, frame.splits, frame.codecs, frame.hop, frame.position, frame.shape[1:])
+    """Frames that may run as one batch: the same blocks on this node and the same tensor shape.
+
+    Their plans may differ (several clients, each with its own): the blocks a frame runs here are
+    ``[position, next split)``, so the key is the position and the next split; the model is part
+    of it so that a frame for another model is refused on its own.
+    """
+    nxt = frame.splits[frame.hop] if frame.hop < len(frame.splits) else -1
+    return (frame.model, frame.position, nxt, frame.shape[1:])
 
 
 def emulated_latency(profile: ModelProfile, device: str) -> tuple[float, ...]:

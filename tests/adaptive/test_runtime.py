@@ -275,3 +275,54 @@ def test_requests_of_several_clients_are_batched_and_each_gets_its_own_result():
         for rid, frame in results.items():  # each answer is the model applied to that client's input
             expected = model(torch.from_numpy(inputs[rid])).numpy()
             np.testing.assert_allclose(frame.tensor(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_clients_on_their_own_edge_nodes_batch_on_the_shared_accelerator():
+    """Several sources, each with its own rule and plan, share one accelerator: their frames of the
+    same stage batch there across plans, and every result goes back to its own client."""
+    from monitor.rules import RuleMessage, RulePlan, rule_topic
+
+    broker = EmbeddedBroker(port=0).start()
+    url = parse_broker_url(broker.url)
+    edges = ("e0", "e1", "e2")
+    nodes = [NodeRuntime(NodeConfig(node=n, model=MODEL, cluster="multi"), url) for n in edges]
+    nodes.append(NodeRuntime(NodeConfig(node="acc", model=MODEL, cluster="multi", batch_window_ms=200,
+                                        max_batch=8), url))
+    for n in nodes:
+        n.start()
+    L = nodes[0].part.num_blocks
+    control = MqttTransport(url, "multi-control").start()
+    for v, (edge, codec) in enumerate(zip(edges, ("none", "fp16", "none"), strict=True), start=1):
+        # the same accelerator stage [3, L) for every client; their plans differ in chain and codec
+        rule = RuleMessage(v, edge, MODEL, (edge, "acc"), L, time.time(), "test", (),
+                           (RulePlan((3,), (codec,)),))
+        control.publish(Message(rule_topic("multi", edge), rule.encode(), 1, True))
+    model = build_model(MODEL).eval()
+    rng = np.random.default_rng(4)
+    inputs, results = {}, {}
+    clients = [InferenceClient(f"c{i}", url, "multi", SHAPE, timeout_s=15, source=edge,
+                               on_result=lambda f: results.__setitem__(f.request_id, f)).start()
+               for i, edge in enumerate(edges)]
+    try:
+        assert wait(lambda: all(n.source.rule is not None for n in nodes[:3]))
+        for _ in range(3):
+            for c in clients:
+                x = rng.standard_normal(SHAPE).astype(np.float32)
+                inputs[c.send(x)] = x
+            assert wait(lambda: all(c.outstanding() == 0 for c in clients), 15)
+        records = [r for c in clients for r in c.records]
+    finally:
+        for c in clients:
+            c.close()
+        control.close()
+        for n in nodes:
+            n.close()
+        broker.close()
+    assert len(records) == 9 and all(r.outcome == "ok" for r in records), records
+    for c, edge in zip(clients, edges, strict=True):  # each client's requests entered at its own edge
+        assert all(r.hops.startswith(f"{edge}:") for r in c.records), [r.hops for r in c.records]
+    assert max(f.trace[-1][3] for f in results.values()) > 1  # different plans shared a batch on acc
+    with torch.inference_mode():
+        for rid, frame in results.items():
+            expected = model(torch.from_numpy(inputs[rid])).numpy()
+            np.testing.assert_allclose(frame.tensor(), expected, rtol=2e-2, atol=2e-2)
