@@ -90,6 +90,9 @@ class ControllerConfig:
             the default plan). ``true``/``false`` mean ``auto``/``off``.
         rate_headroom: With ``source_rule``, the table leaves out plans whose predicted throughput
             is below this many times the source's measured request rate.
+        sources: More clients' edge nodes, each with its own client and uplink, sharing the
+            accelerators ``chain[1:]`` with ``chain[0]`` (:class:`adaptive.shared_controller.SharedController`
+            decides for all of them jointly and publishes each its own rule). Empty: one chain.
     """
 
     model_profile: str
@@ -108,6 +111,7 @@ class ControllerConfig:
     history: int = 4
     source_rule: str = "auto"
     rate_headroom: float = 1.2
+    sources: tuple[ChainNode, ...] = ()
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "<dict>") -> ControllerConfig:
@@ -118,11 +122,12 @@ class ControllerConfig:
             raise AdaptiveError(f"{source}: unknown controller config key(s) {sorted(unknown)}")
         try:
             chain = tuple(ChainNode(str(c["node"]), str(c["device"])) for c in doc["chain"])
-            kwargs = {k: v for k, v in doc.items() if k != "chain"}
-            cfg = cls(chain=chain, **kwargs)
+            sources = tuple(ChainNode(str(c["node"]), str(c["device"])) for c in doc.get("sources") or ())
+            kwargs = {k: v for k, v in doc.items() if k not in ("chain", "sources")}
+            cfg = cls(chain=chain, sources=sources, **kwargs)
         except (KeyError, TypeError) as exc:
-            raise AdaptiveError(f"{source}: controller config needs model_profile and a chain of "
-                                f"{{node, device}} ({exc})") from None
+            raise AdaptiveError(f"{source}: controller config needs model_profile and a chain (and "
+                                f"sources) of {{node, device}} ({exc})") from None
         if isinstance(cfg.source_rule, bool):
             cfg = dataclasses.replace(cfg, source_rule="auto" if cfg.source_rule else "off")
         if cfg.source_rule not in ("auto", "table", "policy", "off"):
@@ -130,6 +135,11 @@ class ControllerConfig:
                                 f"found {cfg.source_rule!r}")
         if len(cfg.chain) < 1 or len({c.node for c in cfg.chain}) != len(cfg.chain):
             raise AdaptiveError(f"{source}: chain must list distinct nodes")
+        named = [c.node for c in (*cfg.chain, *cfg.sources)]
+        if len(set(named)) != len(named):
+            raise AdaptiveError(f"{source}: sources must be distinct nodes, none of them in the chain")
+        if cfg.sources and len(cfg.chain) < 2:
+            raise AdaptiveError(f"{source}: sources share the chain's accelerators; the chain has none")
         if (not cfg.interval_s > 0 or cfg.min_dwell_s < 0 or not cfg.stale_after_s > 0
                 or cfg.reconnect_grace_s < 0):
             raise AdaptiveError(f"{source}: interval_s and stale_after_s must be > 0, min_dwell_s and "
@@ -242,7 +252,8 @@ class Controller:
         self._last_rule: Message | None = None
         self._table: DecisionTable | None = None  # the table of the rule in force
         self._basis: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # what the actor rule assumed
-        self._rate: tuple[float, float] = (0.0, 0.0)  # (source's request rate, Unix time of its stats)
+        self._rates: dict[str, tuple[float, float]] = {}  # source -> (request rate, Unix time of its stats)
+        self._sources = (config.chain[0].node,)  # nodes whose request rate is measured
         self.rules: deque[RuleMessage] = deque(maxlen=1000)
         self.version = 0
         self.last_switch = 0.0
@@ -300,7 +311,7 @@ class Controller:
                 stats = StatsMessage.decode(payload)
                 if stats.node != node:
                     raise SchemaError(f"stats name node '{stats.node}' on the topic of '{node}'")
-                if node == self.config.chain[0].node:
+                if node in self._sources:
                     self._measure_rate(stats)
                 if self.config.calibrate:
                     self._calibrate(stats)
@@ -321,31 +332,42 @@ class Controller:
                 decision.applied_at = time.time()
 
     def _measure_rate(self, stats: StatsMessage) -> None:
-        """The source's request rate from its stats: requests it started per second."""
+        """A source's request rate from its stats: requests it started per second."""
         requests = sum(st.count * st.batch for st in stats.stages)
         with self._lock:
-            rate, at = self._rate
+            rate, at = self._rates.get(stats.node, (0.0, 0.0))
             span = stats.ts - at if 0 < stats.ts - at < 5 else 1.0
-            self._rate = (0.5 * rate + 0.5 * requests / span if at else requests / span, stats.ts)
+            now_rate = requests / span
+            self._rates[stats.node] = (0.5 * rate + 0.5 * now_rate if at else now_rate, stats.ts)
 
-    def request_rate(self, now: float | None = None) -> float:
-        """The source's recent request rate, requests/s (0 after 3 s without stats)."""
+    def request_rate(self, now: float | None = None, source: str | None = None) -> float:
+        """A source's recent request rate, requests/s (0 after 3 s without stats).
+
+        ``source`` defaults to the chain's first node.
+        """
         now = time.time() if now is None else now
         with self._lock:
-            rate, at = self._rate
+            rate, at = self._rates.get(source or self.config.chain[0].node, (0.0, 0.0))
         return rate if now - at < 3.0 else 0.0
 
+    def _stage_model(self, node: str) -> tuple[SplitModel, int] | None:
+        """The shipped-profile model a node's stage times are compared with, and its position there."""
+        idx = next((i for i, c in enumerate(self.config.chain) if c.node == node), None)
+        return None if idx is None else (self._base_model, idx)
+
     def _calibrate(self, stats: StatsMessage) -> None:
-        idx = next((i for i, c in enumerate(self.config.chain) if c.node == stats.node), None)
-        if idx is None:
+        found = self._stage_model(stats.node)
+        if found is None:
             return
+        base_model, idx = found
         w = self.config.calibration_weight
         updated = False
         for st in stats.stages:
             a, b = np.array([st.start]), np.array([st.stop])
-            base = float(self._base_model.exec_base(idx, a, b)[0])
+            base = float(base_model.exec_base(idx, a, b)[0])
             # the first device serves its own client; accelerators batch (seed 000 Sec. V-D)
-            batching = 1 + self.devices[idx].batch_per_extra_item * (st.batch - 1) if idx else 1.0
+            device = base_model.devices[idx]
+            batching = 1 + device.batch_per_extra_item * (st.batch - 1) if idx else 1.0
             predicted = base * batching
             if predicted < 0.5 or st.exec_ms <= 0:
                 continue  # too small to compare reliably
@@ -386,14 +408,12 @@ class Controller:
         views = self.collector.nodes()
         D = len(cfg.chain)
         cpu, mem, dead = np.zeros(D), np.array([d.memory_mb for d in self.devices]), []
-        # after our own session comes back, nodes get time to reconnect before they can look stale
-        grace = now < self.collector.reconnected_at() + cfg.stale_after_s + cfg.reconnect_grace_s
         for i, c in enumerate(cfg.chain):
             v = views.get(c.node)
-            if (v is None or not v.online() or v.telemetry is None
-                    or not (grace or v.fresh(now, cfg.stale_after_s))):
+            if not self._alive(v, now):
                 dead.append(c.node)
                 continue
+            assert v is not None and v.telemetry is not None
             cpu[i] = v.telemetry.cpu_percent / 100
             mem[i] = min(v.telemetry.available_mb, self.devices[i].memory_mb)
         bw = self._bw_history[-1].copy()
@@ -430,6 +450,16 @@ class Controller:
             links = {f"{names[m]}->{names[m + 1]}": (float(bw[m]), ages[m]) for m in range(D - 1)}
             self.metrics.observed(links, {n: n not in dead for n in names}, scales, self.connected())
         return obs, mask, dead, cond
+
+    def _alive(self, view: Any, now: float) -> bool:
+        """A node's view shows it online with fresh telemetry.
+
+        After our own broker session comes back, nodes get time to reconnect before they can look stale.
+        """
+        cfg = self.config
+        grace = now < self.collector.reconnected_at() + cfg.stale_after_s + cfg.reconnect_grace_s
+        return (view is not None and view.online() and view.telemetry is not None
+                and (grace or view.fresh(now, cfg.stale_after_s)))
 
     def _alive_mask(self, dead: list[str]) -> np.ndarray:
         """Plans that give no blocks to a dead node (the first node must be alive for any plan)."""

@@ -460,7 +460,8 @@ def _plot(timeline: list[Any], records: list[Any], trace: Any, path: Path, cfg: 
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=8)
     ran = [r for p, r in records if p == "adaptive" and r.outcome == "ok"]
-    labels = sorted({r.plan for r in ran}, key=lambda text: [int(x) for x in text.split(",") if x])
+    labels = sorted({r.plan for r in ran},
+                    key=lambda text: ([int(x) for x in text.split("/")[0].split(",") if x], text))
     if ran:
         t0 = min(r.sent_at for r in ran)
         axes[2].plot([r.sent_at - t0 for r in ran], [labels.index(r.plan) for r in ran], ".", ms=3,

@@ -7,9 +7,10 @@ demo imports ``agents`` (the CLI passes :func:`build_policy` in).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["FirstChoice", "build_policy", "replay_env", "static_plans"]
+__all__ = ["FirstChoice", "SharedWiring", "build_multi_policy", "build_policy", "multi_replay_env",
+           "replay_env", "static_multi_plan", "static_plans"]
 
 LAN_MBPS = 1000.0
 
@@ -126,3 +127,122 @@ def static_plans(model_profile: str, devices: list[str], uplink_csv: str, window
         plan = env.unwrapped.candidates.plan(policy.choice)
         out[name] = (tuple(plan.splits), tuple(plan.codecs))
     return out
+
+
+class SharedWiring(NamedTuple):
+    """A joint policy wired for :class:`adaptive.shared_controller.SharedController`.
+
+    Attributes:
+        policy: ``predict(obs, action_masks=...)`` returning a plan per client slot.
+        spec: The observation layout.
+        candidates: The plans.
+        name: Policy name published with the rules.
+        on_shared: Hands a recalibrated shared model to a heuristic that simulates with it.
+        deadline_ms: The frame deadline the policy was built for, ms.
+        step_s: Spacing of the uplink history the policy reads, s.
+    """
+
+    policy: Any
+    spec: Any
+    candidates: Any
+    name: str
+    on_shared: Any
+    deadline_ms: float
+    step_s: float
+
+
+MULTI_POLICIES = ("ppo[:PATH]", "coordinated", "greedy", "hysteresis", "device-only", "static")
+
+
+def build_multi_policy(spec: str, config: Any, slots: int | None = None,
+                       static_plan: int | None = None) -> SharedWiring:
+    """Wire a joint policy for a controller of several sources (``config.sources``).
+
+    ``ppo[:PATH]`` is the trained actor (default: the shipped ``ppo_multi_client``); the
+    heuristics (``coordinated``, ``greedy``, ``hysteresis``, ``device-only``) run on an
+    ``adaptive/MultiClient-v0`` env built for the cluster's devices, with ``slots`` client slots
+    (default: one per source); ``static`` keeps plan ``static_plan`` for every client.
+    """
+    from adaptive.errors import AdaptiveError
+
+    name, _, path = spec.partition(":")
+    edge_devices = {c.device for c in (config.chain[0], *config.sources)}
+    if len(edge_devices) > 1:
+        raise AdaptiveError(f"the sources' edge devices differ ({sorted(edge_devices)}); a joint policy "
+                            "takes one kind of edge device")
+    devices = [config.chain[0].device, *(c.device for c in config.chain[1:])]
+    sources = 1 + len(config.sources)
+    if name == "ppo":
+        from importlib import resources
+        from pathlib import Path
+
+        from adaptive.observation import MULTI_ENV
+        from agents.multi_policies import MultiActor
+        from agents.ppo import load_actor
+
+        net, sidecar = load_actor(path or Path(str(resources.files("agents.trained").joinpath(
+            "ppo_multi_client.zip"))))
+        if sidecar.env_id != MULTI_ENV:
+            raise AdaptiveError(f"the PPO policy was trained on {sidecar.env_id}, not {MULTI_ENV}")
+        if list(sidecar.devices) != devices or sidecar.model_profile != config.model_profile:
+            raise AdaptiveError(f"the PPO policy was trained for {sidecar.model_profile} on "
+                                f"{list(sidecar.devices)}; the cluster runs {config.model_profile} "
+                                f"on {devices}")
+        env = sidecar.env
+        return SharedWiring(MultiActor(net, sidecar.observation.num_clients), sidecar.observation,
+                            sidecar.candidates(), "ppo", None, float(env.get("deadline_ms", 1000.0)),
+                            float(env.get("dt_s", 0.25)))
+    heuristics = ("coordinated", "greedy", "hysteresis", "device-only", "static")
+    if name not in heuristics:
+        raise AdaptiveError(f"--policy: unknown multi-client policy '{spec}' (expected "
+                            f"{', '.join(MULTI_POLICIES)})")
+    from agents.multi_policies import FixedPlan, make_multi_heuristic
+    from envs.multi_client import MultiClientEnv
+
+    env = MultiClientEnv({"model_profile": config.model_profile, "devices": devices,
+                          "max_clients": slots or sources, "history": config.history})
+    if name == "static":
+        policy: Any = FixedPlan(env, 0 if static_plan is None else static_plan)
+    else:
+        policy = make_multi_heuristic(name, env)
+
+    def on_shared(chain: Any) -> None:
+        policy.chain = chain
+
+    return SharedWiring(policy, env.obs_spec, env.candidates, name, on_shared, env.config.deadline_ms,
+                        env.config.dt_s)
+
+
+def multi_replay_env(model_profile: str, devices: list[str], uplink_csvs: list[str], rate_rps: float,
+                     window_s: float, device_scales: list[float] | None = None,
+                     **overrides: Any) -> tuple[Any, dict[str, Any]]:
+    """``adaptive/MultiClient-v0`` replaying a live run: one client per uplink CSV, ``(env, options)``.
+
+    Every client is present all the window at ``rate_rps``; the accelerators' links are a LAN and
+    nothing else moves (no background load). ``device_scales``: the edge's, then each
+    accelerator's compute time relative to its profile (what a live controller calibrated).
+    """
+    from envs.multi_client import MultiClientEnv
+
+    doc = {"model_profile": model_profile, "devices": list(devices), "traces": list(uplink_csvs),
+           "synthetic_share": 0.0,
+           "scaling": {"target_median_mbps": None, "min_mbps": 0.05, "max_mbps": 1000.0},
+           "cpu_load": {"mean": [0.0], "sd": 0.0}, "bw_noise": 0.0, "load_noise": 0.0,
+           "max_clients": len(uplink_csvs), "client_change_prob": 0.0,
+           "client_rate_rps": [rate_rps, rate_rps], "device_scales": list(device_scales or [])}
+    doc["max_steps"] = max(round(window_s / float(overrides.get("dt_s", 0.25))), 1)
+    env = MultiClientEnv({**doc, **overrides})
+    names = env.trace_names
+    return env, {"links": list(names), "clients": len(uplink_csvs), "rate_rps": rate_rps}
+
+
+def static_multi_plan(model_profile: str, devices: list[str], uplink_csvs: list[str], rate_rps: float,
+                      window_s: float, device_scales: list[float] | None = None) -> int:
+    """The one plan every client keeps with the least true cost over a replayed window (hindsight)."""
+    from agents.multi_policies import StaticHindsight
+
+    env, options = multi_replay_env(model_profile, devices, uplink_csvs, rate_rps, window_s, device_scales)
+    env.reset(seed=0, options=options)
+    policy = StaticHindsight(env)
+    policy.begin_episode(env)
+    return int(policy.choice)

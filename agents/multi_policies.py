@@ -32,7 +32,7 @@ import numpy as np
 
 from adaptive.multiclient import ClusterState
 
-__all__ = ["Clairvoyant", "Coordinated", "DeviceOnly", "Greedy", "Hysteresis", "MultiActor",
+__all__ = ["Clairvoyant", "Coordinated", "DeviceOnly", "FixedPlan", "Greedy", "Hysteresis", "MultiActor",
            "MultiClientHeuristic", "StaticHindsight", "make_multi_heuristic"]
 
 
@@ -279,6 +279,27 @@ class StaticHindsight(MultiClientHeuristic):
         empty = ClusterState(*(x[0] for x in self.chain.initial_state(1)))
         total = self.rollout(plans, empty, self.true_steps(0, self.config.max_steps))
         self.choice = int(np.argmin(total))
+
+    def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """The fixed plan for every present client."""
+        return np.where(self.seen(obs)["active"], self.choice, 0)
+
+
+class FixedPlan(MultiClientHeuristic):
+    """Plan ``choice`` for every present client, always (a static baseline chosen elsewhere).
+
+    Args:
+        env: The env.
+        choice: The plan index.
+    """
+
+    name = "static"
+
+    def __init__(self, env: Any, choice: int = 0) -> None:
+        super().__init__(env)
+        if not 0 <= choice < self.num_plans:
+            raise ValueError(f"plan {choice} is not among the {self.num_plans} candidates")
+        self.choice = int(choice)
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """The fixed plan for every present client."""

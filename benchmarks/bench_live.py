@@ -45,7 +45,7 @@ from adaptive.broker import EmbeddedBroker
 from adaptive.latency import Conditions, SplitModel
 from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model
-from adaptive.runtime.client import InferenceClient
+from adaptive.runtime.client import InferenceClient, plan_label
 from adaptive.zoo import default_input_shape
 from monitor.collector import Collector
 from monitor.ports import free_port
@@ -325,7 +325,8 @@ def source_reaction(model: str = "mobilenet_v2", steps: int = 16, rate_hz: float
     samples = []
     for t0, rate in marks:
         rule = next(r for at, r in reversed(rules) if at <= t0)  # the rule in force at the step
-        want = ",".join(map(str, rule.plans[rule.index(rate)].splits))
+        row = rule.plans[rule.index(rate)]
+        want = plan_label(row.splits, row.codecs)
         hits = [float(r["sent_at"]) for r in records if float(r["sent_at"]) >= t0 and r["plan"] == want
                 and r["outcome"] == "ok"]
         samples.append({"to_mbps": rate, "plan": want,

@@ -99,6 +99,11 @@ class Collector:
         """Validate and store one message; anything invalid is logged and dropped."""
         try:
             cluster, kind, node = parse_topic(topic)
+            if kind not in ("telemetry", "status"):
+                # not subscribed: amqtt 0.12 delivers some retained messages of other topics to a
+                # new subscription (a broker bug); nothing is wrong with the sender
+                log.debug("ignored a %s message on %s: not subscribed", kind, topic[:120])
+                return
             if cluster != self.cluster or node is None:
                 raise SchemaError(f"unexpected topic {topic!r}")
             record: Telemetry | Status

@@ -46,6 +46,7 @@ __all__ = [
     "stats_topic",
     "status_topic",
     "telemetry_topic",
+    "version_of",
 ]
 
 VERSION = 1
@@ -586,3 +587,13 @@ class StatsMessage:
 def stats_topic(cluster: str, node: str) -> str:
     """``adaptive/<cluster>/node/<node>/stats``."""
     return f"adaptive/{check_id(cluster, 'cluster')}/node/{check_id(node, 'node')}/stats"
+
+
+def version_of(payload: bytes) -> int | None:
+    """The ``version`` of a JSON message, valid or not, if it has a usable one (None otherwise)."""
+    try:
+        obj = json.loads(payload) if len(payload) <= 65_536 else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    v = obj.get("version") if isinstance(obj, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 else None

@@ -81,6 +81,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="three times the seconds per phase (default 120: 40 s phases)")
     p.add_argument("--out", default="runs/demo", help="directory for the plot, CSV and JSON")
     p.add_argument("--no-view", action="store_true", help="no live terminal view")
+    p.add_argument("--clients", type=int, default=1,
+                   help="2..8: that many clients, each on its own emulated pi with its own uplink trace, "
+                        "share a jetson; joint policies run side by side (default 1: the chain above)")
+    p.add_argument("--policies", default="ppo,coordinated,static",
+                   help="with --clients: joint policies to run in turn (default ppo,coordinated,static)")
+    p.add_argument("--rate", type=float, default=3.0, help="with --clients: frames/s per client (default 3)")
     p.set_defaults(func=_run_demo)
 
     p = sub.add_parser("client", help="send inference requests and record their latency",
@@ -306,6 +312,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     if args.duration < 15 or args.trace_median_mbps <= 0:
         raise AdaptiveError("--duration must be >= 15 s and --trace-median-mbps > 0")
+    if args.clients != 1:
+        return _run_clients_demo(args)
     from agents.live import build_policy, static_plans
 
     summary = run_demo(DemoConfig(model=args.model, policy=args.policy, trace=args.trace,
@@ -329,4 +337,47 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"adaptive / {summary['better_static']} (the better static): mean x{ratio:.3f}, "
               f"{100 * abs(1 - ratio):.1f}% {'lower' if ratio < 1 else 'higher'}")
     print(f"plot, requests.csv, summary.json and node logs in {args.out}")
+    return 0
+
+
+def _run_clients_demo(args: argparse.Namespace) -> int:
+    from adaptive.demo_clients import TRACES, ClientsDemoConfig, run_clients_demo
+    from adaptive.errors import AdaptiveError
+
+    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    if not 2 <= args.clients <= len(TRACES) or not policies or not args.rate > 0:
+        raise AdaptiveError(f"--clients must be 1..{len(TRACES)}, --policies non-empty and --rate > 0")
+    if args.trace or args.policy != "auto":
+        raise AdaptiveError("with --clients, each pi replays its own shipped trace and --policies names the "
+                            "policies; --trace and --policy apply to the one-chain demo")
+    from agents.live import build_multi_policy, static_multi_plan
+
+    out = args.out if args.out != "runs/demo" else "runs/demo-clients"
+    summary = run_clients_demo(ClientsDemoConfig(
+        clients=args.clients, model=args.model, policies=policies, rate_rps=args.rate,
+        trace_median_mbps=args.trace_median_mbps, duration_s=args.duration / len(policies), out=out,
+        view=not args.no_view), build_multi_policy, static_multi_plan)
+    print(f"\n{summary['model']}: {summary['clients']} clients, each on its own pi, share a jetson; "
+          f"{summary['rate_rps']:g} frames/s each, {summary['phase_s']:.0f} s per policy")
+    print("dropped: answered after the deadline or not at all; predicted: the model's mean for what ran")
+    print(f"{'policy':<13}{'client':<7}{'frames':>7}{'lost':>5}{'dropped':>8}{'mean ms':>8}{'p95':>7}"
+          f"{'predicted':>10}{'error':>7}  main plan")
+    fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+    for p in summary["phases"]:
+        for c in p["clients"]:
+            main = next(iter(c["plans"]), "-")
+            print(f"{p['policy']:<13}{c['pi']:<7}{c['requests']:>7}{c['lost']:>5}"
+                  f"{fmt(100 * c['drop_rate'], '>7.1f')}%{fmt(c['mean_ms'], '>8.1f')}"
+                  f"{fmt(c['p95_ms'], '>7.1f')}"
+                  f"{fmt(c['predicted_ms'], '>10.1f')}{fmt(c['error_pct'], '>+6.1f')}%  [{main}]")
+        print(f"{p['policy']:<13}{'all':<7}{p['requests']:>7}{p['lost']:>5}"
+              f"{fmt(100 * p['drop_rate'], '>7.1f')}%"
+              f"{fmt(p['mean_ms'], '>8.1f')}")
+    res = summary["results"]
+    print(f"results vs the whole model run here: {res['same_top1']}/{res['checked']} same top-1 class;\n"
+          f"  largest error {100 * res['max_rel_error']:.2g}% of the output range "
+          f"({100 * res['lossless_max_rel_error']:.2g}% over the {res['lossless']} with no lossy codec)")
+    if summary["mape_pct"] is not None:
+        print(f"measured vs predicted mean latency per client: {summary['mape_pct']:.1f}% MAPE")
+    print(f"plot, requests.csv, summary.json and node logs in {out}")
     return 0

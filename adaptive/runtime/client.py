@@ -51,7 +51,7 @@ from monitor.presence import Presence
 from monitor.schema import PlanMessage, SchemaError, Status, parse_topic, plan_topic
 from monitor.transport import BrokerAddress, MqttTransport
 
-__all__ = ["InferenceClient", "RecordWriter", "RequestRecord", "write_records"]
+__all__ = ["InferenceClient", "RecordWriter", "RequestRecord", "plan_label", "write_records"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class RequestRecord:
         hops: Per node along the way ``node:EXEC_MS``, plus ``+qQUEUE_MS`` when the request waited
             there and ``xBATCH`` when it ran in a batch.
         retries: Times it was sent again after a node failed it.
-        plan: Splits of the plan its last attempt ran under, comma-separated (e.g. ``3,7``).
+        plan: The plan its last attempt ran under: its splits, comma-separated, then ``/`` and its
+            codecs when it compresses an activation (e.g. ``3,7`` or ``3,7/int8,none``).
     """
 
     id: str
@@ -165,6 +166,7 @@ class InferenceClient:
         self.plan: PlanMessage | None = None
         self.presence = Presence()
         self.records: list[RequestRecord] = []
+        self.requests = 0  # requests accepted by send(); each ends as exactly one record
         self._pending: dict[str, _Request] = {}
         self._wire: dict[str, str] = {}  # wire id of an attempt -> request id
         self._srtt: float | None = None  # smoothed answer time of ok attempts, s
@@ -295,6 +297,7 @@ class InferenceClient:
         rid = f"{self.client_id}-{next(self._ids)}"
         req = _Request(rid, np.asarray(array, np.float32), time.time(), time.monotonic(), fixed=plan)
         with self._lock:
+            self.requests += 1
             self._pending[rid] = req
             self._dispatch(req)
         return rid
@@ -338,7 +341,7 @@ class InferenceClient:
         req.wire_id = wire_id
         self._wire[wire_id] = req.rid
         req.version, req.nodes = plan.version, (plan.devices[:1] if auto else plan.working_nodes())
-        req.plan = "" if auto else ",".join(str(x) for x in plan.splits)
+        req.plan = "" if auto else plan_label(plan.splits, plan.codecs)
         req.attempt_sent = time.monotonic()
         req.deadline = req.attempt_sent + self._deadline_s(plan)
         req.in_flight = True
@@ -394,7 +397,7 @@ class InferenceClient:
                     self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
                     self._srtt = 0.875 * self._srtt + 0.125 * sample
             if frame.devices:  # the plan it really ran under (the source's choice)
-                req.version, req.plan = frame.version, ",".join(str(x) for x in frame.splits)
+                req.version, req.plan = frame.version, plan_label(frame.splits, frame.codecs)
             if self.on_result is not None:
                 self.on_result(frame)
             self._finish(req, "ok", round((now - (req.sent_at or now)) * 1e3, 3), "", _hops(frame))
@@ -468,6 +471,13 @@ class InferenceClient:
         while self.outstanding() and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.records[first:]
+
+
+def plan_label(splits: Iterable[int], codecs: Iterable[str] = ()) -> str:
+    """A plan as one short string: ``3,7``, or ``3,7/int8,none`` when it compresses."""
+    codecs = tuple(codecs)
+    text = ",".join(str(x) for x in splits)
+    return text + "/" + ",".join(codecs) if any(c != "none" for c in codecs) else text
 
 
 def _hops(frame: Frame) -> str:

@@ -60,6 +60,7 @@ from monitor.schema import (
     plan_topic,
     stats_topic,
     status_topic,
+    version_of,
 )
 from monitor.transport import BrokerAddress, MqttTransport
 
@@ -318,7 +319,7 @@ class NodeRuntime:
                 try:
                     rule = RuleMessage.decode(payload)
                 except SchemaError as exc:  # refused on the ack when it says which version it was
-                    version = _version_of(payload)
+                    version = version_of(payload)
                     if version is not None:
                         self._ack(version, str(exc))
                     raise
@@ -616,16 +617,6 @@ class NodeRuntime:
                 step = int((time.time() - self._trace_start) // cfg.trace_dt_s) % n
                 self.shaper.set_rate(max(cfg.uplink_trace[step], 0.01))
             self._stop.wait(min(0.1, cfg.trace_dt_s / 4))
-
-
-def _version_of(payload: bytes) -> int | None:
-    """The ``version`` of a JSON message that failed validation, if it has a usable one."""
-    try:
-        obj = json.loads(payload) if len(payload) <= 65_536 else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    v = obj.get("version") if isinstance(obj, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 else None
 
 
 def _bounds(frame: Frame, num_blocks: int) -> list[int]:

@@ -13,7 +13,7 @@ import zmq
 
 from adaptive.broker import EmbeddedBroker
 from adaptive.plans import enumerate_plans
-from adaptive.runtime.client import InferenceClient
+from adaptive.runtime.client import InferenceClient, plan_label
 from adaptive.runtime.node import NodeConfig, NodeRuntime, check_plan
 from adaptive.runtime.wire import Frame, decode_frame, encode_frame, tensor_frame
 from adaptive.zoo import build_model
@@ -164,7 +164,7 @@ def test_every_request_with_its_own_plan_loses_nothing_and_computes_the_model(cl
         [r.error for r in records if r.outcome != "ok"][:3]
     assert not wrong, f"{len(wrong)} results differ from the whole model"
     for r in records:  # each ran where its own plan said
-        assert r.plan == ",".join(map(str, plans[r.id].splits))
+        assert r.plan == plan_label(plans[r.id].splits, plans[r.id].codecs)
         assert {h.split(":")[0] for h in r.hops.split()} == set(plans[r.id].working_nodes())
 
 

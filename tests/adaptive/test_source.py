@@ -10,7 +10,7 @@ import pytest
 from adaptive.broker import EmbeddedBroker
 from adaptive.controller import Controller, ControllerConfig
 from adaptive.profiles import resolve_device, resolve_model
-from adaptive.runtime.client import InferenceClient
+from adaptive.runtime.client import InferenceClient, plan_label
 from adaptive.runtime.node import NodeConfig, NodeRuntime, attach_monitor
 from agents.live import build_policy
 from monitor.schema import Message
@@ -63,6 +63,7 @@ def test_the_source_follows_uplink_steps_per_request():
         assert rule is not None and len(rule.plans) >= 2, "the source got no table rule"
         low, high = rule.plans[0].splits, rule.plans[-1].splits
         assert low == (11, 11) and high != low  # device-only on a slow uplink, offload on a fast one
+        label = {row.splits: plan_label(row.splits, row.codecs) for row in (rule.plans[0], rule.plans[-1])}
         with InferenceClient("src", url, CLUSTER, (1, 3, 32, 32), timeout_s=15) as client:
             client.run(3.0, rate_hz=10)
             steps = [pin(0.5)]  # far below the table's edge (about 1.5-3.5 Mbit/s, with the host's load)
@@ -79,7 +80,6 @@ def test_the_source_follows_uplink_steps_per_request():
             n.close()
         broker.close()
     assert records and all(r.outcome == "ok" for r in records), [r.error for r in records if r.error][:3]
-    label = {s: ",".join(map(str, s)) for s in (low, high)}
     before = [r.plan for r in records if r.sent_at < steps[0]]
     assert before.count(label[high]) >= 0.8 * len(before)  # 30 Mbit/s: offload
     # after each step, the source switches on its own estimate, with no controller round trip

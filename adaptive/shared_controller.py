@@ -1,0 +1,319 @@
+"""The controller of several clients sharing the accelerators: one joint decision, a rule per client.
+
+Each client is on its own edge device (a *source*: ``chain[0]`` and ``sources`` of the
+:class:`~adaptive.controller.ControllerConfig`) with its own uplink, and every source's requests
+run along ``[its edge, chain[1], …, chain[M]]``. Every ``interval_s`` the controller
+
+1. builds the cluster's observation with :class:`adaptive.multiclient.ClusterObservation`, the
+   mapping ``adaptive/MultiClient-v0`` trains on: per client slot, present or not, its request rate
+   (measured from its source's stats), its edge's load and its uplink history (its monitor's
+   estimates, sampled every ``step_s`` of the policy); then the accelerators' load and the clients
+   batched on each under the joint plan in force. Backlogs are not observed live: they read as 0;
+2. asks the joint policy (``predict(obs, action_masks=K·P mask) -> (K,)`` plans, the env's
+   action) for a plan per client. A plan outside a client's mask (it gives work to a dead
+   accelerator) is replaced by that client's best allowed plan, with a warning; a plan for a slot
+   with no client is ignored;
+3. turns the decision into a **table rule per source** (:mod:`monitor.rules`): the policy is asked
+   again with that client's uplink moved over a grid, everything else held, and runs of equal
+   choices become bandwidth bins. The source then follows its own uplink per request, as on one
+   chain, while the others' plans (and so the accelerators' batch and queue) stay as decided.
+   A rule is published (retained, versioned) when its bins or plans change.
+
+Calibration works as on one chain, per node; the shared model (:class:`adaptive.multiclient.SharedChain`)
+is rebuilt from the scaled profiles and handed to ``on_shared`` (a heuristic that simulates with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from adaptive.controller import Controller, ControllerConfig
+from adaptive.errors import AdaptiveError
+from adaptive.latency import SplitModel
+from adaptive.multiclient import ClusterObservation, ClusterState, SharedChain
+from adaptive.observation import CandidatePlans
+from adaptive.profiles import DeviceProfile, resolve_device, scaled_profiles
+from monitor.rules import RuleMessage, RulePlan, rule_topic
+from monitor.schema import Message, version_of
+from monitor.transport import BrokerAddress
+
+__all__ = ["RULE_GRID_MBPS", "SharedController"]
+
+log = logging.getLogger(__name__)
+
+RULE_GRID_MBPS = np.geomspace(0.1, 1000.0, 25)  # a source's uplink grid for its table: 6 points per decade
+
+
+class SharedController(Controller):
+    """Joint plans for several sources sharing ``chain[1:]`` (see the module docstring).
+
+    Args:
+        config: Controller configuration with ``sources``.
+        broker: MQTT broker.
+        policy: The joint policy: ``predict(obs, action_masks=...)`` returning a plan per slot.
+        spec: The observation layout the policy takes (``K`` slots ≥ the number of sources).
+        candidates: The plans every client chooses from (the policy's actions).
+        deadline_ms: Frame deadline the model's predictions assume, ms.
+        step_s: Spacing of the uplink history in the observation (the policy's training step), s.
+        policy_name: Name published with each rule.
+        on_shared: Called with each new (calibrated) shared model.
+        accel_link_mbps: Bandwidth between accelerators, Mbit/s.
+        ca_file: CA bundle for an ``mqtts://`` broker.
+        metrics: Prometheus metrics, or None.
+    """
+
+    def __init__(self, config: ControllerConfig, broker: BrokerAddress, policy: Any, *,
+                 spec: ClusterObservation, candidates: CandidatePlans, deadline_ms: float = 1000.0,
+                 step_s: float = 0.25, policy_name: str = "policy",
+                 on_shared: Callable[[SharedChain], None] | None = None, accel_link_mbps: float = 1000.0,
+                 ca_file: str | None = None, metrics: Any = None) -> None:
+        if len(config.chain) < 2:
+            raise AdaptiveError("several clients share accelerators: the chain needs at least one")
+        super().__init__(config, broker, policy, candidates=candidates, policy_name=policy_name,
+                         ca_file=ca_file, metrics=metrics)
+        self.clients = (config.chain[0], *config.sources)
+        if len(self.clients) > spec.num_clients:
+            raise AdaptiveError(f"the policy has {spec.num_clients} client slots; the cluster has "
+                                f"{len(self.clients)} sources")
+        if spec.num_plans != len(candidates) or spec.num_accels != len(config.chain) - 1:
+            raise AdaptiveError(f"the policy expects {spec.num_plans} plans on {spec.num_accels} "
+                                f"accelerator(s); the cluster has {len(candidates)} on "
+                                f"{len(config.chain) - 1}")
+        self.spec = spec
+        self.deadline_ms = float(deadline_ms)
+        self.step_s = float(step_s)
+        self.on_shared = on_shared
+        self.accel_link_mbps = float(accel_link_mbps)
+        self._sources = tuple(c.node for c in self.clients)
+        self._edge_devices = [resolve_device(c.device) for c in self.clients]
+        for c in self.clients:
+            self.scales.setdefault(c.node, 1.0)
+        self._model_scales = dict(self.scales)
+        self._edge_models = {c.node: SplitModel(self.profile, [dev, *self.devices[1:]])
+                             for c, dev in zip(self.clients, self._edge_devices, strict=True)}
+        self.shared = self._build_shared(self.scales)
+        self._retained_rules: dict[str, Message] = {}
+        # rules share the version counter with plans: learn the newest an earlier controller left
+        self.transport.subscriptions.append((f"adaptive/{config.cluster}/node/+/rule", 1))
+        K = spec.num_clients
+        self.joint = np.zeros(K, np.int64)  # the joint plan in force (slot order)
+        self._uplinks: list[deque[tuple[float, float]]] = [deque(maxlen=256) for _ in range(K)]
+        self._tables: dict[str, tuple[tuple[float, ...], tuple[int, ...]]] = {}
+        self.rejected_actions = 0  # plans outside the mask the policy gave
+        self.history: deque[dict[str, Any]] = deque(maxlen=10_000)  # each decision, for reports
+
+    # ------------------------------------------------------------------ model
+
+    def _build_shared(self, scales: dict[str, float]) -> SharedChain:
+        """The shared model with every node's compute scaled by its factor."""
+        nodes = [*self.clients, *self.config.chain[1:]]
+        devices: list[DeviceProfile] = [*self._edge_devices, *self.devices[1:]]
+        profile, scaled = scaled_profiles(self.profile, devices, [scales[c.node] for c in nodes],
+                                          [c.node for c in nodes])
+        n = len(self.clients)
+        edges = scaled[:n] + [scaled[0]] * (self.spec.num_clients - n)  # empty slots: any edge
+        return SharedChain(profile, edges, scaled[n:], self.candidates.plans,
+                           accel_link_mbps=self.accel_link_mbps)
+
+    def _stage_model(self, node: str) -> tuple[SplitModel, int] | None:
+        if node in self._edge_models:
+            return self._edge_models[node], 0
+        return super()._stage_model(node)
+
+    def _rebuild_model(self) -> None:
+        super()._rebuild_model()
+        with self._lock:
+            scales = dict(self.scales)
+        self.shared = self._build_shared(scales)
+        if self.on_shared is not None:
+            self.on_shared(self.shared)
+
+    # ------------------------------------------------------------------ observation
+
+    def observe_cluster(self, now: float | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """``(observation, (K, P) mask, what it saw)`` from the newest telemetry."""
+        now = time.time() if now is None else now
+        cfg, spec = self.config, self.spec
+        K, P, M, H = spec.num_clients, spec.num_plans, spec.num_accels, spec.history
+        views = self.collector.nodes()
+        accels = cfg.chain[1:]
+        dead = [c.node for c in accels if not self._alive(views.get(c.node), now)]
+        accel_load = np.zeros(M)
+        for j, c in enumerate(accels):
+            v = views.get(c.node)
+            if c.node not in dead and v is not None and v.telemetry is not None:
+                accel_load[j] = v.telemetry.cpu_percent / 100
+        active = np.zeros(K, bool)
+        rate, edge_load, bw = np.ones(K), np.zeros(K), np.full(K, cfg.default_bandwidth_mbps)
+        hist = np.full((K, H), cfg.default_bandwidth_mbps)
+        for k, c in enumerate(self.clients):
+            v = views.get(c.node)
+            if not self._alive(v, now):
+                continue
+            assert v is not None and v.telemetry is not None
+            active[k] = True
+            # a source whose client has not sent yet is planned for 1 frame/s
+            rate[k] = max(self.request_rate(now, c.node), 1.0)
+            edge_load[k] = v.telemetry.cpu_percent / 100
+            est = v.telemetry.links.get(accels[0].node)
+            value = (est.passive_mbps or est.bandwidth_mbps) if est is not None else None
+            if value:
+                self._uplinks[k].append((now, float(value)))
+            if self._uplinks[k]:
+                bw[k] = self._uplinks[k][-1][1]
+                hist[k] = self._history(self._uplinks[k], now, H)
+        batch = (self.shared.uses[self.joint][:, 1:] & active[:, None]).sum(axis=0).astype(float)
+        obs = self._assemble(active, rate, edge_load, hist, bw, accel_load, batch)[0]
+        mask = np.broadcast_to(self._alive_mask(dead), (K, P)).copy()
+        mask[~active] = True
+        seen = {"active": active, "rate_rps": rate, "edge_load": edge_load, "bandwidth_mbps": bw,
+                "history_mbps": hist, "accel_load": accel_load, "dead": dead, "batch": batch}
+        with self._lock:
+            self.observed = {"dead": dead, "bandwidth_mbps": bw[: len(self.clients)].tolist(),
+                             "rate_rps": rate[: len(self.clients)].tolist(),
+                             "active": active[: len(self.clients)].tolist()}
+        return obs, mask, seen
+
+    def _history(self, samples: deque[tuple[float, float]], now: float, H: int) -> np.ndarray:
+        """The newest estimate at or before each of the last ``H`` steps of ``step_s``, oldest first."""
+        times = [t for t, _ in samples]
+        out = np.empty(H)
+        for h in range(H):
+            at = now - (H - 1 - h) * self.step_s
+            i = max(int(np.searchsorted(times, at, side="right")) - 1, 0)
+            out[h] = samples[i][1]
+        return out
+
+    def _assemble(self, active: np.ndarray, rate: np.ndarray, edge_load: np.ndarray, hist: np.ndarray,
+                  bw: np.ndarray, accel_load: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """Observations for ``E`` variants (leading axis on ``hist`` and ``bw``, or none)."""
+        hist = np.atleast_3d(hist[None] if hist.ndim == 2 else hist)
+        bw = np.atleast_2d(bw)
+        E = len(bw)
+        tile = lambda x: np.broadcast_to(x, (E, *np.shape(x)))  # noqa: E731
+        slots = self.spec.slots(tile(active), tile(rate), tile(edge_load), hist)
+        predicted = self.shared.alone_ms(bw, tile(edge_load), tile(accel_load))
+        empty = ClusterState(*(np.zeros((E, *x.shape[1:])) for x in self.shared.initial_state(1)))
+        return self.spec.assemble(slots, predicted, bw, tile(accel_load), empty, tile(batch))
+
+    # ------------------------------------------------------------------ decisions
+
+    def _joint(self, obs: np.ndarray, mask: np.ndarray, seen: dict[str, Any], warn: bool) -> np.ndarray:
+        """The policy's plan per slot, each inside its mask (slots with no client: 0)."""
+        plans, _ = self.policy.predict(obs, deterministic=True, action_masks=mask.reshape(-1))
+        plans = np.asarray(plans, np.int64).reshape(-1)
+        K, P = mask.shape
+        if plans.shape != (K,):
+            raise AdaptiveError(f"the policy gave {plans.size} plans for {K} client slots")
+        active = seen["active"]
+        bad = active & ((plans < 0) | (plans >= P) | ~mask[np.arange(K), np.clip(plans, 0, P - 1)])
+        if bad.any():
+            pred = self.shared.alone_ms(seen["bandwidth_mbps"][None], seen["edge_load"][None],
+                                        seen["accel_load"][None])[0]
+            best = np.argmin(np.where(mask, pred, np.inf), axis=1)
+            if warn:
+                self.rejected_actions += int(bad.sum())
+                for k in np.flatnonzero(bad):
+                    log.warning("policy %s gave client %s plan %d, outside its mask; using plan %d",
+                                self.policy_name, self.clients[k].node, plans[k], best[k])
+            plans = np.where(bad, best, plans)
+        return np.where(active, plans, 0)
+
+    def step(self, now: float | None = None) -> list[RuleMessage]:
+        """Decide jointly once; publish the rules that changed. Returns them."""
+        now = time.time() if now is None else now
+        if not self.connected():
+            return []
+        obs, mask, seen = self.observe_cluster(now)
+        self.joint = self._joint(obs, mask, seen, warn=True)
+        published = []
+        predicted = {}
+        for k, c in enumerate(self.clients):
+            if not seen["active"][k]:
+                continue  # the client left (or its source is down): its slot's plan is ignored
+            rule, predicted[c.node] = self._rule_for(k, mask, seen, now)
+            if rule is not None:
+                published.append(rule)
+        self.history.append({"at": now, "plans": self.joint[: len(self.clients)].tolist(),
+                             "active": seen["active"][: len(self.clients)].tolist(),
+                             "bandwidth_mbps": seen["bandwidth_mbps"][: len(self.clients)].tolist(),
+                             "rate_rps": seen["rate_rps"][: len(self.clients)].tolist(),
+                             "predicted_ms": predicted})
+        return published
+
+    def _rule_for(self, k: int, mask: np.ndarray, seen: dict[str, Any],
+                  now: float) -> tuple[RuleMessage | None, float | None]:
+        """Client ``k``'s table: the policy's choice for it over its uplink grid, the rest held."""
+        grid = RULE_GRID_MBPS
+        G = len(grid)
+        hist = np.repeat(seen["history_mbps"][None], G, axis=0)
+        hist[:, k, -1] = grid
+        bw = np.repeat(seen["bandwidth_mbps"][None], G, axis=0)
+        bw[:, k] = grid
+        obs = self._assemble(seen["active"], seen["rate_rps"], seen["edge_load"], hist, bw,
+                             seen["accel_load"], seen["batch"])
+        choice = np.array([self._joint(obs[g], mask, {**seen, "bandwidth_mbps": bw[g]}, warn=False)[k]
+                           for g in range(G)])
+        # each bin's predicted latency for this client, the others on the joint plan
+        joint = np.repeat(self.joint[None], G, axis=0)
+        joint[:, k] = choice
+        latency = self._predict(joint, seen, bw)[:, k]
+        change = np.flatnonzero(choice[1:] != choice[:-1])
+        starts = np.concatenate([[0], change + 1])
+        ends = np.concatenate([change + 1, [G]])
+        edges = tuple(round(float(np.sqrt(grid[i - 1] * grid[i])), 4) for i in change + 1)
+        actions = tuple(int(choice[s]) for s in starts)
+        now_ms = float(self._predict(self.joint[None], seen, seen["bandwidth_mbps"][None])[0, k])
+        node = self.clients[k].node
+        if self._tables.get(node) == (edges, actions):
+            return None, now_ms
+        rows = []
+        for s, e, a in zip(starts, ends, actions, strict=True):
+            plan = self.candidates.plan(a)
+            ms = float(latency[(s + e - 1) // 2])
+            rows.append(RulePlan(plan.splits, plan.codecs, round(ms, 3) if np.isfinite(ms) else None))
+        with self._lock:
+            self.version += 1
+            version = self.version
+        devices = (node, *(c.node for c in self.config.chain[1:]))
+        rule = RuleMessage(version, node, self.profile.model, devices, self.model.num_blocks, round(now, 3),
+                           self.policy_name, edges, tuple(rows))
+        message = Message(rule_topic(self.config.cluster, node), rule.encode(), qos=1, retain=True)
+        with self._lock:
+            self._tables[node] = (edges, actions)
+            self.rules.append(rule)
+            self._retained_rules[node] = message
+        self.transport.publish(message)
+        log.info("rule %d for %s: %d bins, edges %s Mbit/s", version, node, len(rows), list(edges))
+        return rule, now_ms
+
+    def _predict(self, joint: np.ndarray, seen: dict[str, Any], bw: np.ndarray) -> np.ndarray:
+        """``(E, K)`` each client's latency under joint plans ``(E, K)`` from empty queues, ms."""
+        E = len(joint)
+        tile = lambda x: np.broadcast_to(x, (E, *np.shape(x)))  # noqa: E731
+        _, out = self.shared.step(self.shared.initial_state(E), joint, tile(seen["active"]),
+                                  tile(seen["rate_rps"]), bw, tile(seen["edge_load"]),
+                                  tile(seen["accel_load"]), 1.0, np.inf)
+        return out.latency_ms
+
+    def _retained(self) -> list[Message]:
+        with self._lock:
+            return list(getattr(self, "_retained_rules", {}).values())
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/rule"):
+            version = version_of(payload) if payload else None
+            if version is not None:
+                with self._lock:
+                    self.version = max(self.version, version)
+            return
+        super()._on_message(topic, payload)
+
+    def check_acks(self, now: float | None = None) -> None:
+        """Rules are retained: a source that was away gets its own when it reconnects."""
