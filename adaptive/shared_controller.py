@@ -13,18 +13,21 @@ run along ``[its edge, chain[1], …, chain[M]]``. Every ``interval_s`` the cont
    action) for a plan per client. A plan outside a client's mask (it gives work to a dead
    accelerator) is replaced by that client's best allowed plan, with a warning; a plan for a slot
    with no client is ignored;
-3. turns the decision into a **table rule per source** (:mod:`monitor.rules`): the policy is asked
-   again with that client's uplink moved over a grid, everything else held, and runs of equal
-   choices become bandwidth bins. The source then follows its own uplink per request, as on one
-   chain, while the others' plans (and so the accelerators' batch and queue) stay as decided.
+3. turns the decision into a **table rule per source** (:mod:`monitor.rules`): the policy (a
+   copy, so that a stateful one is not moved) is asked again with that client's uplink moved
+   over a grid, everything else held, and runs of equal choices become bandwidth bins. The
+   source then follows its own uplink per request, as on one chain, while the others' plans
+   (and so the accelerators' batch and queue) stay as decided.
    A rule is published (retained, versioned) when its bins or plans change.
 
-Calibration works as on one chain, per node; the shared model (:class:`adaptive.multiclient.SharedChain`)
-is rebuilt from the scaled profiles and handed to ``on_shared`` (a heuristic that simulates with it).
+Calibration works as on one chain, per node; the shared model
+(:class:`adaptive.multiclient.SharedChain`) is rebuilt from the scaled profiles and handed to
+``on_shared`` (a heuristic that simulates with it).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import deque
@@ -152,6 +155,7 @@ class SharedController(Controller):
         active = np.zeros(K, bool)
         rate, edge_load, bw = np.ones(K), np.zeros(K), np.full(K, cfg.default_bandwidth_mbps)
         hist = np.full((K, H), cfg.default_bandwidth_mbps)
+        ages: list[float | None] = [None] * K
         for k, c in enumerate(self.clients):
             v = views.get(c.node)
             if not self._alive(v, now):
@@ -165,6 +169,8 @@ class SharedController(Controller):
             value = (est.passive_mbps or est.bandwidth_mbps) if est is not None else None
             if value:
                 self._uplinks[k].append((now, float(value)))
+                measured = v.telemetry.ts if est.passive_mbps else (est.measured_at or v.telemetry.ts)
+                ages[k] = max(now - measured, 0.0)
             if self._uplinks[k]:
                 bw[k] = self._uplinks[k][-1][1]
                 hist[k] = self._history(self._uplinks[k], now, H)
@@ -174,6 +180,14 @@ class SharedController(Controller):
         mask[~active] = True
         seen = {"active": active, "rate_rps": rate, "edge_load": edge_load, "bandwidth_mbps": bw,
                 "history_mbps": hist, "accel_load": accel_load, "dead": dead, "batch": batch}
+        if self.metrics is not None:
+            first = accels[0].node
+            with self._lock:
+                scales = dict(self.scales)
+            self.metrics.observed(
+                {f"{c.node}->{first}": (float(bw[k]), ages[k]) for k, c in enumerate(self.clients)},
+                {c.node: self._alive(views.get(c.node), now) for c in (*self.clients, *accels)}, scales,
+                self.connected())
         with self._lock:
             self.observed = {"dead": dead, "bandwidth_mbps": bw[: len(self.clients)].tolist(),
                              "rate_rps": rate[: len(self.clients)].tolist(),
@@ -258,7 +272,10 @@ class SharedController(Controller):
         bw[:, k] = grid
         obs = self._assemble(seen["active"], seen["rate_rps"], seen["edge_load"], hist, bw,
                              seen["accel_load"], seen["batch"])
-        choice = np.array([self._joint(obs[g], mask, {**seen, "bandwidth_mbps": bw[g]}, warn=False)[k]
+        # a copy: the sweep must not move a stateful policy (dwell counters, plans kept)
+        sweep = copy.copy(self)
+        sweep.policy = copy.copy(self.policy)
+        choice = np.array([sweep._joint(obs[g], mask, {**seen, "bandwidth_mbps": bw[g]}, warn=False)[k]
                            for g in range(G)])
         # each bin's predicted latency for this client, the others on the joint plan
         joint = np.repeat(self.joint[None], G, axis=0)

@@ -161,7 +161,8 @@ def build_multi_policy(spec: str, config: Any, slots: int | None = None,
     ``ppo[:PATH]`` is the trained actor (default: the shipped ``ppo_multi_client``); the
     heuristics (``coordinated``, ``greedy``, ``hysteresis``, ``device-only``) run on an
     ``adaptive/MultiClient-v0`` env built for the cluster's devices, with ``slots`` client slots
-    (default: one per source); ``static`` keeps plan ``static_plan`` for every client.
+    (default: one per source); ``static`` keeps plan ``static_plan`` for every client, or without
+    one each client's first ``coordinated`` plan.
     """
     from adaptive.errors import AdaptiveError
 
@@ -202,15 +203,44 @@ def build_multi_policy(spec: str, config: Any, slots: int | None = None,
     env = MultiClientEnv({"model_profile": config.model_profile, "devices": devices,
                           "max_clients": slots or sources, "history": config.history})
     if name == "static":
-        policy: Any = FixedPlan(env, 0 if static_plan is None else static_plan)
+        policy: Any = (FixedPlan(env, static_plan) if static_plan is not None
+                       else FirstJoint(make_multi_heuristic("coordinated", env)))
     else:
         policy = make_multi_heuristic(name, env)
 
     def on_shared(chain: Any) -> None:
-        policy.chain = chain
+        (policy.inner if isinstance(policy, FirstJoint) else policy).chain = chain
 
     return SharedWiring(policy, env.obs_spec, env.candidates, name, on_shared, env.config.deadline_ms,
                         env.config.dt_s)
+
+
+class FirstJoint:
+    """Static for several clients: each client keeps the inner policy's first plan for it.
+
+    A client's plan is chosen again only when it leaves the mask (a dead accelerator), or when
+    the client joins.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.plans: Any = None
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True, action_masks: Any = None) -> tuple[Any, Any]:
+        """The first plans, again."""
+        import numpy as np
+
+        fresh = np.asarray(self.inner.predict(observation, action_masks=action_masks)[0])
+        K = len(fresh)
+        active = self.inner.seen(np.asarray(observation, np.float32))["active"]
+        mask = (np.ones((K, 1), bool) if action_masks is None
+                else np.asarray(action_masks, bool).reshape(K, -1))
+        if self.plans is None:
+            self.plans = np.full(K, -1)
+        kept = (self.plans >= 0) & mask[np.arange(K), np.maximum(self.plans, 0)]
+        self.plans = np.where(active & kept, self.plans, np.where(active, fresh, -1))
+        return np.where(active, self.plans, 0), state
 
 
 def multi_replay_env(model_profile: str, devices: list[str], uplink_csvs: list[str], rate_rps: float,

@@ -59,8 +59,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Choose and publish split plans from live telemetry.")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
     p.add_argument("--config", required=True, help="controller config YAML")
-    p.add_argument("--policy", default="hysteresis",
-                   help="ppo[:PATH] | greedy | hysteresis | static (default hysteresis)")
+    p.add_argument("--policy",
+                   help="ppo[:PATH] | greedy | hysteresis | static (default hysteresis); with sources in the "
+                        "config (several clients) a joint policy: ppo[:PATH] | coordinated | greedy | "
+                        "hysteresis | device-only (default coordinated)")
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
     p.add_argument("--metrics-port", type=int,
                    help="serve Prometheus metrics on this port (default: off)")
@@ -248,11 +250,23 @@ def _run_controller(args: argparse.Namespace) -> int:
     from agents.live import build_policy
 
     config = ControllerConfig.load(args.config)
-    policy, candidates, obs_spec, name, on_model = build_policy(args.policy, config)
     metrics = _metrics("controller", args)
-    controller = Controller(config, _broker(args.broker), policy, candidates=candidates, obs_spec=obs_spec,
-                            policy_name=name, on_model=on_model, ca_file=args.ca_file,
-                            metrics=metrics.controller() if metrics else None)
+    controller: Controller
+    if config.sources:  # several clients share the accelerators: one joint decision, a rule each
+        from adaptive.shared_controller import SharedController
+        from agents.live import build_multi_policy
+
+        w = build_multi_policy(args.policy or "coordinated", config)
+        candidates, name = w.candidates, w.name
+        controller = SharedController(config, _broker(args.broker), w.policy, spec=w.spec,
+                                      candidates=candidates, deadline_ms=w.deadline_ms, step_s=w.step_s,
+                                      policy_name=name, on_shared=w.on_shared, ca_file=args.ca_file,
+                                      metrics=metrics.controller() if metrics else None)
+    else:
+        policy, candidates, obs_spec, name, on_model = build_policy(args.policy or "hysteresis", config)
+        controller = Controller(config, _broker(args.broker), policy, candidates=candidates,
+                                obs_spec=obs_spec, policy_name=name, on_model=on_model, ca_file=args.ca_file,
+                                metrics=metrics.controller() if metrics else None)
     try:
         controller.start()
     except ConnectionError as exc:
