@@ -120,6 +120,11 @@ class ControllerConfig:
         unknown = set(doc) - known
         if unknown:
             raise AdaptiveError(f"{source}: unknown controller config key(s) {sorted(unknown)}")
+        for key in ("chain", "sources"):
+            for c in doc.get(key) or ():
+                if not isinstance(c, Mapping) or set(c) != {"node", "device"}:
+                    raise AdaptiveError(f"{source}: each entry of {key} must be {{node, device}}, "
+                                        f"found {c!r}"[:300])
         try:
             chain = tuple(ChainNode(str(c["node"]), str(c["device"])) for c in doc["chain"])
             sources = tuple(ChainNode(str(c["node"]), str(c["device"])) for c in doc.get("sources") or ())

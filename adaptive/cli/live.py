@@ -98,6 +98,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client", default="client-1", help="client id")
     p.add_argument("--model", required=True, help="zoo model name (for the input shape)")
     p.add_argument("--input-shape", help="input shape (default: the model's)")
+    p.add_argument("--source", metavar="NODE",
+                   help="the edge node this client's inputs enter at, which picks each request's plan from "
+                        "its own rule (several clients, each on its own device; default: the default plan's "
+                        "first node)")
     p.add_argument("--rate", type=float, help="requests per second (open loop)")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight (closed loop)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
@@ -299,7 +303,7 @@ def _run_client(args: argparse.Namespace) -> int:
     sinks = [s for s in (writer, metrics.client() if metrics else None) if s is not None]
     client = InferenceClient(args.client, broker, args.cluster, shape, timeout_s=args.timeout,
                              bind=args.bind, advertise=args.advertise, ca_file=args.ca_file,
-                             max_retries=args.retries, curve=curve,
+                             max_retries=args.retries, curve=curve, source=args.source,
                              on_record=lambda r: [sink(r) for sink in sinks])
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop sending, let what is in flight finish, exit 0
         signal.signal(sig, lambda *_: client.halt())

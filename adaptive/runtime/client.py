@@ -48,7 +48,7 @@ from adaptive.runtime.wire import (
     tensor_frame,
 )
 from monitor.presence import Presence
-from monitor.schema import PlanMessage, SchemaError, Status, parse_topic, plan_topic
+from monitor.schema import PlanMessage, SchemaError, Status, check_id, parse_topic, plan_topic
 from monitor.transport import BrokerAddress, MqttTransport
 
 __all__ = ["InferenceClient", "RecordWriter", "RequestRecord", "plan_label", "write_records"]
@@ -148,6 +148,11 @@ class InferenceClient:
                  curve: Any = None, source_decides: bool = True, source: str | None = None) -> None:
         if source is not None and not source_decides:
             raise AdaptiveError("a client with its own source node lets that node decide (source_decides)")
+        if source is not None:
+            try:
+                check_id(source, "source")
+            except SchemaError as exc:
+                raise AdaptiveError(str(exc)) from None
         if max_retries < 0 or not min_deadline_s > 0 or not deadline_factor > 0 or not timeout_s > 0:
             raise AdaptiveError("max_retries must be >= 0; timeout_s, min_deadline_s and deadline_factor > 0")
         self.client_id = client_id

@@ -163,6 +163,30 @@ def test_bad_controller_config():
         ControllerConfig.from_dict({"model_profile": MODEL, "chain": [], "colour": 1})
 
 
+def test_the_controller_schema_matches_the_config_and_the_shipped_examples():
+    import dataclasses
+    import json
+    from importlib import resources
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads(resources.files("adaptive.schemas").joinpath("controller.v1.json").read_text())
+    assert set(schema["properties"]) == {f.name for f in dataclasses.fields(ControllerConfig)}
+    deploy = Path(__file__).resolve().parents[2] / "docs" / "deploy"
+    for name in ("controller.yaml", "controller-clients.yaml"):
+        doc = yaml.safe_load((deploy / name).read_text())
+        jsonschema.validate(doc, schema)  # the schema takes the examples ...
+        ControllerConfig.from_dict(doc, name)  # ... and so does the controller
+    bad = yaml.safe_load((deploy / "controller-clients.yaml").read_text())
+    bad["sources"][0]["colour"] = "red"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    with pytest.raises(AdaptiveError):
+        ControllerConfig.from_dict(bad, "bad")
+
+
 def test_scaled_profiles_scale_each_node_separately_codecs_included():
     from adaptive.controller import scaled_profiles
     from adaptive.latency import Conditions, SplitModel

@@ -89,6 +89,7 @@ def test_demo_with_three_clients_loses_nothing_and_predicts_each_client(tmp_path
         (["node", "--node", "a", "--model", "resnet20_cifar", "--broker", "mqtt://127.0.0.1:1"],
          "cannot reach broker"),
         (["client", "--model", "resnet20_cifar", "--duration", "0"], "--duration and --rate must be > 0"),
+        (["client", "--model", "resnet20_cifar", "--source", "a/b"], "source must match"),
         (["node", "--node", "a", "--model", "resnet20_cifar", "--uplink-mbps", "0"], "--uplink-mbps"),
         (["node", "--node", "a", "--model", "resnet20_cifar", "--bind", "192.0.2.1"],
          "cannot bind the data socket"),
