@@ -118,19 +118,23 @@ class CandidatePlans:
 def candidate_plans(model: SplitModel, *,
                     bandwidths_mbps: Sequence[float] = tuple(np.geomspace(0.3, 300, 25)),
                     loads: Sequence[float] = (0.0, 0.4, 0.8), clients: Sequence[int] = (1, 2, 4, 8),
-                    max_plans: int = 48, use_codecs: bool = True) -> CandidatePlans:
+                    max_plans: int = 48, use_codecs: bool = True, codecs: Sequence[str] | None = None,
+                    min_edge_blocks: int = 0) -> CandidatePlans:
     """Plans that are optimal (latency) somewhere on a grid of conditions, plus the two extremes.
 
     Intra-DP (seed 001 Sec. 3.2) precomputes plans per bandwidth; we do the same over bandwidth,
     background load (on each device in turn) and clients, and keep the distinct winners, most
     frequent first, so the action space holds only plans worth choosing. Device-only and full
-    offload are always included (as action 0 and 1).
+    offload (everything after the first ``min_edge_blocks`` blocks) are always included (as
+    action 0 and 1). ``codecs`` limits the codecs (None: all); ``min_edge_blocks``: blocks every
+    plan runs on the first device.
     """
-    planner = Planner(model, use_codecs=use_codecs)
+    planner = Planner(model, use_codecs=use_codecs, codecs=codecs)
     D = model.num_devices
     L, M = model.num_blocks, D - 1
     counts: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-    extremes = [((L,) * M, (0,) * M), ((0,) * M, (0,) * M)]
+    edge = min(min_edge_blocks, L)
+    extremes = [((L,) * M, (0,) * M), ((edge,) * M, (0,) * M)]
     from adaptive.latency import Conditions
 
     for bw in bandwidths_mbps:
@@ -140,7 +144,7 @@ def candidate_plans(model: SplitModel, *,
                     cpu = [0.0] * D
                     cpu[busy] = load
                     r = planner.best(Conditions(bandwidth_mbps=float(bw), cpu_load=cpu, clients=int(n)),
-                                     constraints=Constraints(memory=False), method="dp")
+                                     constraints=Constraints(memory=False, min_edge_blocks=edge), method="dp")
                     arr = planner.plan_array(r.plan)
                     key = (tuple(int(x) for x in arr.splits[0]), tuple(int(x) for x in arr.codecs[0]))
                     counts[key] = counts.get(key, 0) + 1

@@ -101,11 +101,21 @@ class Planner:
     Args:
         model: The latency and energy model (profile + chain).
         use_codecs: Consider the profile's activation codecs at each split.
+        codecs: Only these codecs (``none`` is always allowed); None: all the profile's.
     """
 
-    def __init__(self, model: SplitModel, *, use_codecs: bool = True) -> None:
+    def __init__(self, model: SplitModel, *, use_codecs: bool = True,
+                 codecs: Sequence[str] | None = None) -> None:
         self.model = model
         self.use_codecs = use_codecs and len(model.codec_names) > 1
+        self._allowed = model.codec_allowed.copy()
+        if codecs is not None:
+            unknown = sorted(set(codecs) - set(model.codec_names))
+            if unknown:
+                raise PlanError(f"unknown codec(s) {unknown} (the profile has {list(model.codec_names)})")
+            for k, name in enumerate(model.codec_names):
+                if k and name not in codecs:
+                    self._allowed[k] = False
         self._all_plans: PlanArray | None = None
 
     # ------------------------------------------------------------------ plan space
@@ -113,7 +123,7 @@ class Planner:
     def all_plans(self) -> PlanArray:
         """Every canonical plan of the chain (cached)."""
         if self._all_plans is None:
-            allowed = self.model.codec_allowed if self.use_codecs else None
+            allowed = self._allowed if self.use_codecs else None
             self._all_plans = enumerate_plans(self.model.num_blocks, self.model.num_devices, allowed)
         return self._all_plans
 
@@ -188,7 +198,7 @@ class Planner:
 
     def plan_space_size(self) -> int:
         """Number of canonical plans (with codec choices when enabled), without enumerating."""
-        allowed = self.model.codec_allowed if self.use_codecs else None
+        allowed = self._allowed if self.use_codecs else None
         return count_plans(self.model.num_blocks, self.model.num_devices, allowed)
 
     def _references(self, cb: ConditionBatch) -> tuple[float, float]:
@@ -256,7 +266,7 @@ class Planner:
         K = len(m.codec_names) if self.use_codecs else 1
         raw = m.split_bytes[:, None] * np.ones((1, K))
         kk = np.broadcast_to(np.arange(K), raw.shape)
-        allowed = m.codec_allowed[:K].T  # (L+1, K)
+        allowed = self._allowed[:K].T  # (L+1, K)
 
         def transfer_cost(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
             t = m.transfer(i, j, raw, kk, cb)

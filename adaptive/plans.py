@@ -12,7 +12,7 @@ non-empty stage, so enumeration keeps it at 0 otherwise (one canonical plan per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from math import comb
 
@@ -27,6 +27,7 @@ __all__ = [
     "count_splits",
     "enumerate_plans",
     "enumerate_splits",
+    "plan_label",
     "validate_splits",
 ]
 
@@ -186,3 +187,10 @@ def enumerate_plans(
         codecs[:, m] = choice
         feeds = feeds[rows]
     return PlanArray(splits, codecs)
+
+
+def plan_label(splits: Iterable[int], codecs: Iterable[str] = ()) -> str:
+    """A plan as one short string: ``3,7``, or ``3,7/int8,none`` when it compresses."""
+    codecs = tuple(codecs)
+    text = ",".join(str(x) for x in splits)
+    return text + "/" + ",".join(codecs) if any(c != "none" for c in codecs) else text

@@ -6,6 +6,7 @@ predict with :class:`adaptive.multiclient.SharedChain`, as a live controller wou
 clairvoyant reference, which reads the episode's true future.
 
 * ``device-only``: every client runs the whole model on its edge device.
+* ``full-offload``: every client offloads all it may (its input as it is, where plans allow).
 * ``greedy``: each client alone (LoADPart without the load): its plan of least predicted latency
   on an idle cluster among those its own edge and uplink can sustain at its frame rate. It
   ignores the other clients and the accelerators' queues.
@@ -32,8 +33,8 @@ import numpy as np
 
 from adaptive.multiclient import ClusterState
 
-__all__ = ["Clairvoyant", "Coordinated", "DeviceOnly", "FixedPlan", "Greedy", "Hysteresis", "MultiActor",
-           "MultiClientHeuristic", "StaticHindsight", "make_multi_heuristic"]
+__all__ = ["Clairvoyant", "Coordinated", "DeviceOnly", "FixedPlan", "FullOffload", "Greedy",
+           "Hysteresis", "MultiActor", "MultiClientHeuristic", "StaticHindsight", "make_multi_heuristic"]
 
 
 class MultiClientHeuristic:
@@ -109,7 +110,7 @@ class MultiClientHeuristic:
         for s in steps:
             st, out = self.chain.step(st, trial, tile(s["active"]), tile(s["rate"]), tile(s["bw"]),
                                       tile(s["edge_load"]), tile(s["accel_load"]), self.config.dt_s,
-                                      self.config.deadline_ms)
+                                      self.env.core.deadline_ms[0])
             total += self.cost(out)
         return total
 
@@ -131,6 +132,27 @@ class DeviceOnly(MultiClientHeuristic):
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """Zeros."""
         return np.zeros(self.num_clients, np.int64)
+
+
+class FullOffload(MultiClientHeuristic):
+    """Every client offloads all it may, the best way for it alone.
+
+    Among the candidates with the fewest blocks on the edge, the one predicted fastest for the
+    client alone (its codec and where the rest runs).
+    """
+
+    name = "full-offload"
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        splits = np.asarray(self.env.candidates.plans.splits)
+        self.offload = splits[:, 0] == splits[:, 0].min()
+
+    def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """The best offloading plan for every present client."""
+        seen = self.seen(obs)
+        pred = np.where(self.offload[None], seen["predicted_ms"], np.inf)
+        return np.where(seen["active"], np.argmin(pred, axis=1), 0)
 
 
 class Greedy(MultiClientHeuristic):
@@ -337,7 +359,8 @@ class MultiActor:
 
 def make_multi_heuristic(name: str, env: Any, **kwargs: Any) -> MultiClientHeuristic:
     """Build a heuristic for a :class:`~envs.multi_client.MultiClientEnv`."""
-    classes = {c.name: c for c in (DeviceOnly, Greedy, Hysteresis, Coordinated, StaticHindsight, Clairvoyant)}
+    classes = {c.name: c for c in (DeviceOnly, FullOffload, Greedy, Hysteresis, Coordinated, StaticHindsight,
+                                   Clairvoyant)}
     if name not in classes:
         raise ValueError(f"unknown multi-client policy '{name}' (expected one of {', '.join(classes)})")
     return classes[name](env, **kwargs)

@@ -67,6 +67,9 @@ class EnvConfig:
         ref_latency_ms: Reward normaliser, ms; ``None``: device-only latency at no load.
         max_plans: Size of the candidate plan set (the action space).
         use_codecs: Let candidates use the model profile's activation codecs.
+        codecs: Only these codecs (empty: every codec of the profile; ``none`` is always allowed).
+        min_edge_blocks: Blocks the first device runs before anything leaves it, in every
+            candidate (seed 000 splits in 1..N: 1; 0 lets a plan send the raw input).
     """
 
     model_profile: str = "mobilenet_v2"
@@ -94,6 +97,8 @@ class EnvConfig:
     ref_latency_ms: float | None = None
     max_plans: int = 32
     use_codecs: bool = True
+    codecs: tuple[str, ...] = ()
+    min_edge_blocks: int = 0
 
     default_file: ClassVar[str] = "default.yaml"
 
@@ -111,6 +116,7 @@ class EnvConfig:
             (self.energy_weight >= 0, "energy_weight must be >= 0"),
             (self.slo_ms is None or self.slo_ms > 0, "slo_ms must be > 0"),
             (self.max_plans >= 2, "max_plans must be >= 2"),
+            (self.min_edge_blocks >= 0, "min_edge_blocks must be >= 0"),
             (len(self.devices) >= 1, "devices must list at least one device"),
             (not self.device_scales or (len(self.device_scales) == len(self.devices)
                                         and all(k > 0 for k in self.device_scales)),
@@ -235,7 +241,7 @@ def _convert(key: str, value: Any) -> Any:
         if len(rates) not in (1, 2):
             raise ValueError(f"expected one rate or [low, high], found {value!r}")
         return (rates[0], rates[-1])
-    if key in ("devices", "traces", "synthetic"):
+    if key in ("devices", "traces", "synthetic", "codecs"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         return tuple(str(v) for v in value)
@@ -250,7 +256,8 @@ def _convert(key: str, value: Any) -> Any:
         mean = tuple(float(m) for m in mean) if isinstance(mean, list | tuple) else (float(mean),)
         return NodeProcess(mean, float(value.get("sd", 0.15)), float(value.get("reversion", 0.1)),
                            float(value.get("low", 0.0)), float(value.get("high", 0.95)))
-    if key in ("max_steps", "history", "max_clients", "staleness_steps", "max_plans", "min_clients"):
+    if key in ("max_steps", "history", "max_clients", "staleness_steps", "max_plans", "min_clients",
+               "min_edge_blocks"):
         if isinstance(value, bool) or int(value) != value:
             raise TypeError(f"expected an integer, found {value!r}")
         return int(value)

@@ -41,7 +41,9 @@ class MultiClientCore:
         devices = [resolve_device(d) for d in cfg.devices]
         single = SplitModel(profile, devices)
         self.candidates: CandidatePlans = candidate_plans(single, max_plans=cfg.max_plans,
-                                                          use_codecs=cfg.use_codecs)
+                                                          use_codecs=cfg.use_codecs,
+                                                          codecs=cfg.codecs or None,
+                                                          min_edge_blocks=cfg.min_edge_blocks)
         if cfg.device_scales:
             names = [f"d{i}" for i in range(len(devices))]
             profile, devices = scaled_profiles(profile, devices, list(cfg.device_scales), names)
@@ -77,6 +79,7 @@ class MultiClientCore:
         self.state = self.chain.initial_state(E)
         self.batch = np.zeros((E, M))
         self.plans = np.zeros((E, K), np.int64)
+        self.deadline_ms = np.full((E, K), cfg.deadline_ms)  # per slot: a script may set its own
         self.t = np.zeros(E, np.int64)
         self.episode_traces: list[list[str]] = [[] for _ in range(E)]
         self._rows = np.arange(E)
@@ -100,14 +103,28 @@ class MultiClientCore:
         start = options.get("start_s")
         start = None if start is None or pinned is None else round(float(start) / cfg.dt_s) - warm
         active, rate, bw = np.empty((N, n, K), bool), np.empty((N, n, K)), np.empty((N, n, K))
-        for j, e in enumerate(idx):
+        script = options.get("script")
+        if script is not None:  # given conditions (a scenario): the warm-up repeats the first step,
+            # and the observation after the last step sees the last step again
+            given = _scripted(script, T, K, M, cfg.deadline_ms)
+            pad = lambda x: np.concatenate([np.repeat(x[:1], warm, axis=0), x, x[-1:]], axis=0)  # noqa: E731
+            active[:], rate[:], bw[:] = pad(given["active"]), pad(given["rate"]), pad(given["bw"])
+            load = np.broadcast_to(pad(np.concatenate([given["edge_load"], given["accel_load"]], axis=1)),
+                                   (N, n, K + M)).copy()
+            for e in idx:
+                self.episode_traces[e] = [f"script:{k}" for k in range(K)]
+            self.deadline_ms[idx] = given["deadline_ms"]
+        else:
+            self.deadline_ms[idx] = cfg.deadline_ms
+        for j, e in enumerate(idx if script is None else ()):
             active[j], rate[j] = self._presence(n, rng, options)
             bw[j], self.episode_traces[e] = link_series(self._traces, self.trace_names, cfg, K, n, rng,
                                                         pinned, start)
-        mean = np.resize(np.asarray(cfg.cpu_load.mean, float), M + 1)
-        proc = NodeProcess(((mean[0],) * K + tuple(mean[1:])) * N, cfg.cpu_load.sd, cfg.cpu_load.reversion,
-                           cfg.cpu_load.low, cfg.cpu_load.high)
-        load = node_process(proc, N * (K + M), n, rng).reshape(n, N, K + M).transpose(1, 0, 2)
+        if script is None:
+            mean = np.resize(np.asarray(cfg.cpu_load.mean, float), M + 1)
+            proc = NodeProcess(((mean[0],) * K + tuple(mean[1:])) * N, cfg.cpu_load.sd,
+                               cfg.cpu_load.reversion, cfg.cpu_load.low, cfg.cpu_load.high)
+            load = node_process(proc, N * (K + M), n, rng).reshape(n, N, K + M).transpose(1, 0, 2)
         rep_bw = bw * np.exp(rng.normal(0, cfg.bw_noise, bw.shape))
         rep_load = np.clip(load + rng.normal(0, cfg.load_noise, load.shape), 0, 1)
         steps = slice(warm, n)
@@ -209,7 +226,7 @@ class MultiClientCore:
         actions = np.where(active, actions, 0)
         self.state, out = self.chain.step(self.state, actions, active, self._rate[at], self._bw[at],
                                           self._edge_load[at], self._accel_load[at], cfg.dt_s,
-                                          cfg.deadline_ms, slow=self._slow[at],
+                                          self.deadline_ms, slow=self._slow[at],
                                           grid_at=(self._grid_i[at], self._grid_w[at]))
         admitted = out.offered - out.dropped
         offered = out.offered.sum(axis=1)
@@ -224,6 +241,28 @@ class MultiClientCore:
         return reward, {"latency_ms": out.latency_ms, "admitted": admitted, "offered": out.offered,
                         "dropped": out.dropped, "energy_j": out.energy_j, "batch": out.batch,
                         "plans": actions, "active": active, "bandwidth_mbps": self._bw[at]}
+
+
+def _scripted(script: Any, T: int, K: int, M: int, deadline_ms: float) -> dict[str, np.ndarray]:
+    """Validate the ``script`` reset option: every step's true conditions, one array per key."""
+    shapes = {"active": (T, K), "rate": (T, K), "bw": (T, K), "edge_load": (T, K), "accel_load": (T, M),
+              "deadline_ms": (K,)}
+    if not isinstance(script, dict) or not set(shapes) - {"deadline_ms"} <= set(script) <= set(shapes):
+        raise ValueError(f"script: expected the keys {sorted(shapes)} (deadline_ms optional)")
+    script = {"deadline_ms": np.full(K, deadline_ms), **script}
+    out = {}
+    for key, shape in shapes.items():
+        x = np.asarray(script[key], bool if key == "active" else float)
+        if x.shape != shape:
+            raise ValueError(f"script: '{key}' must have shape {shape} (steps, slots), found {x.shape}")
+        if key not in ("active", "deadline_ms") and not (np.isfinite(x).all() and (x >= 0).all()):
+            raise ValueError(f"script: '{key}' must be finite and >= 0")
+        out[key] = x
+    if (out["bw"] <= 0).any() or (out["edge_load"] > 1).any() or (out["accel_load"] > 1).any():
+        raise ValueError("script: bandwidths must be > 0 and loads in [0, 1]")
+    if not (out["deadline_ms"] > 0).all():
+        raise ValueError("script: deadlines must be > 0")
+    return out
 
 
 class MultiClientEnv(gym.Env):
@@ -263,7 +302,11 @@ class MultiClientEnv(gym.Env):
     offset scaled as in ``adaptive/SplitInference-v0``, empty queues. ``reset(options=...)``
     accepts ``{"trace": name}`` (every uplink), ``{"links": [...]}`` (one trace or fixed rate per
     slot), ``"start_s"``, ``{"clients": n}`` (exactly ``n`` clients, none joining or leaving) and
-    ``{"rate_rps": r}`` (every client at ``r`` frames/s).
+    ``{"rate_rps": r}`` (every client at ``r`` frames/s). ``{"script": {...}}`` gives every step's
+    true conditions instead (a scenario, :mod:`adaptive.scenario`): ``active``, ``rate``, ``bw``
+    and ``edge_load`` as ``(max_steps, K)`` arrays, ``accel_load`` as ``(max_steps, M)`` and
+    optionally ``deadline_ms`` per slot ``(K,)`` (default: the config's); telemetry noise and age
+    still apply to what is observed.
 
     ## Episode End
 
@@ -273,7 +316,8 @@ class MultiClientEnv(gym.Env):
 
     ``latency_ms`` (mean over the frames served in the step, NaN if none), ``frames`` (served),
     ``offered``, ``dropped``, ``energy_j`` (per served frame), ``plan`` (per slot), ``active``,
-    ``batch`` (per accelerator), ``bandwidth_mbps`` (true, per slot), ``switched``, ``feasible``,
+    ``client_latency_ms``, ``client_frames`` and ``client_dropped`` (per slot), ``batch`` (per
+    accelerator), ``bandwidth_mbps`` (true, per slot), ``switched``, ``feasible``,
     ``ignored`` (the slots whose plan was outside the mask: empty slots, which run nothing).
 
     ## Version History
@@ -334,7 +378,8 @@ class MultiClientEnv(gym.Env):
         info = {"latency_ms": latency, "frames": frames, "offered": float(out["offered"][0].sum()),
                 "dropped": float(out["dropped"][0].sum()), "energy_j": energy,
                 "plan": out["plans"][0].tolist(), "active": out["active"][0].tolist(),
-                "client_latency_ms": out["latency_ms"][0].tolist(), "batch": out["batch"][0].tolist(),
+                "client_latency_ms": out["latency_ms"][0].tolist(), "client_frames": served.tolist(),
+                "client_dropped": out["dropped"][0].tolist(), "batch": out["batch"][0].tolist(),
                 "bandwidth_mbps": out["bandwidth_mbps"][0].tolist(),
                 "switched": bool(np.any((out["plans"][0] != before) & out["active"][0])), "feasible": True,
                 "ignored": np.flatnonzero(~out["active"][0] & (a[0] != 0)).tolist()}

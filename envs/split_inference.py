@@ -105,7 +105,9 @@ class SplitInferenceEnv(gym.Env):
         profile, devices = resolve_model(cfg.model_profile), [resolve_device(d) for d in cfg.devices]
         profiled = SplitModel(profile, devices)
         self.candidates: CandidatePlans = candidate_plans(profiled, max_plans=cfg.max_plans,
-                                                          use_codecs=cfg.use_codecs)
+                                                          use_codecs=cfg.use_codecs,
+                                                          codecs=cfg.codecs or None,
+                                                          min_edge_blocks=cfg.min_edge_blocks)
         self.model = profiled
         if cfg.device_scales:  # the devices as measured: costs change, the action set does not
             names = [f"d{i}" for i in range(len(devices))]

@@ -36,6 +36,7 @@ _COMMANDS: dict[str, str] = {
     "client": "live",
     "demo": "live",
     "keys": "live",
+    "experiment": "experiment",
 }
 
 

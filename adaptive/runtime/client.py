@@ -39,6 +39,7 @@ import numpy as np
 import zmq
 
 from adaptive.errors import AdaptiveError
+from adaptive.plans import plan_label
 from adaptive.runtime.wire import (
     DEFAULT_MAX_PAYLOAD,
     Frame,
@@ -476,13 +477,6 @@ class InferenceClient:
         while self.outstanding() and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.records[first:]
-
-
-def plan_label(splits: Iterable[int], codecs: Iterable[str] = ()) -> str:
-    """A plan as one short string: ``3,7``, or ``3,7/int8,none`` when it compresses."""
-    codecs = tuple(codecs)
-    text = ",".join(str(x) for x in splits)
-    return text + "/" + ",".join(codecs) if any(c != "none" for c in codecs) else text
 
 
 def _hops(frame: Frame) -> str:
