@@ -218,9 +218,11 @@ class SharedController(Controller):
 
     # ------------------------------------------------------------------ decisions
 
-    def _joint(self, obs: np.ndarray, mask: np.ndarray, seen: dict[str, Any], warn: bool) -> np.ndarray:
-        """The policy's plan per slot, each inside its mask (slots with no client: 0)."""
-        plans, _ = self.policy.predict(obs, deterministic=True, action_masks=mask.reshape(-1))
+    def _joint(self, obs: np.ndarray, mask: np.ndarray, seen: dict[str, Any], warn: bool,
+               policy: Any = None) -> np.ndarray:
+        """The policy's (or ``policy``'s) plan per slot, each inside its mask (slots with no client: 0)."""
+        policy = self.policy if policy is None else policy
+        plans, _ = policy.predict(obs, deterministic=True, action_masks=mask.reshape(-1))
         plans = np.asarray(plans, np.int64).reshape(-1)
         K, P = mask.shape
         if plans.shape != (K,):
@@ -273,9 +275,8 @@ class SharedController(Controller):
         obs = self._assemble(seen["active"], seen["rate_rps"], seen["edge_load"], hist, bw,
                              seen["accel_load"], seen["batch"])
         # a copy: the sweep must not move a stateful policy (dwell counters, plans kept)
-        sweep = copy.copy(self)
-        sweep.policy = copy.copy(self.policy)
-        choice = np.array([sweep._joint(obs[g], mask, {**seen, "bandwidth_mbps": bw[g]}, warn=False)[k]
+        sweep = copy.copy(self.policy)
+        choice = np.array([self._joint(obs[g], mask, {**seen, "bandwidth_mbps": bw[g]}, False, sweep)[k]
                            for g in range(G)])
         # each bin's predicted latency for this client, the others on the joint plan
         joint = np.repeat(self.joint[None], G, axis=0)
@@ -321,7 +322,7 @@ class SharedController(Controller):
 
     def _retained(self) -> list[Message]:
         with self._lock:
-            return list(getattr(self, "_retained_rules", {}).values())
+            return list(self._retained_rules.values())
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/rule"):
