@@ -91,12 +91,14 @@ class SharedChain:
         accelerators: The shared chain ``[a1, …, aM]``.
         plans: The candidate plans, ``(P, M)`` splits, shared by all clients.
         accel_link_mbps: Bandwidth of the links between accelerators, Mbit/s (wired).
+        link_delay_ms: Propagation delay of each link, ms: every client's uplink, then each link
+            between accelerators (``M`` numbers; one number: all links; default 0).
         grid: Bandwidths at which communication is tabulated, Mbit/s, increasing.
     """
 
     def __init__(self, model: ModelProfile, edges: Sequence[DeviceProfile],
                  accelerators: Sequence[DeviceProfile], plans: PlanArray, *,
-                 accel_link_mbps: float = 1000.0,
+                 accel_link_mbps: float = 1000.0, link_delay_ms: float | Sequence[float] = 0.0,
                  grid: np.ndarray | None = None) -> None:
         if not edges:
             raise PlanError("a shared chain needs at least one client edge device")
@@ -112,6 +114,13 @@ class SharedChain:
         self.num_clients, self.num_plans = len(edges), len(plans)
         self.num_devices = len(accelerators) + 1
         self.accel_link_mbps = float(accel_link_mbps)
+        delay = np.asarray(link_delay_ms, float)
+        if delay.ndim == 0:
+            delay = np.full(len(accelerators), float(delay))
+        if delay.shape != (len(accelerators),) or not (np.isfinite(delay).all() and (delay >= 0).all()):
+            raise PlanError(f"link_delay_ms must be {len(accelerators)} numbers >= 0 (uplink, then the links "
+                            f"between accelerators), found {link_delay_ms!r}")
+        self.link_delay_ms = delay
         self.grid = np.geomspace(0.01, 10_000.0, 2049) if grid is None else np.asarray(grid, float)
         self._inv_grid = 1.0 / self.grid
         D, M, G, P = self.num_devices, self.num_devices - 1, len(self.grid), len(plans)
@@ -120,8 +129,8 @@ class SharedChain:
             chain._check_plans(plans)
             bw = np.full((G, M), self.accel_link_mbps)
             bw[:, 0] = self.grid
-            one = chain.evaluate(plans, _batch(bw, D, clients=1.0))
-            two = chain.evaluate(plans, _batch(bw[:1], D, clients=2.0))
+            one = chain.evaluate(plans, _batch(bw, D, clients=1.0, delay=delay))
+            two = chain.evaluate(plans, _batch(bw[:1], D, clients=2.0, delay=delay))
             comm.append(one.comm_ms)  # (G, P, D)
             execs.append(one.exec_ms[0])  # (P, D) at no load, batch 1
             delta.append(two.exec_ms[0] - one.exec_ms[0])  # one more item in the batch, at no load
@@ -426,6 +435,7 @@ def _ahead(state: ClusterState, uses: np.ndarray, sends: np.ndarray, w_link: np.
     return wait
 
 
-def _batch(bw: np.ndarray, D: int, clients: float) -> ConditionBatch:
+def _batch(bw: np.ndarray, D: int, clients: float, delay: np.ndarray) -> ConditionBatch:
     B, M = bw.shape
-    return ConditionBatch(bw, np.zeros((B, M)), np.zeros((B, D)), np.full(B, clients), np.full((B, D), 1e12))
+    return ConditionBatch(bw, np.broadcast_to(delay, (B, M)).copy(), np.zeros((B, D)), np.full(B, clients),
+                          np.full((B, D), 1e12))

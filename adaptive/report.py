@@ -253,6 +253,7 @@ def scenario_doc(s: Any) -> dict[str, Any]:
         "published": s.published,
         "source": s.source,
         "plans": {"min_edge_blocks": s.min_edge_blocks, "codecs": list(s.codecs)},
+        "link_delay_ms": list(s.link_delay_ms),
     }
 
 

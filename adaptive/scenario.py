@@ -246,6 +246,7 @@ class Scenario:
     device_scales: tuple[float, ...] = ()
     min_edge_blocks: int = 0
     codecs: tuple[str, ...] = ()
+    link_delay_ms: tuple[float, ...] = ()
     published: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
 
@@ -261,6 +262,7 @@ class Scenario:
             "duration_s",
             "dt_s",
             "accel_link_mbps",
+            "link_delay_ms",
             "policies",
             "repeats",
             "seed",
@@ -354,6 +356,19 @@ class Scenario:
                 f"expected {1 + len(accelerators)} positive numbers "
                 "(the edge, then each accelerator) or none",
             )
+        delays = doc.get("link_delay_ms", [])
+        if (
+            not isinstance(delays, list)
+            or (delays and len(delays) != len(accelerators))
+            or not all(
+                not isinstance(x, bool) and isinstance(x, int | float) and 0 <= x < 60_000 for x in delays
+            )
+        ):
+            raise _fail(
+                f"{source}.link_delay_ms",
+                f"expected {len(accelerators)} numbers of ms >= 0 (every "
+                f"client's uplink, then each link between accelerators) or none, found {delays!r}"[:200],
+            )
         plans = _keys(doc.get("plans", {}), f"{source}.plans", {"min_edge_blocks", "codecs"})
         min_edge = plans.get("min_edge_blocks", 0)
         if isinstance(min_edge, bool) or not isinstance(min_edge, int) or min_edge < 0:
@@ -387,6 +402,7 @@ class Scenario:
             tuple(float(x) for x in scales),
             min_edge,
             tuple(codecs),
+            tuple(float(x) for x in delays),
             published,
             source,
         )

@@ -92,6 +92,7 @@ def _env_for(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         "deadline_ms": scenario.clients[0].deadline_ms,
         "min_edge_blocks": scenario.min_edge_blocks,
         "codecs": list(scenario.codecs),
+        "link_delay_ms": list(scenario.link_delay_ms),
     }
     if name == "ppo":
         from importlib import resources
@@ -128,6 +129,7 @@ def _env_for(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
             accel_link_mbps=scenario.accel_link_mbps,
             device_scales=list(scenario.device_scales),
             deadline_ms=scenario.clients[0].deadline_ms,
+            link_delay_ms=list(scenario.link_delay_ms),
         )
         env = MultiClientEnv(trained)
         return env, MultiActor(net, env.num_clients), env.num_clients

@@ -203,6 +203,8 @@ class MultiClientConfig(EnvConfig):
         drop_penalty: Cost of a dropped frame in the reward, in units of ``ref_latency_ms``.
         min_clients: Fewest clients present at any time (≥ 1).
         accel_link_mbps: Bandwidth of the wired links between accelerators, Mbit/s.
+        link_delay_ms: Propagation delay of every client's uplink, then of each link between
+            accelerators, ms (empty: none).
     """
 
     max_steps: int = 800
@@ -211,6 +213,7 @@ class MultiClientConfig(EnvConfig):
     drop_penalty: float = 5.0
     min_clients: int = 1
     accel_link_mbps: float = 1000.0
+    link_delay_ms: tuple[float, ...] = ()
     client_change_prob: float = 0.02
 
     default_file: ClassVar[str] = "multi_client.yaml"
@@ -225,6 +228,9 @@ class MultiClientConfig(EnvConfig):
             (1 <= self.min_clients <= self.max_clients, "min_clients must be in 1..max_clients"),
             (self.accel_link_mbps > 0, "accel_link_mbps must be > 0"),
             (len(self.devices) >= 2, "devices must list an edge device and at least one accelerator"),
+            (not self.link_delay_ms or (len(self.link_delay_ms) == len(self.devices) - 1
+                                        and all(d >= 0 for d in self.link_delay_ms)),
+             "link_delay_ms must be empty or one number >= 0 per link (uplink, then between accelerators)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -234,7 +240,7 @@ class MultiClientConfig(EnvConfig):
 def _convert(key: str, value: Any) -> Any:
     if isinstance(value, TraceScaling | NodeProcess):
         return value
-    if key == "device_scales":
+    if key in ("device_scales", "link_delay_ms"):
         return tuple(float(v) for v in value)
     if key == "client_rate_rps":
         rates = [float(v) for v in value] if isinstance(value, list | tuple) else [float(value)]

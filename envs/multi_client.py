@@ -49,7 +49,7 @@ class MultiClientCore:
             profile, devices = scaled_profiles(profile, devices, list(cfg.device_scales), names)
         K, M = cfg.max_clients, len(devices) - 1
         self.chain = SharedChain(profile, [devices[0]] * K, devices[1:], self.candidates.plans,
-                                 accel_link_mbps=cfg.accel_link_mbps)
+                                 accel_link_mbps=cfg.accel_link_mbps, link_delay_ms=cfg.link_delay_ms or 0.0)
         self.num_envs, self.num_clients, self.num_accels = num_envs, K, M
         self.num_plans = len(self.candidates)
         device_only = PlanArray.from_splits([[single.num_blocks] * M])

@@ -46,6 +46,21 @@ def test_one_client_without_contention_is_the_single_chain_model(setup):
             assert out.energy_j[0, 0] == pytest.approx(ref.energy_j[p], rel=1e-9)
 
 
+def test_link_delays_are_the_single_chain_model_propagation(setup):
+    model, plans, _ = setup
+    profile, devices = model.profile, model.devices
+    delayed = SharedChain(profile, [devices[0]] * 4, devices[1:], plans, link_delay_ms=[2.5, 250.0])
+    one = np.array([True, False, False, False])
+    ref = model.evaluate(plans, Conditions(bandwidth_mbps=[12.0, 1000.0], propagation_ms=[2.5, 250.0]))
+    for p in range(len(plans)):
+        _, out = run(delayed, [p, 0, 0, 0], one, 1e-3, 12.0)
+        assert out.service_ms[0, 0] == pytest.approx(ref.latency_ms[p], rel=1e-9)
+    crosses_wan = (plans.splits[:, 1] < model.num_blocks) & (delayed.uses[:, 2])  # the tail runs on the Orin
+    assert crosses_wan.any()
+    with pytest.raises(PlanError, match="link_delay_ms must be 2 numbers"):
+        SharedChain(profile, [devices[0]], devices[1:], plans, link_delay_ms=[1.0, 2.0, 3.0])
+
+
 def test_clients_on_one_plan_batch_like_the_clients_count(setup):
     model, plans, chain = setup
     three = np.array([True, True, True, False])

@@ -99,6 +99,7 @@ def test_conditions_follow_the_schedules():
         ({"policies": []}, "policies"),
         ({"repeats": 0}, "repeats"),
         ({"plans": {"codecs": ["zip"]}}, "plans.codecs"),
+        ({"link_delay_ms": [1, 2]}, "link_delay_ms: expected 1 numbers of ms"),
     ],
 )
 def test_bad_scenarios_are_named_by_field(change, message):
@@ -109,6 +110,7 @@ def test_bad_scenarios_are_named_by_field(change, message):
         change != {"schema": "adaptive.scenario/v2"}
         and "steps" not in json.dumps(change)
         and "join_s" not in json.dumps(change)
+        and "link_delay_ms" not in change
     ):
         with pytest.raises(jsonschema.ValidationError):  # the schema refuses it too
             jsonschema.validate(doc, SCHEMA)
@@ -206,3 +208,18 @@ def test_cli_runs_and_refuses_bad_input(tmp_path):
     assert "greedy" in proc.stdout and (tmp_path / "out" / "report.md").exists()
     proc = run("list")
     assert proc.returncode == 0 and "liu-fig13b" in proc.stdout
+
+
+def test_a_link_delay_adds_to_every_offloaded_frame():
+    def full_offload(delay):
+        s = Scenario.from_dict(
+            base(
+                policies=["full-offload"],
+                link_delay_ms=delay,
+                clients=[{"name": "a", "rate_rps": 1, "uplink": {"mbps": 50}}],
+            )
+        )
+        return np.nanmean([r["latency_ms"] for r in simulate(s)["rows"]])
+
+    extra = full_offload([40.0]) - full_offload([])
+    assert 40.0 <= extra <= 80.0 + 1e-6  # the input out, at most the result back too
