@@ -375,27 +375,27 @@ def _run_clients_demo(args: argparse.Namespace) -> int:
         clients=args.clients, model=args.model, policies=policies, rate_rps=args.rate,
         trace_median_mbps=args.trace_median_mbps, duration_s=args.duration / len(policies), out=out,
         view=not args.no_view), build_multi_policy, static_multi_plan)
-    print(f"\n{summary['model']}: {summary['clients']} clients, each on its own pi, share a jetson; "
+    print(f"\n{summary['model']}: {summary['clients']} clients, each on its own pi, share a jetson;\n"
           f"{summary['rate_rps']:g} frames/s each, {summary['phase_s']:.0f} s per policy")
-    print("dropped: answered after the deadline or not at all; predicted: the model's mean for what ran")
-    print(f"{'policy':<13}{'client':<7}{'frames':>7}{'lost':>5}{'dropped':>8}{'mean ms':>8}{'p95':>7}"
-          f"{'predicted':>10}{'error':>7}  main plan")
+    print("drop: answered after the 1 s deadline, or not at all; model: the mean the\n"
+          "model predicts for what ran; latency in ms")
+    print(f"{'policy':<12}{'client':<7}{'frames':>6}{'lost':>5}{'drop':>7}{'mean':>7}{'p95':>7}{'model':>7}"
+          f"{'error':>7}  plan")
     fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
     for p in summary["phases"]:
         for c in p["clients"]:
             main = next(iter(c["plans"]), "-")
-            print(f"{p['policy']:<13}{c['pi']:<7}{c['requests']:>7}{c['lost']:>5}"
-                  f"{fmt(100 * c['drop_rate'], '>7.1f')}%{fmt(c['mean_ms'], '>8.1f')}"
-                  f"{fmt(c['p95_ms'], '>7.1f')}"
-                  f"{fmt(c['predicted_ms'], '>10.1f')}{fmt(c['error_pct'], '>+6.1f')}%  [{main}]")
-        print(f"{p['policy']:<13}{'all':<7}{p['requests']:>7}{p['lost']:>5}"
-              f"{fmt(100 * p['drop_rate'], '>7.1f')}%"
-              f"{fmt(p['mean_ms'], '>8.1f')}")
+            print(f"{p['policy'][:11]:<12}{c['pi']:<7}{c['requests']:>6}{c['lost']:>5}"
+                  f"{fmt(100 * c['drop_rate'], '>6.1f')}%{fmt(c['mean_ms'], '>7.0f')}"
+                  f"{fmt(c['p95_ms'], '>7.0f')}"
+                  f"{fmt(c['predicted_ms'], '>7.0f')}{fmt(c['error_pct'], '>+6.1f')}%  {main}")
+        print(f"{p['policy'][:11]:<12}{'all':<7}{p['requests']:>6}{p['lost']:>5}"
+              f"{fmt(100 * p['drop_rate'], '>6.1f')}%{fmt(p['mean_ms'], '>7.0f')}")
     res = summary["results"]
-    print(f"results vs the whole model run here: {res['same_top1']}/{res['checked']} same top-1 class;\n"
+    print(f"results vs the whole model run here: {res['same_top1']}/{res['checked']} same top-1;\n"
           f"  largest error {100 * res['max_rel_error']:.2g}% of the output range "
           f"({100 * res['lossless_max_rel_error']:.2g}% over the {res['lossless']} with no lossy codec)")
     if summary["mape_pct"] is not None:
-        print(f"measured vs predicted mean latency per client: {summary['mape_pct']:.1f}% MAPE")
+        print(f"measured vs model mean latency per client: {summary['mape_pct']:.1f}% MAPE")
     print(f"plot, requests.csv, summary.json and node logs in {out}")
     return 0
