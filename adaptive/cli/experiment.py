@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -98,8 +99,12 @@ def _print(summary: dict[str, Any]) -> None:
         verdict = {True: "holds", False: "does NOT hold", None: "cannot be checked"}[check.get("holds")]
         values = check.get("values")
         if isinstance(values, dict):
-            values = {k: round(v, 1) if isinstance(v, float) else v for k, v in values.items()}
-        print(f"published: {what}: {verdict}\n  values: {values}")
+            text = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in values.items())
+        else:
+            text = ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values or [])
+        print(textwrap.fill(f"published: {what}: {verdict}", 79, subsequent_indent="  "))
+        print(textwrap.fill(f"values: {text}", 79, initial_indent="  ", subsequent_indent="  "))
 
 
 def _report(args: argparse.Namespace) -> int:
