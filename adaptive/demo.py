@@ -39,7 +39,7 @@ import numpy as np
 from adaptive.errors import AdaptiveError
 from monitor.ports import free_port
 
-__all__ = ["DemoConfig", "node_command", "run_demo"]
+__all__ = ["DemoConfig", "node_command", "run_demo", "stop_processes", "wait_online"]
 
 CHAIN = (("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin"))
 DEFAULT_TRACE = "5gophers-5g-car-driving-trace-1-Verizon.csv"
@@ -113,9 +113,10 @@ def _spawn_nodes(cfg: DemoConfig, broker_url: str, trace: Path, logs: Path) -> l
     return procs
 
 
-def _wait_online(collector: Any, procs: list[subprocess.Popen], timeout_s: float = 90.0) -> None:
+def wait_online(collector: Any, procs: list[subprocess.Popen], names: Sequence[str],
+                timeout_s: float = 90.0) -> None:
+    """Wait until every node announced its data endpoint and sent telemetry; fail if one exits."""
     deadline = time.monotonic() + timeout_s
-    names = [n for n, _ in CHAIN]
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
@@ -128,6 +129,17 @@ def _wait_online(collector: Any, procs: list[subprocess.Popen], timeout_s: float
             return
         time.sleep(0.2)
     raise AdaptiveError(f"nodes did not come online within {timeout_s:g} s")
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
+    """Terminate the node processes, killing any that do not exit within ``timeout_s``."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 PolicyBuilder = Callable[[str, Any], tuple[Any, Any, Any, str, Any]]
@@ -191,7 +203,7 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
     try:
         control.start()
         with Collector(url, cfg.cluster) as collector:
-            _wait_online(collector, procs)
+            wait_online(collector, procs, [n for n, _ in CHAIN])
             controller = Controller(
                 ctl_cfg,
                 url,
@@ -284,13 +296,7 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
         if controller is not None and not controller._stop.is_set():
             controller.close()
         control.close()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         broker.close()
     base = next(p for p in phases if p["phase"] == "device-only")["mean_ms"]
     for p in phases:

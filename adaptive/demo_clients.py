@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.demo import node_command
+from adaptive.demo import node_command, stop_processes, wait_online
 from adaptive.errors import AdaptiveError
 from monitor.ports import free_port
 
@@ -159,7 +159,7 @@ def run_clients_demo(cfg: ClientsDemoConfig, build_multi_policy: MultiBuilder,
     try:
         control.start()
         with Collector(url, cfg.cluster) as collector:
-            _wait_online(collector, procs, names)
+            wait_online(collector, procs, names, timeout_s=120.0)
             check = _Check(cfg.model, default_input_shape(cfg.model))
             clients = [InferenceClient(f"c{k + 1}", url, cfg.cluster, default_input_shape(cfg.model),
                                        timeout_s=30.0, source=pi, on_result=check).start()
@@ -224,13 +224,7 @@ def run_clients_demo(cfg: ClientsDemoConfig, build_multi_policy: MultiBuilder,
         for c in clients:
             c.close()
         control.close()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         broker.close()
     summary = {"model": cfg.model, "clients": cfg.clients, "edge": EDGE, "accelerator": ACCEL,
                "rate_rps": cfg.rate_rps, "deadline_ms": cfg.deadline_ms, "phase_s": cfg.duration_s,
@@ -308,21 +302,6 @@ def _drive(client: Any, check: _Check, rate_rps: float, duration_s: float) -> No
     deadline = time.monotonic() + client.timeout_s + 1
     while client.outstanding() and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-def _wait_online(collector: Any, procs: list[subprocess.Popen], names: list[str],
-                 timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AdaptiveError(f"a node process exited with code {p.returncode} (see its log)")
-        views = collector.nodes()
-        if all(n in views and views[n].status and views[n].status.data_endpoint
-               and views[n].telemetry_count > 0 for n in names):
-            return
-        time.sleep(0.2)
-    raise AdaptiveError(f"nodes did not come online within {timeout_s:g} s")
 
 
 def _plan_text(candidates: Any, index: int) -> str:
