@@ -5,10 +5,11 @@ Each client is on its own edge device (a *source*: ``chain[0]`` and ``sources`` 
 run along ``[its edge, chain[1], …, chain[M]]``. Every ``interval_s`` the controller
 
 1. builds the cluster's observation with :class:`adaptive.multiclient.ClusterObservation`, the
-   mapping ``adaptive/MultiClient-v0`` trains on: per client slot, present or not, its request rate
-   (measured from its source's stats), its edge's load and its uplink history (its monitor's
-   estimates, sampled every ``step_s`` of the policy); then the accelerators' load and the clients
-   batched on each under the joint plan in force. Backlogs are not observed live: they read as 0;
+   mapping ``adaptive/MultiClient-v0`` trains on: per client slot, present or not (its source is
+   alive and its client sends), its request rate (measured from its source's stats), its edge's
+   load and its uplink history (its monitor's estimates, sampled every ``step_s`` of the
+   policy); then the accelerators' load and the clients batched on each under the joint plan in
+   force. Backlogs are not observed live: they read as 0;
 2. asks the joint policy (``predict(obs, action_masks=K·P mask) -> (K,)`` plans, the env's
    action) for a plan per client. A plan outside a client's mask (it gives work to a dead
    accelerator) is replaced by that client's best allowed plan, with a warning; a plan for a slot
@@ -17,8 +18,10 @@ run along ``[its edge, chain[1], …, chain[M]]``. Every ``interval_s`` the cont
    copy, so that a stateful one is not moved) is asked again with that client's uplink moved
    over a grid, everything else held, and runs of equal choices become bandwidth bins. The
    source then follows its own uplink per request, as on one chain, while the others' plans
-   (and so the accelerators' batch and queue) stay as decided.
-   A rule is published (retained, versioned) when its bins or plans change.
+   (and so the accelerators' batch and queue) stay as decided. A source that is alive but idle
+   (its client has not sent for 3 s) gets the rule it would get if its client began now, and
+   does not count in the others' decision. A rule is published (retained, versioned) when its
+   bins or plans change.
 
 Calibration works as on one chain, per node; the shared model
 (:class:`adaptive.multiclient.SharedChain`) is rebuilt from the scaled profiles and handed to
@@ -152,7 +155,7 @@ class SharedController(Controller):
             v = views.get(c.node)
             if c.node not in dead and v is not None and v.telemetry is not None:
                 accel_load[j] = v.telemetry.cpu_percent / 100
-        active = np.zeros(K, bool)
+        active, alive = np.zeros(K, bool), np.zeros(K, bool)
         rate, edge_load, bw = np.ones(K), np.zeros(K), np.full(K, cfg.default_bandwidth_mbps)
         hist = np.full((K, H), cfg.default_bandwidth_mbps)
         ages: list[float | None] = [None] * K
@@ -161,9 +164,10 @@ class SharedController(Controller):
             if not self._alive(v, now):
                 continue
             assert v is not None and v.telemetry is not None
-            active[k] = True
-            # a source whose client has not sent yet is planned for 1 frame/s
-            rate[k] = max(self.request_rate(now, c.node), 1.0)
+            alive[k] = True
+            measured_rate = self.request_rate(now, c.node)
+            active[k] = measured_rate > 0  # its client sends (an idle source is planned as if it began)
+            rate[k] = max(measured_rate, 1.0)
             edge_load[k] = v.telemetry.cpu_percent / 100
             est = v.telemetry.links.get(accels[0].node)
             value = (est.passive_mbps or est.bandwidth_mbps) if est is not None else None
@@ -178,8 +182,9 @@ class SharedController(Controller):
         obs = self._assemble(active, rate, edge_load, hist, bw, accel_load, batch)[0]
         mask = np.broadcast_to(self._alive_mask(dead), (K, P)).copy()
         mask[~active] = True
-        seen = {"active": active, "rate_rps": rate, "edge_load": edge_load, "bandwidth_mbps": bw,
-                "history_mbps": hist, "accel_load": accel_load, "dead": dead, "batch": batch}
+        seen = {"active": active, "alive": alive, "rate_rps": rate, "edge_load": edge_load,
+                "bandwidth_mbps": bw, "history_mbps": hist, "accel_load": accel_load, "dead": dead,
+                "batch": batch}
         if self.metrics is not None:
             first = accels[0].node
             with self._lock:
@@ -191,7 +196,8 @@ class SharedController(Controller):
         with self._lock:
             self.observed = {"dead": dead, "bandwidth_mbps": bw[: len(self.clients)].tolist(),
                              "rate_rps": rate[: len(self.clients)].tolist(),
-                             "active": active[: len(self.clients)].tolist()}
+                             "active": active[: len(self.clients)].tolist(),
+                             "alive": alive[: len(self.clients)].tolist()}
         return obs, mask, seen
 
     def _history(self, samples: deque[tuple[float, float]], now: float, H: int) -> np.ndarray:
@@ -251,13 +257,19 @@ class SharedController(Controller):
         published = []
         predicted = {}
         for k, c in enumerate(self.clients):
-            if not seen["active"][k]:
-                continue  # the client left (or its source is down): its slot's plan is ignored
-            rule, predicted[c.node] = self._rule_for(k, mask, seen, now)
+            if not seen["alive"][k]:
+                continue  # the client left with its source: its slot's plan is ignored
+            if not seen["active"][k]:  # idle: the rule it would get if its client began now
+                begins = {**seen, "active": seen["active"].copy()}
+                begins["active"][k] = True
+                rule, predicted[c.node] = self._rule_for(k, mask, begins, now)
+            else:
+                rule, predicted[c.node] = self._rule_for(k, mask, seen, now)
             if rule is not None:
                 published.append(rule)
         self.history.append({"at": now, "plans": self.joint[: len(self.clients)].tolist(),
                              "active": seen["active"][: len(self.clients)].tolist(),
+                             "alive": seen["alive"][: len(self.clients)].tolist(),
                              "bandwidth_mbps": seen["bandwidth_mbps"][: len(self.clients)].tolist(),
                              "rate_rps": seen["rate_rps"][: len(self.clients)].tolist(),
                              "predicted_ms": predicted})

@@ -255,6 +255,8 @@ class Coordinated(Greedy):
         plans = plans.copy()
         active = steps[0]["active"]
         movers = np.flatnonzero(active)
+        if not len(movers):  # nobody present (a live cluster whose clients are all idle)
+            return np.zeros(K, np.int64)
         allowed = np.ones((K, P), bool) if mask is None else mask
         for _ in range(self.rounds * max(len(movers), 1)):
             trial = np.repeat(plans[None], len(movers) * P, axis=0)  # (k, p) → row k·P + p

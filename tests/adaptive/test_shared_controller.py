@@ -101,8 +101,11 @@ def test_each_client_gets_its_own_rule_and_every_result_is_the_whole_model(clust
             assert rule.source == e and rule.devices == (e, "acc")
         clients = [InferenceClient(f"c-{e}", cluster["url"], CLUSTER, SHAPE, timeout_s=20, source=e,
                                    on_result=check).start() for e in EDGES]
+        assert ctl.history[-1]["alive"] == [True, True, True]
+        assert ctl.history[-1]["active"] == [False, False, False]  # idle until their clients send
         send_rounds(clients, 10, x)
-        assert ctl.history and ctl.history[-1]["active"] == [True, True, True]
+        # the sources' stats (every second) show their clients' requests: all three count now
+        assert wait(lambda: any(h["active"] == [True, True, True] for h in ctl.history), 4)
     finally:
         for c in clients:
             c.close()
@@ -121,7 +124,7 @@ def test_a_client_that_left_gets_no_rule_and_the_others_lose_nothing(cluster):
         assert wait(lambda: all(cluster["nodes"][e].source.rule is not None for e in EDGES), 15)
         cluster["agents"]["e3"].close()
         cluster["nodes"]["e3"].close()  # e3's client leaves with its edge
-        assert wait(lambda: ctl.history and ctl.history[-1]["active"] == [True, True, False], 10)
+        assert wait(lambda: ctl.history and ctl.history[-1]["alive"] == [True, True, False], 10)
         seen = len(ctl.rules)
         left_at = ctl.history[-1]["at"]
         for _ in range(3):
@@ -160,20 +163,22 @@ def test_a_plan_outside_the_mask_is_replaced_and_nothing_is_lost(cluster, caplog
     clients = []
     try:
         assert wait(lambda: all(cluster["nodes"][e].source.rule is not None for e in EDGES), 15)
-        assert ctl.rejected_actions >= 3
+        clients = [InferenceClient(f"c-{e}", cluster["url"], CLUSTER, SHAPE, timeout_s=20, source=e).start()
+                   for e in EDGES]
+        send_rounds(clients, 3, None)
+        # once the clients send, their slots count, and the broken plans are caught and named
+        assert wait(lambda: ctl.rejected_actions >= 3, 5)
         assert "outside its mask" in caplog.text
         for e in EDGES:  # the rule each source holds gives it a real candidate
             for row in cluster["nodes"][e].source.rule.plans:
                 assert any(w.candidates.plan(i).splits == row.splits for i in range(len(w.candidates)))
-        clients = [InferenceClient(f"c-{e}", cluster["url"], CLUSTER, SHAPE, timeout_s=20, source=e).start()
-                   for e in EDGES]
         send_rounds(clients, 3, None)
     finally:
         for c in clients:
             c.close()
         ctl.close()
     for c in clients:
-        assert c.requests == len(c.records) == 3 and all(r.outcome == "ok" for r in c.records)
+        assert c.requests == len(c.records) == 6 and all(r.outcome == "ok" for r in c.records)
 
 
 def test_an_unknown_client_gets_a_clear_error_and_loses_nothing(cluster):

@@ -8,7 +8,8 @@ import pytest
 from agents.multi_policies import Coordinated, Greedy, make_multi_heuristic
 from envs.multi_client import MultiClientEnv
 
-NAMES = ["device-only", "greedy", "hysteresis", "coordinated", "static-hindsight", "clairvoyant"]
+NAMES = ["device-only", "full-offload", "greedy", "hysteresis", "coordinated", "static-hindsight",
+         "clairvoyant"]
 STILL = {"bw_noise": 0.0, "load_noise": 0.0, "cpu_load": {"mean": [0.0, 0.0], "sd": 0.0, "reversion": 0.1}}
 
 
@@ -32,6 +33,20 @@ def test_every_heuristic_gives_a_valid_plan_per_client(name):
     env = MultiClientEnv(max_steps=40)
     infos = episode(env, make_multi_heuristic(name, env))  # asserts every plan is within the mask
     assert sum(info["frames"] for info in infos) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_heuristic_copes_with_nobody_present(name):
+    """A live cluster whose clients are all idle: every slot empty for a while, then one client."""
+    env = MultiClientEnv(max_steps=20)
+    T, K = 20, env.core.num_clients
+    active = np.zeros((T, K), bool)
+    active[10:, 0] = True
+    script = {"active": active, "rate": np.full((T, K), 3.0), "bw": np.full((T, K), 20.0),
+              "edge_load": np.zeros((T, K)), "accel_load": np.zeros((T, env.core.num_accels))}
+    infos = episode(env, make_multi_heuristic(name, env), options={"script": script})
+    assert all(info["plan"] == [0] * K for info in infos[:10])  # nobody there: nothing to run
+    assert sum(info["frames"] for info in infos[10:]) > 0
 
 
 def test_an_unknown_policy_is_named():
