@@ -388,6 +388,14 @@ class Controller:
         if drift > 0.02:  # rebuild when the model's scales are 2% off, not on every small step
             self._rebuild_model()
 
+    def adopt_scales(self, scales: Mapping[str, float]) -> None:
+        """Start from compute scales measured earlier (e.g. by a previous controller), per node."""
+        with self._lock:
+            for node, k in scales.items():
+                if node in self.scales and k > 0:
+                    self.scales[node] = float(k)
+        self._rebuild_model()
+
     def _rebuild_model(self) -> None:
         """Rebuild the model with every node's compute scaled by its fitted factor."""
         with self._lock:

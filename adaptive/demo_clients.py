@@ -178,8 +178,7 @@ def run_clients_demo(cfg: ClientsDemoConfig, build_multi_policy: MultiBuilder,
                                               step_s=wiring.step_s, policy_name=wiring.name,
                                               on_shared=wiring.on_shared)
                 if scales is not None:  # what the earlier phases measured
-                    controller.scales.update(scales)
-                    controller._rebuild_model()
+                    controller.adopt_scales(scales)
                 controller.start()
                 try:
                     start = time.time()
