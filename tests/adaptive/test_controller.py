@@ -22,7 +22,10 @@ from tests.monitor.conftest import free_port
 pytestmark = pytest.mark.integration
 MODEL, CLUSTER = "resnet20_cifar", "ctl"
 CHAIN = [("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin")]
-TRUE_SCALE = 2.0  # the jetson really runs twice as slow as its profile says
+# the jetson really runs 4x as slow as its profile says: 17 ms for the whole model, well above what
+# the host needs to compute it even with the cluster's threads in one process (at 2x, 8.7 ms, the host
+# sometimes took 9-11 ms and the "true" scale the test expects was not the device's)
+TRUE_SCALE = 4.0
 
 
 class Prefer:
