@@ -59,11 +59,12 @@ def simulate(
     rows: list[dict[str, Any]] = []
     runs = []
     envs = {spec: _env_for(spec, scenario) for spec in scenario.policies}  # bad policies fail first
+    cond = scenario.conditions()  # traces are read once, not per policy and repeat
     for spec in scenario.policies:
         env, policy, slots = envs[spec]
         for r in range(repeats):
             started = time.perf_counter()
-            rows += _run(scenario, spec, env, policy, slots, r, seed + r)
+            rows += _run(scenario, cond, spec, env, policy, slots, r, seed + r)
             runs.append({"policy": spec, "repeat": r, "wall_s": round(time.perf_counter() - started, 3)})
             if on_progress is not None:
                 on_progress(spec, r, repeats)
@@ -142,9 +143,15 @@ def _env_for(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
 
 
 def _run(
-    scenario: Scenario, spec: str, env: Any, policy: Any, slots: int, repeat: int, seed: int
+    scenario: Scenario,
+    cond: dict[str, np.ndarray],
+    spec: str,
+    env: Any,
+    policy: Any,
+    slots: int,
+    repeat: int,
+    seed: int,
 ) -> list[dict[str, Any]]:
-    cond = scenario.conditions()
     K = len(scenario.clients)
     pad = slots - K
     if pad:  # the policy's extra slots stay empty
