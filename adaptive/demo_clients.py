@@ -24,6 +24,7 @@ a JSON summary and a plot.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -39,7 +40,7 @@ from adaptive.demo import node_command, stop_processes, wait_online
 from adaptive.errors import AdaptiveError
 from monitor.ports import free_port
 
-__all__ = ["ClientsDemoConfig", "run_clients_demo"]
+__all__ = ["ClientsDemoConfig", "ResultCheck", "run_clients_demo"]
 
 TRACES = (
     "5gophers-5g-car-driving-trace-1-Verizon.csv",
@@ -52,6 +53,7 @@ TRACES = (
     "norway-3g-train.oslo-vestby-report.2011-02-11_1618CET.csv",
 )
 EDGE, ACCEL = "raspberry-pi-4", "jetson-nano"
+_REQUEST_NUMBER = re.compile(r"-(\d+)(?:\.\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ def run_clients_demo(cfg: ClientsDemoConfig, build_multi_policy: MultiBuilder,
         control.start()
         with Collector(url, cfg.cluster) as collector:
             wait_online(collector, procs, names, timeout_s=120.0)
-            check = _Check(cfg.model, default_input_shape(cfg.model))
+            check = ResultCheck(cfg.model, default_input_shape(cfg.model))
             clients = [InferenceClient(f"c{k + 1}", url, cfg.cluster, default_input_shape(cfg.model),
                                        timeout_s=30.0, source=pi, on_result=check).start()
                        for k, pi in enumerate(pis)]
@@ -244,7 +246,7 @@ def run_clients_demo(cfg: ClientsDemoConfig, build_multi_policy: MultiBuilder,
     return summary
 
 
-class _Check:
+class ResultCheck:
     """Every result against the whole model run here on the same input (a few inputs, cycled).
 
     Random weights and inputs; the comparison is the largest absolute error relative to the
@@ -266,10 +268,10 @@ class _Check:
 
     def __call__(self, frame: Any) -> None:
         """Compare one result frame."""
-        try:  # "<client>-<n>", and ".<retry>" on a retried attempt
-            i = self.index(int(frame.request_id.split(".")[0].rsplit("-", 1)[1]))
-        except (IndexError, ValueError):
+        n = _REQUEST_NUMBER.search(frame.request_id)  # "<client>-<n>", and ".<retry>" on a retried attempt
+        if n is None:
             return
+        i = self.index(int(n.group(1)))
         want, got = self.expected[i], frame.tensor()
         err = float(np.abs(got - want).max() / max(float(np.ptp(want)), 1e-12))
         lossless = not any(c != "none" for c in frame.codecs)
@@ -290,7 +292,7 @@ class _Check:
                 "lossless": len(exact), "lossless_max_rel_error": round(max(exact, default=0.0), 6)}
 
 
-def _drive(client: Any, check: _Check, rate_rps: float, duration_s: float) -> None:
+def _drive(client: Any, check: ResultCheck, rate_rps: float, duration_s: float) -> None:
     """Open loop at ``rate_rps`` for ``duration_s``, cycling the checked inputs; then wait for answers."""
     period, next_at = 1.0 / rate_rps, time.monotonic()
     end = next_at + duration_s

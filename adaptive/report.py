@@ -25,7 +25,7 @@ import numpy as np
 
 from adaptive.errors import AdaptiveError
 
-__all__ = ["FIELDS", "read_steps", "summarise", "write_report", "write_run"]
+__all__ = ["FIELDS", "compare", "read_steps", "summarise", "write_report", "write_run"]
 
 FIELDS = (
     "policy",
@@ -199,10 +199,74 @@ def published_check(published: dict[str, Any], policies: dict[str, Any]) -> dict
     return out
 
 
+def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dict[str, Any]:
+    """Sim against live, from two summaries' ``policies``: per policy, and whether they rank alike.
+
+    Per policy: mean and p95 latency in each mode, their ratios (live / sim) and whether the
+    means agree within 10%. The ranking is by mean latency; a pair of policies whose simulated
+    means are within ``tie`` of each other is a tie, which no order of the live means contradicts.
+    """
+    rows = []
+    for name, lp in live.items():
+        sp = sim.get(name)
+        if sp is None:
+            continue
+        ratio = lambda a, b: round(a / b, 4) if a and b else None  # noqa: E731
+        mean_ratio = ratio(lp["mean_ms"], sp["mean_ms"])
+        rows.append(
+            {
+                "policy": name,
+                "live_mean_ms": lp["mean_ms"],
+                "sim_mean_ms": sp["mean_ms"],
+                "mean_ratio": mean_ratio,
+                "live_p95_ms": lp["p95_ms"],
+                "sim_p95_ms": sp["p95_ms"],
+                "p95_ratio": ratio(lp["p95_ms"], sp["p95_ms"]),
+                "live_drop_rate": lp["drop_rate"],
+                "sim_drop_rate": sp["drop_rate"],
+                "within_10pct": mean_ratio is not None and abs(mean_ratio - 1) <= 0.10,
+            }
+        )
+    ties, wrong = [], []
+    for a, b in itertools.combinations(rows, 2):
+        sa, sb, la, lb = a["sim_mean_ms"], b["sim_mean_ms"], a["live_mean_ms"], b["live_mean_ms"]
+        if None in (sa, sb, la, lb):
+            continue
+        if abs(sa - sb) <= tie * min(sa, sb):
+            ties.append([a["policy"], b["policy"]])
+        elif (sa < sb) != (la < lb):
+            wrong.append([a["policy"], b["policy"]])
+    by = lambda key: [
+        r["policy"]
+        for r in sorted(  # noqa: E731
+            (r for r in rows if r[key] is not None), key=lambda r: r[key]
+        )
+    ]
+    return {
+        "policies": rows,
+        "within_10pct": bool(rows) and all(r["within_10pct"] for r in rows),
+        "sim_order": by("sim_mean_ms"),
+        "live_order": by("live_mean_ms"),
+        "tie_margin": tie,
+        "ties": ties,
+        "ranking_agrees": bool(rows) and not wrong,
+        "disagreements": wrong,
+    }
+
+
 def write_run(
-    out: Path, scenario: Any, rows: list[dict[str, Any]], runs: list[dict[str, Any]], mode: str, wall_s: float
+    out: Path,
+    scenario: Any,
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    mode: str,
+    wall_s: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``steps.csv``, ``summary.json``, the figures and ``report.md``; return the summary."""
+    """Write ``steps.csv``, ``summary.json``, the figures and ``report.md``; return the summary.
+
+    ``extra`` adds top-level keys to the summary (a live run's ``live`` and ``compare``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     with (out / "steps.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
@@ -215,6 +279,7 @@ def write_run(
         "wall_s": round(wall_s, 3),
         "runs": runs,
         **summarise(rows, doc),
+        **(extra or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     write_report(out)
@@ -223,38 +288,7 @@ def write_run(
 
 def scenario_doc(s: Any) -> dict[str, Any]:
     """A scenario as plain data (what ``summary.json`` keeps)."""
-    return {
-        "name": s.name,
-        "description": s.description,
-        "model": s.model,
-        "edge_device": s.edge_device,
-        "accelerators": [
-            {"name": a.name, "device": a.device, "load": a.load.to_json(False)} for a in s.accelerators
-        ],
-        "clients": [
-            {
-                "name": c.name,
-                "rate_rps": c.rate_rps,
-                "deadline_ms": c.deadline_ms,
-                "join_s": c.join_s,
-                "leave_s": c.leave_s,
-                "uplink": c.uplink.to_json(True),
-                "load": c.load.to_json(False),
-            }
-            for c in s.clients
-        ],
-        "duration_s": s.duration_s,
-        "dt_s": s.dt_s,
-        "accel_link_mbps": s.accel_link_mbps,
-        "policies": list(s.policies),
-        "repeats": s.repeats,
-        "seed": s.seed,
-        "device_scales": list(s.device_scales),
-        "published": s.published,
-        "source": s.source,
-        "plans": {"min_edge_blocks": s.min_edge_blocks, "codecs": list(s.codecs)},
-        "link_delay_ms": list(s.link_delay_ms),
-    }
+    return {**s.to_dict(), "source": s.source}
 
 
 def read_steps(path: Path) -> list[dict[str, Any]]:
@@ -329,6 +363,7 @@ def _markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {seg['start_s']:g}–{seg['end_s']:g} s: {seg['label']} | " + " | ".join(cells) + " |"
             )
+    lines += _live_markdown(summary)
     pub = s.get("published") or {}
     if pub:
         lines += ["", "## Published result", ""]
@@ -379,6 +414,108 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _live_markdown(summary: dict[str, Any]) -> list[str]:
+    """The sim-vs-live table and the live run's own figures, when the summary has them."""
+    lines: list[str] = []
+    cmp_, live = summary.get("compare"), summary.get("live")
+    pct = lambda x: _fmt(100 * x if x is not None else None, ".2f") + "%"  # noqa: E731
+    if cmp_:
+        lines += [
+            "",
+            "## Sim vs live",
+            "",
+            "The simulation of the same scenario (in `sim/`), with every device at the speed the "
+            "controller calibrated live. Ratios are live / sim.",
+            "",
+            "| policy | live mean ms | sim mean ms | ratio | live p95 | sim p95 | ratio | live drops "
+            "| sim drops |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in cmp_["policies"]:
+            lines.append(
+                f"| {r['policy']} | {_fmt(r['live_mean_ms'])} | {_fmt(r['sim_mean_ms'])} | "
+                f"{_fmt(r['mean_ratio'], '.3f')} | {_fmt(r['live_p95_ms'])} | {_fmt(r['sim_p95_ms'])} | "
+                f"{_fmt(r['p95_ratio'], '.3f')} | {pct(r['live_drop_rate'])} | {pct(r['sim_drop_rate'])} |"
+            )
+        far = [r["policy"] for r in cmp_["policies"] if not r["within_10pct"]]
+        lines += [
+            "",
+            "Mean latency within 10% for every policy: "
+            + ("**yes**." if cmp_["within_10pct"] else f"**no** ({', '.join(far)}).")
+            + " Ranking by mean latency: live "
+            + " < ".join(cmp_["live_order"])
+            + "; sim "
+            + " < ".join(cmp_["sim_order"])
+            + "; "
+            + ("**agrees**" if cmp_["ranking_agrees"] else "**disagrees**")
+            + (
+                f" (pairs within {100 * cmp_['tie_margin']:g}% in sim count as ties: "
+                + ", ".join(" = ".join(t) for t in cmp_["ties"])
+                + ")"
+                if cmp_["ties"]
+                else ""
+            )
+            + ".",
+        ]
+        notes = _differences(summary)
+        if notes:
+            lines += ["", "Where they differ:", ""] + [f"* {n}" for n in notes]
+    if live:
+        res = live.get("results") or {}
+        lines += [
+            "",
+            "## Live run",
+            "",
+            f"On {live.get('host', 'this machine')}: {live['requests']} requests sent, {live['records']} "
+            f"recorded, {live['lost']} lost"
+            + (" (**interrupted**: what ran before Ctrl-C)" if live.get("interrupted") else "")
+            + ".",
+        ]
+        if res.get("checked"):
+            lines.append(
+                f"Every result was compared with the whole model run in one process on the same input: "
+                f"{res['checked']} checked, {res['same_top1']} with the same top-1 class, the "
+                f"{res['lossless']} from lossless plans within {res['lossless_max_rel_error']:.2g} of "
+                f"the output's range (all: {res['max_rel_error']:.2g})."
+            )
+        dec, cal = live.get("device_scales_declared", {}), live.get("device_scales_calibrated", {})
+        if dec:
+            lines += [
+                "",
+                "Device speed against the profile (emulated, and as the controller calibrated it): "
+                + ", ".join(f"{n} {dec[n]:g}× / {cal.get(n, float('nan')):.2f}×" for n in dec)
+                + ".",
+            ]
+        lines += ["", "Per-request records: `requests.csv`."]
+    return lines
+
+
+def _differences(summary: dict[str, Any]) -> list[str]:
+    """What the two modes did differently, where the records say."""
+    notes = []
+    live = summary.get("live") or {}
+    dec, cal = live.get("device_scales_declared", {}), live.get("device_scales_calibrated", {})
+    for n, k in dec.items():
+        if n in cal and k and abs(cal[n] / k - 1) > 0.10:
+            notes.append(
+                f"{n} ran {cal[n] / k:.2f}× the time its emulation asked for: this host could not keep "
+                "up (the sim uses the calibrated speed, and with it the sim's plans differ)"
+            )
+    for r in summary["compare"]["policies"]:
+        if r["within_10pct"]:
+            continue
+        ld, sd = r["live_drop_rate"] or 0.0, r["sim_drop_rate"] or 0.0
+        why = f"{r['policy']}: live {_fmt(r['live_mean_ms'])} ms against sim {_fmt(r['sim_mean_ms'])} ms"
+        if abs(ld - sd) > 0.02:
+            why += (
+                f"; it dropped {100 * ld:.1f}% of frames live and {100 * sd:.1f}% in sim (the sim drops a "
+                "frame at admission when it would be late; live counts a late answer), so the frames "
+                "averaged differ"
+            )
+        notes.append(why)
+    return notes
+
+
 def _figures(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -390,12 +527,18 @@ def _figures(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
     s = summary["scenario"]
     title = f"{s['name']}: {s['model']}, {len(s['clients'])} client(s)"
 
+    # live rows hold whole frames, fewer than one per step at a few frames/s: plot per second
+    bin_s = max(float(s.get("dt_s", 0.25)), 1.0 if summary.get("mode") == "live" else 0.0)
+
     def per_step(policy: str, key: str) -> tuple[np.ndarray, np.ndarray]:
         mine = [r for r in rows if r["policy"] == policy and r["repeat"] == 0]
-        times = sorted({r["time_s"] for r in mine})
+        bins: dict[float, list[dict[str, Any]]] = {}
+        for r in mine:
+            bins.setdefault(math.floor(r["time_s"] / bin_s + 1e-9) * bin_s, []).append(r)
+        times = sorted(bins)
         out_v = []
         for t in times:
-            at = [r for r in mine if r["time_s"] == t]
+            at = bins[t]
             # latency over the frames served; the plan over the frames offered (all may be dropped)
             w = np.array([r["offered"] - (r["dropped"] if key == "latency_ms" else 0.0) for r in at])
             v = np.array([r[key] for r in at])

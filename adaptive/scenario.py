@@ -249,6 +249,7 @@ class Scenario:
     link_delay_ms: tuple[float, ...] = ()
     published: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
+    live: dict[str, Any] = field(default_factory=dict)
 
     TOP: ClassVar[frozenset[str]] = frozenset(
         {
@@ -269,6 +270,7 @@ class Scenario:
             "device_scales",
             "published",
             "plans",
+            "live",
         }
     )
 
@@ -386,6 +388,9 @@ class Scenario:
         description = doc.get("description", "")
         if not isinstance(description, str):
             raise _fail(f"{source}.description", "expected text")
+        live = _keys(doc.get("live", {}), f"{source}.live", cls.TOP - {"schema", "name", "live", "published"})
+        if live:  # the live variant must be a valid scenario too: fail now, not minutes into a run
+            cls.from_dict({**doc, **live, "live": {}}, f"{source} (live)")
         return cls(
             name,
             model,
@@ -405,6 +410,7 @@ class Scenario:
             tuple(float(x) for x in delays),
             published,
             source,
+            live,
         )
 
     @classmethod
@@ -428,6 +434,54 @@ class Scenario:
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise AdaptiveError(f"{p}: invalid YAML{where}") from None
         return cls.from_dict(doc, str(p))
+
+    def for_live(self) -> Scenario:
+        """The scenario ``--mode live`` runs: its ``live`` block's keys replace the top-level ones.
+
+        A live run executes the real model on this machine, so a scenario whose devices the host
+        cannot emulate (an AGX Orin is ~18x faster than a 2-core x86 VM at VGG16) says how to run a
+        host-sized version of it: a lighter model, slowed devices (``device_scales``), fewer
+        policies or seconds. The sim it is compared with runs the same variant.
+        """
+        if not self.live:
+            return self
+        return Scenario.from_dict({**self.to_dict(), **self.live, "live": {}}, f"{self.source} (live)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario as a document :meth:`from_dict` reads back (without its ``live`` block)."""
+        doc: dict[str, Any] = {
+            "schema": SCHEMA,
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "edge_device": self.edge_device,
+            "accelerators": [
+                {"name": a.name, "device": a.device, "load": a.load.to_json(False)} for a in self.accelerators
+            ],
+            "clients": [
+                {
+                    "name": c.name,
+                    "rate_rps": c.rate_rps,
+                    "deadline_ms": c.deadline_ms,
+                    "join_s": c.join_s,
+                    "leave_s": c.leave_s,
+                    "uplink": c.uplink.to_json(True),
+                    "load": c.load.to_json(False),
+                }
+                for c in self.clients
+            ],
+            "duration_s": self.duration_s,
+            "dt_s": self.dt_s,
+            "accel_link_mbps": self.accel_link_mbps,
+            "policies": list(self.policies),
+            "repeats": self.repeats,
+            "seed": self.seed,
+            "device_scales": list(self.device_scales),
+            "published": self.published,
+            "plans": {"min_edge_blocks": self.min_edge_blocks, "codecs": list(self.codecs)},
+            "link_delay_ms": list(self.link_delay_ms),
+        }
+        return doc
 
     @property
     def steps(self) -> int:

@@ -34,7 +34,7 @@ import copy
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,8 @@ class SharedController(Controller):
         policy_name: Name published with each rule.
         on_shared: Called with each new (calibrated) shared model.
         accel_link_mbps: Bandwidth between accelerators, Mbit/s.
+        link_delay_ms: Propagation delay of every client's uplink, then of each link between
+            accelerators, ms (none: 0).
         ca_file: CA bundle for an ``mqtts://`` broker.
         metrics: Prometheus metrics, or None.
     """
@@ -78,7 +80,8 @@ class SharedController(Controller):
                  spec: ClusterObservation, candidates: CandidatePlans, deadline_ms: float = 1000.0,
                  step_s: float = 0.25, policy_name: str = "policy",
                  on_shared: Callable[[SharedChain], None] | None = None, accel_link_mbps: float = 1000.0,
-                 ca_file: str | None = None, metrics: Any = None) -> None:
+                 link_delay_ms: Sequence[float] = (), ca_file: str | None = None,
+                 metrics: Any = None) -> None:
         if len(config.chain) < 2:
             raise AdaptiveError("several clients share accelerators: the chain needs at least one")
         super().__init__(config, broker, policy, candidates=candidates, policy_name=policy_name,
@@ -96,6 +99,7 @@ class SharedController(Controller):
         self.step_s = float(step_s)
         self.on_shared = on_shared
         self.accel_link_mbps = float(accel_link_mbps)
+        self.link_delay_ms = tuple(float(x) for x in link_delay_ms)
         self._sources = tuple(c.node for c in self.clients)
         self._edge_devices = [resolve_device(c.device) for c in self.clients]
         for c in self.clients:
@@ -125,7 +129,7 @@ class SharedController(Controller):
         n = len(self.clients)
         edges = scaled[:n] + [scaled[0]] * (self.spec.num_clients - n)  # empty slots: any edge
         return SharedChain(profile, edges, scaled[n:], self.candidates.plans,
-                           accel_link_mbps=self.accel_link_mbps)
+                           accel_link_mbps=self.accel_link_mbps, link_delay_ms=self.link_delay_ms or 0.0)
 
     def _stage_model(self, node: str) -> tuple[SplitModel, int] | None:
         if node in self._edge_models:

@@ -25,7 +25,7 @@ from adaptive.errors import AdaptiveError
 from adaptive.plans import plan_label
 from adaptive.scenario import Scenario
 
-__all__ = ["HEURISTICS", "simulate"]
+__all__ = ["HEURISTICS", "policy_env", "simulate"]
 
 HEURISTICS = (
     "device-only",
@@ -58,7 +58,7 @@ def simulate(
         raise AdaptiveError("--repeats must be >= 1")
     rows: list[dict[str, Any]] = []
     runs = []
-    envs = {spec: _env_for(spec, scenario) for spec in scenario.policies}  # bad policies fail first
+    envs = {spec: policy_env(spec, scenario) for spec in scenario.policies}  # bad policies fail first
     cond = scenario.conditions()  # traces are read once, not per policy and repeat
     for spec in scenario.policies:
         env, policy, slots = envs[spec]
@@ -71,8 +71,8 @@ def simulate(
     return {"rows": rows, "runs": runs}
 
 
-def _env_for(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
-    """``(env, policy, client slots)`` for one policy."""
+def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
+    """``(env, policy, client slots)``: the environment a policy runs ``scenario`` on, and the policy."""
     from envs.multi_client import MultiClientEnv
 
     name, _, path = spec.partition(":")

@@ -151,17 +151,19 @@ class SharedWiring(NamedTuple):
     step_s: float
 
 
-MULTI_POLICIES = ("ppo[:PATH]", "coordinated", "greedy", "hysteresis", "device-only", "static")
+MULTI_POLICIES = ("ppo[:PATH]", "coordinated", "greedy", "hysteresis", "device-only", "full-offload",
+                  "static")
 
 
 def build_multi_policy(spec: str, config: Any, slots: int | None = None,
-                       static_plan: int | None = None) -> SharedWiring:
+                       static_plan: int | None = None, env: dict[str, Any] | None = None) -> SharedWiring:
     """Wire a joint policy for a controller of several sources (``config.sources``).
 
     ``ppo[:PATH]`` is the trained actor (default: the shipped ``ppo_multi_client``); the
     heuristics (``coordinated``, ``greedy``, ``hysteresis``, ``device-only``) run on an
     ``adaptive/MultiClient-v0`` env built for the cluster's devices, with ``slots`` client slots
-    (default: one per source); ``static`` keeps plan ``static_plan`` for every client, or without
+    (default: one per source) and the env config keys in ``env`` (e.g. an experiment's plan
+    limits, link delays and deadline); ``static`` keeps plan ``static_plan`` for every client, or without
     one each client's first ``coordinated`` plan.
     """
     from adaptive.errors import AdaptiveError
@@ -189,30 +191,30 @@ def build_multi_policy(spec: str, config: Any, slots: int | None = None,
             raise AdaptiveError(f"the PPO policy was trained for {sidecar.model_profile} on "
                                 f"{list(sidecar.devices)}; the cluster runs {config.model_profile} "
                                 f"on {devices}")
-        env = sidecar.env
+        trained = sidecar.env
         return SharedWiring(MultiActor(net, sidecar.observation.num_clients), sidecar.observation,
-                            sidecar.candidates(), "ppo", None, float(env.get("deadline_ms", 1000.0)),
-                            float(env.get("dt_s", 0.25)))
-    heuristics = ("coordinated", "greedy", "hysteresis", "device-only", "static")
+                            sidecar.candidates(), "ppo", None, float(trained.get("deadline_ms", 1000.0)),
+                            float(trained.get("dt_s", 0.25)))
+    heuristics = ("coordinated", "greedy", "hysteresis", "device-only", "full-offload", "static")
     if name not in heuristics:
         raise AdaptiveError(f"--policy: unknown multi-client policy '{spec}' (expected "
                             f"{', '.join(MULTI_POLICIES)})")
     from agents.multi_policies import FixedPlan, make_multi_heuristic
     from envs.multi_client import MultiClientEnv
 
-    env = MultiClientEnv({"model_profile": config.model_profile, "devices": devices,
-                          "max_clients": slots or sources, "history": config.history})
+    built = MultiClientEnv({"model_profile": config.model_profile, "devices": devices,
+                            "max_clients": slots or sources, "history": config.history, **(env or {})})
     if name == "static":
-        policy: Any = (FixedPlan(env, static_plan) if static_plan is not None
-                       else FirstJoint(make_multi_heuristic("coordinated", env)))
+        policy: Any = (FixedPlan(built, static_plan) if static_plan is not None
+                       else FirstJoint(make_multi_heuristic("coordinated", built)))
     else:
-        policy = make_multi_heuristic(name, env)
+        policy = make_multi_heuristic(name, built)
 
     def on_shared(chain: Any) -> None:
         (policy.inner if isinstance(policy, FirstJoint) else policy).chain = chain
 
-    return SharedWiring(policy, env.obs_spec, env.candidates, name, on_shared, env.config.deadline_ms,
-                        env.config.dt_s)
+    return SharedWiring(policy, built.obs_spec, built.candidates, name, on_shared, built.config.deadline_ms,
+                        built.config.dt_s)
 
 
 class FirstJoint:

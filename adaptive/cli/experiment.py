@@ -26,11 +26,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("scenario", help="scenario YAML file, or the name of a shipped scenario")
     r.add_argument(
         "--mode",
-        choices=("sim",),
+        choices=("sim", "live"),
         default="sim",
-        help="sim: the model and environment under the scenario's conditions (seconds)",
+        help="sim: the model and environment under the scenario's conditions (seconds); live: broker, "
+        "node processes running the real model, controller and clients on this machine, then the "
+        "same scenario in sim beside it (minutes; the scenario's live: block says how to size it)",
     )
-    r.add_argument("--repeats", type=int, help="repeats per policy (default: the scenario's)")
+    r.add_argument("--repeats", type=int, help="repeats per policy (default: the scenario's in sim, 1 live)")
     r.add_argument("--seed", type=int, help="first seed (default: the scenario's)")
     r.add_argument("--out", help="output directory (default runs/experiments/<name>-<mode>)")
     r.set_defaults(func=_run)
@@ -45,14 +47,17 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from adaptive.errors import AdaptiveError
-    from adaptive.report import write_run
     from adaptive.scenario import Scenario
-    from agents.experiment import simulate
 
     scenario = Scenario.load(args.scenario)
     if (args.repeats is not None and args.repeats < 1) or (args.seed is not None and args.seed < 0):
         raise AdaptiveError("--repeats must be >= 1 and --seed >= 0")
     out = Path(args.out or f"runs/experiments/{scenario.name}-{args.mode}")
+    if args.mode == "live":
+        return _run_live(scenario.for_live(), out, args)
+    from adaptive.report import write_run
+    from agents.experiment import simulate
+
     started = time.perf_counter()
 
     def progress(policy: str, repeat: int, repeats: int) -> None:
@@ -69,6 +74,113 @@ def _run(args: argparse.Namespace) -> int:
     _print(summary)
     print(f"records, summary, figures and report.md in {out}")
     return 0
+
+
+def _run_live(scenario: Any, out: Any, args: argparse.Namespace) -> int:
+    """Live, then the same scenario in sim with the devices as calibrated live, and the comparison."""
+    import csv
+    import dataclasses
+
+    import numpy as np
+
+    from adaptive.report import compare, write_run
+    from agents.experiment import simulate
+    from agents.experiment_live import check_live, run_live
+
+    if args.seed is not None:
+        scenario = dataclasses.replace(scenario, seed=args.seed)
+    check_live(scenario)
+    started = time.perf_counter()
+    bar = _Progress()
+    print(
+        f"{scenario.name} live: {len(scenario.policies)} policies x {scenario.duration_s:g} s; node logs, "
+        f"records and report in {out}",
+        file=sys.stderr,
+        flush=True,
+    )
+    result = run_live(scenario, out, repeats=args.repeats or 1, on_progress=bar)
+    bar.close()
+    live = result["live"]
+    with (out / "requests.csv").open("w", newline="", encoding="utf-8") as fh:
+        fields = ["policy", "repeat", "client", "id", "t_s", "latency_ms", "outcome", "plan"]
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(result["requests"])
+    cal = live["device_scales_calibrated"]
+    edges = [c.name for c in scenario.clients]
+    scales = [float(np.mean([cal[n] for n in edges]))] + [cal[a.name] for a in scenario.accelerators]
+    extra: dict[str, Any] = {"live": live}
+    if result["rows"]:
+        sim_s = dataclasses.replace(scenario, device_scales=tuple(scales))
+        ran = sorted({r["policy"] for r in result["rows"]}, key=list(scenario.policies).index)
+        sim_s = dataclasses.replace(sim_s, policies=tuple(ran))
+        t0 = time.perf_counter()
+        sim = simulate(sim_s)
+        sim_summary = write_run(out / "sim", sim_s, sim["rows"], sim["runs"], "sim", time.perf_counter() - t0)
+        from adaptive.report import scenario_doc, summarise
+
+        live_pol = summarise(result["rows"], scenario_doc(scenario))["policies"]
+        extra["compare"] = compare(live_pol, sim_summary["policies"])
+    summary = write_run(
+        out, scenario, result["rows"], result["runs"], "live", time.perf_counter() - started, extra
+    )
+    _print(summary)
+    if "compare" in summary:
+        _print_compare(summary["compare"])
+    print(
+        f"{live['requests']} requests, {live['lost']} lost; records, summary, figures and report.md in {out}"
+    )
+    if live["interrupted"]:
+        print("interrupted: every process stopped; what ran before is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _print_compare(c: dict[str, Any]) -> None:
+    print(f"{'sim vs live':<18}{'live ms':>9}{'sim ms':>9}{'ratio':>7}{'live p95':>10}{'sim p95':>9}")
+    fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+    for r in c["policies"]:
+        print(
+            f"{r['policy']:<18}{fmt(r['live_mean_ms'], '>9.1f')}{fmt(r['sim_mean_ms'], '>9.1f')}"
+            f"{fmt(r['mean_ratio'], '>7.3f')}{fmt(r['live_p95_ms'], '>10.1f')}{fmt(r['sim_p95_ms'], '>9.1f')}"
+        )
+    verdict = (
+        f"means within 10%: {'yes' if c['within_10pct'] else 'no'}; ranking "
+        f"{'agrees' if c['ranking_agrees'] else 'disagrees'}: live {' < '.join(c['live_order'])}; "
+        f"sim {' < '.join(c['sim_order'])}"
+    )
+    print(textwrap.fill(verdict, 79, subsequent_indent="  "))
+
+
+class _Progress:
+    """A progress line on stderr: redrawn in place on a terminal, one line per phase otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last: tuple[str, int] | None = None
+        self.started = time.perf_counter()
+
+    def __call__(self, p: Any) -> None:
+        key = (p.policy, p.repeat)
+        if self.tty:
+            width = 20
+            full = int(width * p.elapsed_s / p.duration_s) if p.duration_s else 0
+            line = (
+                f"  [{p.done + 1}/{p.phases}] {p.policy[:16]:<16} [{'#' * full}{'.' * (width - full)}] "
+                f"{p.elapsed_s:3.0f}/{p.duration_s:.0f} s  {p.answered}/{p.sent} answered"
+            )
+            print("\r" + line[:79].ljust(79), end="", file=sys.stderr, flush=True)
+        elif key != self.last:
+            print(
+                f"  [{p.done + 1}/{p.phases}] {p.policy} ({time.perf_counter() - self.started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.last = key
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr, flush=True)
 
 
 def _print(summary: dict[str, Any]) -> None:
@@ -99,8 +211,9 @@ def _print(summary: dict[str, Any]) -> None:
         verdict = {True: "holds", False: "does NOT hold", None: "cannot be checked"}[check.get("holds")]
         values = check.get("values")
         if isinstance(values, dict):
-            text = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in values.items())
+            text = ", ".join(
+                f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+            )
         else:
             text = ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values or [])
         print(textwrap.fill(f"published: {what}: {verdict}", 79, subsequent_indent="  "))

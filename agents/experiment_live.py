@@ -1,0 +1,390 @@
+"""``adaptive experiment run --mode live``: a scenario on real processes on this machine.
+
+What runs: the embedded MQTT broker; one node process per client (its edge device) and per
+accelerator, each running its monitor and the real PyTorch stages of the model, padded to its
+device's profiled time times the scenario's ``device_scales`` (``adaptive node --emulate
+--slowdown``); activations cross real sockets. Each edge's uplink is the node's application-level
+shaper replaying the scenario's uplink for that client (one value per ``dt_s``), with the
+scenario's propagation delays; the links between accelerators run at ``accel_link_mbps``. One
+client per scenario client enters at its own edge, sending ``rate_rps`` frames per second open
+loop from ``join_s`` to ``leave_s``; the source node picks each frame's plan from the rule the
+controller gave it (:class:`adaptive.shared_controller.SharedController`, which decides jointly).
+
+The policies run one after another, each on the whole schedule from its start (the uplink replay
+restarts); the calibration of the devices carries over. Each request's record is binned into the
+rows the simulation writes (a row per step and present client), so one summary, one set of
+figures and one report serve both modes. A frame answered later than its client's deadline is
+counted as dropped, and its latency is left out of the mean, as the simulation leaves out the
+frames it drops.
+
+Not emulated live: background CPU load (an emulated node reports an idle device, and
+nothing here loads it; a scenario with a load is refused) and ``clairvoyant`` (it needs the
+future).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adaptive.errors import AdaptiveError
+from adaptive.scenario import Scenario
+
+__all__ = ["LIVE_POLICIES", "LiveProgress", "check_live", "run_live"]
+
+LIVE_POLICIES = (
+    "ppo",
+    "coordinated",
+    "greedy",
+    "hysteresis",
+    "device-only",
+    "full-offload",
+    "static-hindsight",
+)
+
+
+@dataclass
+class LiveProgress:
+    """Where a live run is, for a progress display.
+
+    Attributes:
+        policy: The policy running.
+        repeat: Its repeat, from 0.
+        elapsed_s: Seconds into its schedule.
+        duration_s: The schedule's length, s.
+        sent: Frames sent by all clients in this phase.
+        answered: Of those, answered (ok, error or timeout).
+        done: Phases finished, of ``phases``.
+        phases: Policies times repeats.
+    """
+
+    policy: str = ""
+    repeat: int = 0
+    elapsed_s: float = 0.0
+    duration_s: float = 0.0
+    sent: int = 0
+    answered: int = 0
+    done: int = 0
+    phases: int = 0
+
+
+def check_live(scenario: Scenario) -> None:
+    """Refuse, in one line, what a live run cannot do with ``scenario``."""
+    for c in scenario.clients:
+        if any(v != 0 for _, v in c.load.steps):
+            raise AdaptiveError(
+                f"{scenario.source}: clients '{c.name}' load: live runs do not emulate background "
+                "load (use --mode sim, or give the scenario a live: block without loads)"
+            )
+    for a in scenario.accelerators:
+        if any(v != 0 for _, v in a.load.steps):
+            raise AdaptiveError(
+                f"{scenario.source}: accelerators '{a.name}' load: live runs do not emulate "
+                "background load (use --mode sim, or give the scenario a live: block without loads)"
+            )
+    for spec in scenario.policies:
+        if spec.partition(":")[0] not in LIVE_POLICIES:
+            raise AdaptiveError(
+                f"{scenario.source}: policy '{spec}' cannot run live (live: ppo[:PATH], "
+                f"{', '.join(LIVE_POLICIES[1:])})"
+            )
+    from adaptive.profiles import resolve_model
+
+    profile = resolve_model(scenario.model)
+    devices = [scenario.edge_device, *(a.device for a in scenario.accelerators)]
+    missing = [d for d in devices if d not in profile.latency_ms]
+    if missing:
+        raise AdaptiveError(f"{scenario.source}: model profile {scenario.model} has no latencies "
+                            f"for {missing}")
+
+
+def run_live(
+    scenario: Scenario,
+    out: Path,
+    *,
+    repeats: int = 1,
+    on_progress: Callable[[LiveProgress], None] | None = None,
+    cluster: str = "experiment",
+    batch_window_ms: float = 10.0,
+) -> dict[str, Any]:
+    """Run every policy of ``scenario`` live; return ``{"rows", "runs", "requests", "live"}``.
+
+    ``rows`` are the simulation's rows (:func:`agents.experiment.simulate`); ``requests`` one
+    entry per request; ``live`` what the run measured besides: the devices' scales as the
+    controller calibrated them, the results checked against the whole model, requests lost, and
+    whether the run was interrupted (Ctrl-C stops every process and keeps what was recorded).
+    Node logs go to ``out``.
+    """
+    from adaptive.broker import EmbeddedBroker
+    from adaptive.controller import ControllerConfig
+    from adaptive.demo import node_command, stop_processes, wait_online
+    from adaptive.demo_clients import ResultCheck
+    from adaptive.runtime.client import InferenceClient
+    from adaptive.shared_controller import SharedController
+    from adaptive.zoo import default_input_shape
+    from agents.live import build_multi_policy
+    from monitor.collector import Collector
+    from monitor.ports import free_port
+    from monitor.schema import Message
+    from monitor.transport import MqttTransport, parse_broker_url
+
+    check_live(scenario)
+    if repeats < 1:
+        raise AdaptiveError("--repeats must be >= 1")
+    s = scenario
+    out.mkdir(parents=True, exist_ok=True)
+    cond = s.conditions()
+    edge_names = [c.name for c in s.clients]
+    accel_names = [a.name for a in s.accelerators]
+    names = [*edge_names, *accel_names]
+    scales = list(s.device_scales) or [1.0] * (1 + len(accel_names))
+    declared = {n: scales[0] for n in edge_names} | {a: scales[1 + i] for i, a in enumerate(accel_names)}
+    ctl_cfg = ControllerConfig.from_dict({
+        "model_profile": s.model, "cluster": cluster,
+        "chain": [{"node": edge_names[0], "device": s.edge_device},
+                  *({"node": a.name, "device": a.device} for a in s.accelerators)],
+        "sources": [{"node": n, "device": s.edge_device} for n in edge_names[1:]],
+        "interval_s": 1.0, "stale_after_s": 3.0, "source_rule": "table"})
+    env_overrides = {
+        "min_edge_blocks": s.min_edge_blocks, "codecs": list(s.codecs),
+        "link_delay_ms": list(s.link_delay_ms), "deadline_ms": s.clients[0].deadline_ms,
+        "accel_link_mbps": s.accel_link_mbps, "device_scales": scales,
+    }
+    statics = {}
+    for spec in s.policies:  # a bad policy fails here, before anything starts
+        if spec == "static-hindsight":
+            statics[spec] = _hindsight_plan(s, cond)
+        else:
+            build_multi_policy(spec, ctl_cfg, env=None if spec.startswith("ppo") else env_overrides)
+    uplinks = []
+    for k, name in enumerate(edge_names):  # what each edge's emulated uplink replays
+        path = out / f"uplink-{name}.csv"
+        bw = cond["bw"][:, k]
+        path.write_text("time_s,bandwidth_mbps\n" + "".join(
+            f"{t * s.dt_s:g},{v:.4f}\n" for t, v in enumerate([*bw, bw[-1]])))
+        uplinks.append(path)
+    chain = [(n, s.edge_device) for n in edge_names[:1]] + [(a.name, a.device) for a in s.accelerators]
+    delays = list(s.link_delay_ms) or [0.0] * len(accel_names)
+    broker = EmbeddedBroker("127.0.0.1", free_port()).start()
+    url = parse_broker_url(broker.url)
+    probe = {n: free_port() for n in names}
+    procs: list[subprocess.Popen] = []
+    requests: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    calibrated: dict[str, float] = dict(declared)
+    interrupted = False
+    clients: list[Any] = []
+    stop = threading.Event()
+    control = MqttTransport(url, f"experiment-{cluster}")
+    progress = LiveProgress(phases=len(s.policies) * repeats)
+    try:
+        for name in names:
+            if name in edge_names:
+                node_chain = [(name, s.edge_device), *chain[1:]]
+                i, scale = 0, declared[name]
+                extra = ["--uplink-trace", str(uplinks[edge_names.index(name)]), "--trace-dt", f"{s.dt_s:g}",
+                         "--uplink-delay-ms", f"{delays[0]:g}"]
+            else:
+                node_chain, scale = chain, declared[name]
+                i = [c[0] for c in chain].index(name)
+                nxt_delay = delays[i] if i < len(delays) else 0.0
+                extra = ["--uplink-mbps", f"{s.accel_link_mbps:g}", "--uplink-delay-ms", f"{nxt_delay:g}",
+                         "--batch-window-ms", f"{batch_window_ms:g}"]
+            args = node_command(node_chain, i, broker.url, cluster, s.model, probe,
+                                [*extra, "--slowdown", f"{scale:g}"],
+                                probe_interval_s=0.25 if name in edge_names else 1.0)
+            log = (out / f"node-{name}.log").open("w")
+            # a session of its own: Ctrl-C reaches this process, which stops the nodes in order
+            procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        control.start()
+        with Collector(url, cluster) as collector:
+            wait_online(collector, procs, names, timeout_s=120.0)
+            shape = default_input_shape(s.model)
+            check = ResultCheck(s.model, shape)
+            clients = [InferenceClient(f"{c.name}.client", url, cluster, shape,
+                                       timeout_s=max(30.0, 3 * c.deadline_ms / 1e3), source=c.name,
+                                       on_result=check).start() for c in s.clients]
+            try:
+                for r in range(repeats):
+                    for spec in s.policies:
+                        progress.policy, progress.repeat = spec, r
+                        phase = _phase(s, cond, spec, r, ctl_cfg, env_overrides, statics.get(spec), url,
+                                       control, clients, check, calibrated, stop, progress, on_progress,
+                                       SharedController, build_multi_policy, Message)
+                        requests += phase["requests"]
+                        rows += phase["rows"]
+                        runs.append(phase["run"])
+                        calibrated = phase["scales"]
+                        progress.done += 1
+                        if stop.is_set():
+                            raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                interrupted = True
+            results = check.summary()
+    except KeyboardInterrupt:
+        interrupted = True
+        results = {}
+    finally:
+        stop.set()
+        for c in clients:
+            c.close()
+        control.close()
+        stop_processes(procs)
+        broker.close()
+    sent = sum(p["sent"] for p in runs)
+    live = {
+        "device_scales_declared": declared,
+        "device_scales_calibrated": {n: round(v, 3) for n, v in calibrated.items()},
+        "requests": sent,
+        "records": len(requests),
+        "lost": sent - len(requests),
+        "results": results,
+        "interrupted": interrupted,
+        "batch_window_ms": batch_window_ms,
+        "host": _host(),
+    }
+    return {"rows": rows, "runs": runs, "requests": requests, "live": live}
+
+
+def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl_cfg: Any,
+           env_overrides: dict[str, Any], static: int | None, url: Any, control: Any, clients: list[Any],
+           check: Any, scales: dict[str, float], stop: threading.Event, progress: LiveProgress,
+           on_progress: Callable[[LiveProgress], None] | None, controller_cls: Any, build: Any,
+           message_cls: Any) -> dict[str, Any]:
+    """One policy over the whole schedule."""
+    wiring = build("static" if spec == "static-hindsight" else spec, ctl_cfg, static_plan=static,
+                   env=None if spec.startswith("ppo") else env_overrides)
+    controller = controller_cls(ctl_cfg, url, wiring.policy, spec=wiring.spec, candidates=wiring.candidates,
+                                deadline_ms=wiring.deadline_ms, step_s=wiring.step_s, policy_name=spec,
+                                on_shared=wiring.on_shared, accel_link_mbps=s.accel_link_mbps,
+                                link_delay_ms=s.link_delay_ms)
+    controller.adopt_scales(scales)
+    controller.start()
+    done = [len(c.records) for c in clients]
+    asked = [c.requests for c in clients]
+    wall = time.perf_counter()
+    try:
+        start = time.time()
+        control.publish(message_cls(f"adaptive/{ctl_cfg.cluster}/emulation",
+                                    json.dumps({"v": 1, "trace_start": start}).encode(), 1))
+        controller.step()  # every source's first rule, before its first frame
+        t0 = time.monotonic()
+        runners = [threading.Thread(target=_drive, args=(c, spec_c, check, t0, s.duration_s, stop),
+                                    daemon=True) for c, spec_c in zip(clients, s.clients, strict=True)]
+        for th in runners:
+            th.start()
+        while any(th.is_alive() for th in runners):
+            try:
+                time.sleep(0.5)
+            except KeyboardInterrupt:  # stop sending; keep what was recorded
+                stop.set()
+            progress.elapsed_s = min(time.monotonic() - t0, s.duration_s)
+            progress.duration_s = s.duration_s
+            progress.sent = sum(c.requests - a for c, a in zip(clients, asked, strict=True))
+            progress.answered = sum(len(c.records) - d for c, d in zip(clients, done, strict=True))
+            if on_progress is not None:
+                on_progress(progress)
+        for th in runners:
+            th.join()
+        scales = {n: float(v) for n, v in controller.scales.items()}
+        candidates = wiring.candidates
+    finally:
+        controller.close()
+    per = [c.records[d:] for c, d in zip(clients, done, strict=True)]
+    sent = sum(c.requests - a for c, a in zip(clients, asked, strict=True))
+    requests = []
+    for spec_c, rs in zip(s.clients, per, strict=True):
+        for rec in rs:
+            requests.append({"policy": spec, "repeat": repeat, "client": spec_c.name, "id": rec.id,
+                             "t_s": round(rec.sent_at - start, 4),
+                             "latency_ms": rec.latency_ms, "outcome": rec.outcome, "plan": rec.plan})
+    rows = _rows(s, cond, spec, repeat, requests, candidates)
+    return {"requests": requests, "rows": rows, "scales": scales,
+            "run": {"policy": spec, "repeat": repeat, "wall_s": round(time.perf_counter() - wall, 3),
+                    "sent": sent, "rules": len(controller.rules)}}
+
+
+def _drive(client: Any, spec: Any, check: Any, t0: float, duration_s: float, stop: threading.Event) -> None:
+    """Open loop at the client's rate from its join to its leave; then wait for the answers."""
+    period = 1.0 / spec.rate_rps
+    end = t0 + min(spec.leave_s if spec.leave_s is not None else duration_s, duration_s)
+    next_at = t0 + spec.join_s
+    while not stop.is_set():
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+            continue
+        if next_at >= end:
+            break
+        client.send(check.inputs[check.index(client.requests)])  # request ids count up from 0, as this does
+        next_at += period
+    patience = time.monotonic() + client.timeout_s + 1
+    while client.outstanding() and time.monotonic() < patience and not stop.is_set():
+        time.sleep(0.05)
+
+
+def _rows(s: Scenario, cond: dict[str, np.ndarray], policy: str, repeat: int, requests: list[dict[str, Any]],
+          candidates: Any) -> list[dict[str, Any]]:
+    """Requests binned into the simulation's rows: per step, per present client."""
+    from adaptive.plans import plan_label
+    from adaptive.profiles import resolve_model
+
+    L = resolve_model(s.model).num_blocks
+    share = {}
+    for i in range(len(candidates)):
+        p = candidates.plan(i)
+        share[plan_label(p.splits, p.codecs)] = p.splits[0] / max(L, 1)
+    T = cond["active"].shape[0]
+    rows = []
+    for k, c in enumerate(s.clients):
+        mine = [r for r in requests if r["client"] == c.name]
+        bins: dict[int, list[dict[str, Any]]] = {}
+        for r in mine:
+            bins.setdefault(min(max(int(r["t_s"] // s.dt_s), 0), T - 1), []).append(r)
+        known = Counter(r["plan"] for r in mine if r["plan"] in share)
+        last = known.most_common(1)[0][0] if known else None
+        for t in range(T):
+            if not cond["active"][t, k]:
+                continue
+            at = bins.get(t, [])
+            ok = [r["latency_ms"] for r in at if r["outcome"] == "ok" and r["latency_ms"] is not None
+                  and r["latency_ms"] <= c.deadline_ms]
+            plans = Counter(r["plan"] for r in at if r["plan"] in share)
+            if plans:
+                last = plans.most_common(1)[0][0]
+            rows.append({
+                "policy": policy, "repeat": repeat, "time_s": round(t * s.dt_s, 4), "client": c.name,
+                "bandwidth_mbps": round(float(cond["bw"][t, k]), 4),
+                "plan": last or "-", "edge_share": round(float(share.get(last, math.nan)), 4),
+                "offered": len(at), "dropped": len(at) - len(ok),
+                "latency_ms": round(float(np.mean(ok)), 3) if ok else math.nan,
+            })
+    return rows
+
+
+def _hindsight_plan(s: Scenario, cond: dict[str, np.ndarray]) -> int:
+    """The one plan every client keeps with the least true cost over the schedule (in the model)."""
+    from agents.experiment import policy_env
+
+    env, policy, _ = policy_env("static-hindsight", s)
+    env.reset(seed=s.seed, options={"script": cond})
+    policy.begin_episode(env)
+    return int(policy.choice)
+
+
+def _host() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
