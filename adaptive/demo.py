@@ -80,12 +80,12 @@ def _trace_path(cfg: DemoConfig) -> Path:
 
 def node_command(chain: Sequence[tuple[str, str]], i: int, broker_url: str, cluster: str, model: str,
                  probe_ports: dict[str, int], uplink: Sequence[str], interval_s: float = 1.0,
-                 probe_interval_s: float = 1.0) -> list[str]:
+                 probe_interval_s: float = 1.0, next_host: str = "127.0.0.1") -> list[str]:
     """``adaptive node`` arguments for node ``i`` of a chain emulated on this machine.
 
     The node emulates its device from the model's shipped profile and runs its monitor, which
-    probes the next node's probe sink; ``uplink`` adds the emulated-uplink options (e.g.
-    ``["--uplink-mbps", "1000"]``).
+    probes the next node's probe sink (at ``next_host``); ``uplink`` adds the emulated-uplink
+    options (e.g. ``["--uplink-mbps", "1000"]``).
     """
     name, device = chain[i]
     args = [sys.executable, "-m", "adaptive", "node", "--node", name, "--broker", broker_url,
@@ -94,7 +94,7 @@ def node_command(chain: Sequence[tuple[str, str]], i: int, broker_url: str, clus
             "--interval", f"{interval_s:g}", *uplink]
     if i + 1 < len(chain):
         nxt = chain[i + 1][0]
-        args += ["--peers", f"{nxt}=127.0.0.1:{probe_ports[nxt]}"]
+        args += ["--peers", f"{nxt}={next_host}:{probe_ports[nxt]}"]
     return args
 
 

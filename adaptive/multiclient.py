@@ -214,6 +214,19 @@ class SharedChain:
         load[:, :, 1:] = accel_load[:, None, :]
         return 1.0 / (1.0 - self._kappa[self.edge_kind] * np.minimum(load, _MAX_LOAD))
 
+    def source_work(self, plans: np.ndarray, edge_load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(edge_ms, uplink_bits)``, each ``(E, K)``: what a request under ``plans`` puts on its source.
+
+        ``edge_ms``: the compute (and processing) on the client's own edge device, ms;
+        ``uplink_bits``: what it sends over the client's uplink, bits.
+        """
+        D = self.num_devices
+        kind = np.broadcast_to(self.edge_kind, plans.shape)
+        f = self._features[kind, plans]
+        kappa = self._kappa[kind][..., 0]
+        slow = 1.0 / (1.0 - kappa * np.minimum(edge_load, _MAX_LOAD))
+        return f[..., 0] * slow + f[..., 2 * D], f[..., 4 * D]
+
     # ------------------------------------------------------------------ dynamics
 
     def grid_position(self, bandwidth_mbps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,9 @@
 
 For experiments and tests that need traffic to cross an actual rate-limited link (``netem`` is not
 needed). Requires root and iproute2. The namespace side gets ``peer_ip``; the root side ``host_ip``.
-Both directions are shaped to the same rate, which :meth:`ShapedLink.set_rate` changes live (a
-bandwidth trace can be replayed by calling it once per step)::
+Both directions are shaped to the same rate (or, with ``uplink_only``, only what leaves the
+namespace), which :meth:`ShapedLink.set_rate` changes live; :class:`RateSchedule` replays a
+schedule of rates on a link from a thread::
 
     with ShapedLink("adp-test", rate_mbps=50) as link:
         link.popen(["python", "-m", "adaptive", "profile", "link-server", "--bind", link.peer_ip])
@@ -13,12 +14,16 @@ bandwidth trace can be replayed by calling it once per step)::
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Sequence
 
-__all__ = ["ShapedLink", "netns_available"]
+__all__ = ["RateSchedule", "ShapedLink", "netns_available"]
 
 
 def netns_available() -> bool:
@@ -40,14 +45,21 @@ class ShapedLink:
         rate_mbps: Initial rate of both directions, Mbit/s.
         subnet: The /30 network of the pair, as its first three octets and base (``"10.231.7"``).
         delay_ms: Queueing limit of the token bucket (``latency`` of tbf), ms.
+        uplink_only: Shape only the traffic leaving the namespace (a device's uplink); what enters
+            it crosses the pair unshaped.
+        default_route: Route everything from the namespace through the pair, so that its
+            processes reach every address of the root namespace (a broker, other nodes).
     """
 
-    def __init__(self, name: str, rate_mbps: float, subnet: str = "10.231.7", delay_ms: float = 50.0) -> None:
+    def __init__(self, name: str, rate_mbps: float, subnet: str = "10.231.7", delay_ms: float = 50.0,
+                 uplink_only: bool = False, default_route: bool = False) -> None:
         if len(name) > 10:
             raise ValueError(f"namespace name must be at most 10 characters, found '{name}'")
         self.name = name
         self.rate_mbps = rate_mbps
         self.delay_ms = delay_ms
+        self.uplink_only = uplink_only
+        self.default_route = default_route
         self.host_if, self.peer_if = f"{name}-h", f"{name}-p"
         self.host_ip, self.peer_ip = f"{subnet}.1", f"{subnet}.2"
         self._up = False
@@ -64,18 +76,21 @@ class ShapedLink:
         _run("ip", "netns", "exec", self.name, "ip", "addr", "add", f"{self.peer_ip}/30", "dev", self.peer_if)
         _run("ip", "netns", "exec", self.name, "ip", "link", "set", self.peer_if, "up")
         _run("ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+        if self.default_route:
+            _run("ip", "netns", "exec", self.name, "ip", "route", "add", "default", "via", self.host_ip)
         self.set_rate(self.rate_mbps, add=True)
         return self
 
     def set_rate(self, rate_mbps: float, *, add: bool = False) -> None:
-        """Change the rate of both directions, Mbit/s."""
+        """Change the rate of the shaped directions, Mbit/s."""
         if not rate_mbps > 0:
             raise ValueError(f"rate must be > 0 Mbit/s, found {rate_mbps}")
         self.rate_mbps = rate_mbps
         burst = max(3000, int(rate_mbps * 1e6 / 8 / 250))  # one 4 ms tick of tokens, >= 2 MTU
         spec = ["tbf", "rate", f"{rate_mbps}mbit", "burst", str(burst), "latency", f"{self.delay_ms}ms"]
         verb = "add" if add else "change"
-        _run("tc", "qdisc", verb, "dev", self.host_if, "root", *spec)
+        if not self.uplink_only:
+            _run("tc", "qdisc", verb, "dev", self.host_if, "root", *spec)
         _run("ip", "netns", "exec", self.name, "tc", "qdisc", verb, "dev", self.peer_if, "root", *spec)
 
     def popen(self, cmd: Sequence[str], **kwargs: object) -> subprocess.Popen:
@@ -93,3 +108,57 @@ class ShapedLink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RateSchedule:
+    """Replays ``[(time_s, Mbit/s), ...]`` (times increasing from 0) on a link, from a thread.
+
+    Each rate holds from its time on, counted from :meth:`start`; the link changes only when the
+    rate does (one ``tc qdisc change``, a few ms). :meth:`stop` ends the replay.
+    """
+
+    def __init__(self, link: ShapedLink, steps: Sequence[tuple[float, float]]) -> None:
+        if not steps or steps[0][0] != 0 or any(b[0] <= a[0] for a, b in itertools.pairwise(steps)):
+            raise ValueError("steps must be (time_s, mbps) pairs with times increasing from 0")
+        self.link = link
+        self.times = [float(t) for t, _ in steps]
+        self.rates = [float(r) for _, r in steps]
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rate_at(self, t: float) -> float:
+        """The schedule's rate ``t`` s after the start, Mbit/s."""
+        return self.rates[max(bisect.bisect_right(self.times, t) - 1, 0)]
+
+    def start(self, t0: float | None = None) -> RateSchedule:
+        """Replay from ``t0`` (``time.monotonic()``; default now)."""
+        self.stop()
+        self._stop.clear()
+        t0 = time.monotonic() if t0 is None else t0
+        self._thread = threading.Thread(target=self._run, args=(t0,), daemon=True, name="rate-schedule")
+        self._thread.start()
+        return self
+
+    def _run(self, t0: float) -> None:
+        current = None
+        i = 0
+        while not self._stop.is_set():
+            rate = self.rates[i]
+            if rate != current:
+                try:
+                    self.link.set_rate(rate)
+                    current = rate
+                except (OSError, ValueError) as exc:  # keep replaying; the caller sees the errors
+                    self.errors.append(str(exc))
+            if i + 1 >= len(self.times):
+                return
+            self._stop.wait(max(t0 + self.times[i + 1] - time.monotonic(), 0.0))
+            i += 1
+
+    def stop(self) -> None:
+        """End the replay (the link keeps its last rate)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

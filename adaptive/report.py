@@ -199,6 +199,10 @@ def published_check(published: dict[str, Any], policies: dict[str, Any]) -> dict
     return out
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a and b else None
+
+
 def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dict[str, Any]:
     """Sim against live, from two summaries' ``policies``: per policy, and whether they rank alike.
 
@@ -211,8 +215,7 @@ def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dic
         sp = sim.get(name)
         if sp is None:
             continue
-        ratio = lambda a, b: round(a / b, 4) if a and b else None  # noqa: E731
-        mean_ratio = ratio(lp["mean_ms"], sp["mean_ms"])
+        mean_ratio = _ratio(lp["mean_ms"], sp["mean_ms"])
         rows.append(
             {
                 "policy": name,
@@ -221,7 +224,7 @@ def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dic
                 "mean_ratio": mean_ratio,
                 "live_p95_ms": lp["p95_ms"],
                 "sim_p95_ms": sp["p95_ms"],
-                "p95_ratio": ratio(lp["p95_ms"], sp["p95_ms"]),
+                "p95_ratio": _ratio(lp["p95_ms"], sp["p95_ms"]),
                 "live_drop_rate": lp["drop_rate"],
                 "sim_drop_rate": sp["drop_rate"],
                 "within_10pct": mean_ratio is not None and abs(mean_ratio - 1) <= 0.10,
@@ -236,12 +239,11 @@ def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dic
             ties.append([a["policy"], b["policy"]])
         elif (sa < sb) != (la < lb):
             wrong.append([a["policy"], b["policy"]])
-    by = lambda key: [
-        r["policy"]
-        for r in sorted(  # noqa: E731
-            (r for r in rows if r[key] is not None), key=lambda r: r[key]
-        )
-    ]
+
+    def by(key: str) -> list[str]:
+        known = [r for r in rows if r[key] is not None]
+        return [r["policy"] for r in sorted(known, key=lambda r: r[key])]
+
     return {
         "policies": rows,
         "within_10pct": bool(rows) and all(r["within_10pct"] for r in rows),
@@ -466,8 +468,9 @@ def _live_markdown(summary: dict[str, Any]) -> list[str]:
             "",
             "## Live run",
             "",
-            f"On {live.get('host', 'this machine')}: {live['requests']} requests sent, {live['records']} "
-            f"recorded, {live['lost']} lost"
+            f"On {live.get('host', 'this machine')}, uplinks "
+            + ("kernel-shaped (netns, tbf)" if live.get("shaping") == "netns" else "emulated by the nodes")
+            + f": {live['requests']} requests sent, {live['records']} recorded, {live['lost']} lost"
             + (" (**interrupted**: what ran before Ctrl-C)" if live.get("interrupted") else "")
             + ".",
         ]

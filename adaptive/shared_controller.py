@@ -34,7 +34,7 @@ import copy
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,10 @@ class SharedController(Controller):
         accel_link_mbps: Bandwidth between accelerators, Mbit/s.
         link_delay_ms: Propagation delay of every client's uplink, then of each link between
             accelerators, ms (none: 0).
+        admission: Per source node, a deadline, ms: its rules then carry it, with each bin's
+            predicted latency, source compute and uplink bits, and the source drops a request the
+            model predicts later than that (seed 004's frame drop; the environment's admission).
+            None: sources admit every request.
         ca_file: CA bundle for an ``mqtts://`` broker.
         metrics: Prometheus metrics, or None.
     """
@@ -80,8 +84,8 @@ class SharedController(Controller):
                  spec: ClusterObservation, candidates: CandidatePlans, deadline_ms: float = 1000.0,
                  step_s: float = 0.25, policy_name: str = "policy",
                  on_shared: Callable[[SharedChain], None] | None = None, accel_link_mbps: float = 1000.0,
-                 link_delay_ms: Sequence[float] = (), ca_file: str | None = None,
-                 metrics: Any = None) -> None:
+                 link_delay_ms: Sequence[float] = (), admission: Mapping[str, float] | None = None,
+                 ca_file: str | None = None, metrics: Any = None) -> None:
         if len(config.chain) < 2:
             raise AdaptiveError("several clients share accelerators: the chain needs at least one")
         super().__init__(config, broker, policy, candidates=candidates, policy_name=policy_name,
@@ -100,6 +104,7 @@ class SharedController(Controller):
         self.on_shared = on_shared
         self.accel_link_mbps = float(accel_link_mbps)
         self.link_delay_ms = tuple(float(x) for x in link_delay_ms)
+        self.admission = dict(admission or {})
         self._sources = tuple(c.node for c in self.clients)
         self._edge_devices = [resolve_device(c.device) for c in self.clients]
         for c in self.clients:
@@ -307,17 +312,23 @@ class SharedController(Controller):
         node = self.clients[k].node
         if self._tables.get(node) == (edges, actions):
             return None, now_ms
+        edge_ms, bits = self.shared.source_work(joint, np.repeat(seen["edge_load"][None], G, axis=0))
         rows = []
         for s, e, a in zip(starts, ends, actions, strict=True):
             plan = self.candidates.plan(a)
-            ms = float(latency[(s + e - 1) // 2])
-            rows.append(RulePlan(plan.splits, plan.codecs, round(ms, 3) if np.isfinite(ms) else None))
+            g = (s + e - 1) // 2  # the bin's representative grid point
+            ms = float(latency[g])
+            known = np.isfinite(ms)
+            rows.append(RulePlan(plan.splits, plan.codecs, round(ms, 3) if known else None,
+                                 at_mbps=round(float(grid[g]), 4) if known else None,
+                                 edge_ms=round(float(edge_ms[g, k]), 3),
+                                 uplink_bits=round(float(bits[g, k]), 1)))
         with self._lock:
             self.version += 1
             version = self.version
         devices = (node, *(c.node for c in self.config.chain[1:]))
         rule = RuleMessage(version, node, self.profile.model, devices, self.model.num_blocks, round(now, 3),
-                           self.policy_name, edges, tuple(rows))
+                           self.policy_name, edges, tuple(rows), deadline_ms=self.admission.get(node))
         message = Message(rule_topic(self.config.cluster, node), rule.encode(), qos=1, retain=True)
         with self._lock:
             self._tables[node] = (edges, actions)

@@ -15,6 +15,7 @@ conditions in its slots.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +50,9 @@ def simulate(
 
     ``rows`` has one entry per step and present client: ``policy``, ``repeat``, ``time_s``,
     ``client``, ``bandwidth_mbps`` (true), ``plan``, ``edge_share`` (fraction of the blocks on
-    its edge), ``offered``, ``dropped`` (frames) and ``latency_ms`` (of its served frames; NaN if
-    none). ``runs`` has each run's wall time.
+    its edge), ``offered``, ``dropped`` (frames: dropped at admission, or served later than the
+    client's deadline, as a live run counts them) and ``latency_ms`` (of its frames served in
+    time; NaN if none). ``runs`` has each run's wall time.
     """
     repeats = scenario.repeats if repeats is None else repeats
     seed = scenario.seed if seed is None else seed
@@ -185,6 +187,9 @@ def _run(
                 continue
             p = int(info["plan"][k])
             frames, dropped = info["client_frames"][k], info["client_dropped"][k]
+            latency = float(info["client_latency_ms"][k])
+            if latency > cond["deadline_ms"][k]:  # served, but late: dropped, as a live run counts it
+                dropped, latency = frames + dropped, math.nan
             rows.append(
                 {
                     "policy": spec,
@@ -196,7 +201,7 @@ def _run(
                     "edge_share": round(float(share[p]), 4),
                     "offered": round(float(frames + dropped), 4),
                     "dropped": round(float(dropped), 4),
-                    "latency_ms": round(float(info["client_latency_ms"][k]), 3),
+                    "latency_ms": round(latency, 3),
                 }
             )
     return rows

@@ -17,6 +17,14 @@ figures and one report serve both modes. A frame answered later than its client'
 counted as dropped, and its latency is left out of the mean, as the simulation leaves out the
 frames it drops.
 
+With ``shaping="netns"`` (root; ``--shaping netns``) each edge node runs in its own network
+namespace, joined to the root namespace by a veth pair whose egress from the namespace is a
+``tbf`` qdisc: the client's uplink is a real kernel-shaped link, changed live with ``tc qdisc
+change`` as the scenario's schedule says (:class:`adaptive.netns.RateSchedule`), and the edge's
+monitor measures it as it would a real one. The rest (broker, accelerators, the clients' own
+processes) stays in the root namespace. Uplink propagation delays need ``netem``, which this
+kernel lacks: a scenario with one is refused in this mode.
+
 Not emulated live: background CPU load (an emulated node reports an idle device, and
 nothing here loads it; a scenario with a load is refused) and ``clairvoyant`` (it needs the
 future).
@@ -78,8 +86,22 @@ class LiveProgress:
     phases: int = 0
 
 
-def check_live(scenario: Scenario) -> None:
-    """Refuse, in one line, what a live run cannot do with ``scenario``."""
+def check_live(scenario: Scenario, shaping: str = "app") -> None:
+    """Refuse, in one line, what a live run cannot do with ``scenario`` (and ``shaping``)."""
+    if shaping not in ("app", "netns"):
+        raise AdaptiveError(f"--shaping must be app or netns, found '{shaping}'")
+    if shaping == "netns":
+        from adaptive.netns import netns_available
+
+        if not netns_available():
+            raise AdaptiveError("--shaping netns needs root, iproute2 and tc")
+        if scenario.link_delay_ms and scenario.link_delay_ms[0] > 0:
+            raise AdaptiveError(
+                f"{scenario.source}: link_delay_ms: --shaping netns cannot delay the uplinks (no netem "
+                "on this kernel); use the default application-level shaping"
+            )
+        if len(scenario.clients) > 16:
+            raise AdaptiveError("--shaping netns takes at most 16 clients")
     for c in scenario.clients:
         if any(v != 0 for _, v in c.load.steps):
             raise AdaptiveError(
@@ -116,6 +138,7 @@ def run_live(
     on_progress: Callable[[LiveProgress], None] | None = None,
     cluster: str = "experiment",
     batch_window_ms: float = 10.0,
+    shaping: str = "app",
 ) -> dict[str, Any]:
     """Run every policy of ``scenario`` live; return ``{"rows", "runs", "requests", "live"}``.
 
@@ -123,7 +146,8 @@ def run_live(
     entry per request; ``live`` what the run measured besides: the devices' scales as the
     controller calibrated them, the results checked against the whole model, requests lost, and
     whether the run was interrupted (Ctrl-C stops every process and keeps what was recorded).
-    Node logs go to ``out``.
+    Node logs go to ``out``. ``shaping``: ``app`` (each edge's uplink emulated by its node) or
+    ``netns`` (kernel-shaped links; root).
     """
     from adaptive.broker import EmbeddedBroker
     from adaptive.controller import ControllerConfig
@@ -138,7 +162,7 @@ def run_live(
     from monitor.schema import Message
     from monitor.transport import MqttTransport, parse_broker_url
 
-    check_live(scenario)
+    check_live(scenario, shaping)
     if repeats < 1:
         raise AdaptiveError("--repeats must be >= 1")
     s = scenario
@@ -175,8 +199,10 @@ def run_live(
         uplinks.append(path)
     chain = [(n, s.edge_device) for n in edge_names[:1]] + [(a.name, a.device) for a in s.accelerators]
     delays = list(s.link_delay_ms) or [0.0] * len(accel_names)
-    broker = EmbeddedBroker("127.0.0.1", free_port()).start()
-    url = parse_broker_url(broker.url)
+    links: dict[str, Any] = {}  # netns: each edge's namespace and kernel-shaped uplink
+    port = free_port()
+    broker = EmbeddedBroker("0.0.0.0" if shaping == "netns" else "127.0.0.1", port).start()
+    url = parse_broker_url(f"mqtt://127.0.0.1:{port}")
     probe = {n: free_port() for n in names}
     procs: list[subprocess.Popen] = []
     requests: list[dict[str, Any]] = []
@@ -189,39 +215,57 @@ def run_live(
     control = MqttTransport(url, f"experiment-{cluster}")
     progress = LiveProgress(phases=len(s.policies) * repeats)
     try:
+        root_ip = "127.0.0.1"  # where every node and client reaches the root namespace's processes
+        if shaping == "netns":
+            from adaptive.netns import ShapedLink
+
+            for k, name in enumerate(edge_names):
+                links[name] = ShapedLink(f"adpx{k}", float(cond["bw"][0, k]), subnet=f"10.232.{k}",
+                                         uplink_only=True, default_route=True).start()
+            root_ip = links[edge_names[0]].host_ip
         for name in names:
+            here = ["--bind", "0.0.0.0", "--advertise", root_ip] if shaping == "netns" else []
+            broker_url = f"mqtt://127.0.0.1:{port}"
             if name in edge_names:
                 node_chain = [(name, s.edge_device), *chain[1:]]
                 i, scale = 0, declared[name]
-                extra = ["--uplink-trace", str(uplinks[edge_names.index(name)]), "--trace-dt", f"{s.dt_s:g}",
-                         "--uplink-delay-ms", f"{delays[0]:g}"]
+                if name in links:  # the kernel shapes its uplink; the node runs inside the namespace
+                    link = links[name]
+                    here = ["--bind", link.peer_ip, "--advertise", link.peer_ip]
+                    broker_url = f"mqtt://{link.host_ip}:{port}"
+                    extra = []
+                else:
+                    extra = ["--uplink-trace", str(uplinks[edge_names.index(name)]), "--trace-dt",
+                             f"{s.dt_s:g}", "--uplink-delay-ms", f"{delays[0]:g}"]
             else:
                 node_chain, scale = chain, declared[name]
                 i = [c[0] for c in chain].index(name)
                 nxt_delay = delays[i] if i < len(delays) else 0.0
                 extra = ["--uplink-mbps", f"{s.accel_link_mbps:g}", "--uplink-delay-ms", f"{nxt_delay:g}",
                          "--batch-window-ms", f"{batch_window_ms:g}"]
-            args = node_command(node_chain, i, broker.url, cluster, s.model, probe,
-                                [*extra, "--slowdown", f"{scale:g}"],
-                                probe_interval_s=0.25 if name in edge_names else 1.0)
+            args = node_command(node_chain, i, broker_url, cluster, s.model, probe,
+                                [*extra, *here, "--slowdown", f"{scale:g}"],
+                                probe_interval_s=0.25 if name in edge_names else 1.0, next_host=root_ip)
             log = (out / f"node-{name}.log").open("w")
             # a session of its own: Ctrl-C reaches this process, which stops the nodes in order
-            procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            spawn = links[name].popen if name in links else subprocess.Popen
+            procs.append(spawn(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         control.start()
         with Collector(url, cluster) as collector:
             wait_online(collector, procs, names, timeout_s=120.0)
             shape = default_input_shape(s.model)
             check = ResultCheck(s.model, shape)
+            reach = {"bind": "0.0.0.0", "advertise": root_ip} if shaping == "netns" else {}
             clients = [InferenceClient(f"{c.name}.client", url, cluster, shape,
                                        timeout_s=max(30.0, 3 * c.deadline_ms / 1e3), source=c.name,
-                                       on_result=check).start() for c in s.clients]
+                                       on_result=check, **reach).start() for c in s.clients]
             try:
                 for r in range(repeats):
                     for spec in s.policies:
                         progress.policy, progress.repeat = spec, r
                         phase = _phase(s, cond, spec, r, ctl_cfg, env_overrides, statics.get(spec), url,
                                        control, clients, check, calibrated, stop, progress, on_progress,
-                                       SharedController, build_multi_policy, Message)
+                                       SharedController, build_multi_policy, Message, links)
                         requests += phase["requests"]
                         rows += phase["rows"]
                         runs.append(phase["run"])
@@ -242,6 +286,8 @@ def run_live(
         control.close()
         stop_processes(procs)
         broker.close()
+        for link in links.values():
+            link.close()
     sent = sum(p["sent"] for p in runs)
     live = {
         "device_scales_declared": declared,
@@ -252,6 +298,7 @@ def run_live(
         "results": results,
         "interrupted": interrupted,
         "batch_window_ms": batch_window_ms,
+        "shaping": shaping,
         "host": _host(),
     }
     return {"rows": rows, "runs": runs, "requests": requests, "live": live}
@@ -261,14 +308,23 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
            env_overrides: dict[str, Any], static: int | None, url: Any, control: Any, clients: list[Any],
            check: Any, scales: dict[str, float], stop: threading.Event, progress: LiveProgress,
            on_progress: Callable[[LiveProgress], None] | None, controller_cls: Any, build: Any,
-           message_cls: Any) -> dict[str, Any]:
-    """One policy over the whole schedule."""
+           message_cls: Any, links: dict[str, Any]) -> dict[str, Any]:
+    """One policy over the whole schedule (``links``: kernel-shaped uplinks to replay it on)."""
+    from adaptive.netns import RateSchedule
+
+    schedules = []
+    for k, c in enumerate(s.clients):
+        if c.name in links:
+            bw = cond["bw"][:, k]
+            steps = [(t * s.dt_s, float(v)) for t, v in enumerate(bw) if t == 0 or v != bw[t - 1]]
+            schedules.append(RateSchedule(links[c.name], steps))
     wiring = build("static" if spec == "static-hindsight" else spec, ctl_cfg, static_plan=static,
                    env=None if spec.startswith("ppo") else env_overrides)
     controller = controller_cls(ctl_cfg, url, wiring.policy, spec=wiring.spec, candidates=wiring.candidates,
                                 deadline_ms=wiring.deadline_ms, step_s=wiring.step_s, policy_name=spec,
                                 on_shared=wiring.on_shared, accel_link_mbps=s.accel_link_mbps,
-                                link_delay_ms=s.link_delay_ms)
+                                link_delay_ms=s.link_delay_ms,
+                                admission={c.name: c.deadline_ms for c in s.clients})
     controller.adopt_scales(scales)
     controller.start()
     done = [len(c.records) for c in clients]
@@ -280,6 +336,8 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
                                     json.dumps({"v": 1, "trace_start": start}).encode(), 1))
         controller.step()  # every source's first rule, before its first frame
         t0 = time.monotonic()
+        for sch in schedules:
+            sch.start(t0)
         runners = [threading.Thread(target=_drive, args=(c, spec_c, check, t0, s.duration_s, stop),
                                     daemon=True) for c, spec_c in zip(clients, s.clients, strict=True)]
         for th in runners:
@@ -301,6 +359,8 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
         candidates = wiring.candidates
     finally:
         controller.close()
+        for sch in schedules:
+            sch.stop()
     per = [c.records[d:] for c, d in zip(clients, done, strict=True)]
     sent = sum(c.requests - a for c, a in zip(clients, asked, strict=True))
     requests = []

@@ -62,12 +62,26 @@ class RulePlan:
         codecs: Codec per split (empty: none).
         predicted_ms: Predicted latency at the bin's representative bandwidth, ms (None if unknown).
         throughput_rps: Predicted sustainable request rate, requests/s (None if unknown).
+        at_mbps: The representative bandwidth ``predicted_ms`` is for, Mbit/s (None if unknown).
+        edge_ms: Of ``predicted_ms``, the source's own compute, ms (None if unknown).
+        uplink_bits: What the plan sends over the source's uplink per request, bits (None if unknown).
     """
 
     splits: tuple[int, ...]
     codecs: tuple[str, ...] = ()
     predicted_ms: float | None = None
     throughput_rps: float | None = None
+    at_mbps: float | None = None
+    edge_ms: float | None = None
+    uplink_bits: float | None = None
+
+    def latency_at(self, bandwidth_mbps: float) -> float | None:
+        """The predicted latency with the uplink at ``bandwidth_mbps`` (the transfer rescaled), ms."""
+        if self.predicted_ms is None:
+            return None
+        if not self.at_mbps or self.uplink_bits is None or not bandwidth_mbps > 0:
+            return self.predicted_ms
+        return self.predicted_ms + self.uplink_bits / 1e3 * (1 / bandwidth_mbps - 1 / self.at_mbps)
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,8 @@ class RuleMessage:
         plans: ``table``: the plan of each bin; ``policy``: the candidate plans, by action index.
         kind: ``table`` or ``policy``.
         actor: The network and observation of a ``policy`` rule (None for a table).
+        deadline_ms: The source drops a request whose predicted latency, with the work it has
+            queued ahead, exceeds this (None: it admits every request).
     """
 
     version: int
@@ -180,6 +196,7 @@ class RuleMessage:
     plans: tuple[RulePlan, ...]
     kind: str = "table"
     actor: ActorRule | None = None
+    deadline_ms: float | None = None
 
     def index(self, bandwidth_mbps: float) -> int:
         """The bin of ``bandwidth_mbps`` (a NaN or unknown estimate falls in the lowest bin)."""
@@ -203,8 +220,9 @@ class RuleMessage:
                 row["codecs"] = list(p.codecs)
             if p.predicted_ms is not None:
                 row["predicted_ms"] = p.predicted_ms
-            if p.throughput_rps is not None:
-                row["throughput_rps"] = p.throughput_rps
+            for key in ("throughput_rps", "at_mbps", "edge_ms", "uplink_bits"):
+                if getattr(p, key) is not None:
+                    row[key] = getattr(p, key)
             rows.append(row)
         doc = {"v": VERSION, "version": self.version, "kind": self.kind, "source": self.source,
                "model": self.model, "devices": list(self.devices), "num_blocks": self.num_blocks,
@@ -212,6 +230,8 @@ class RuleMessage:
                "plans": rows}
         if self.actor is not None:
             doc["actor"] = self.actor.to_json()
+        if self.deadline_ms is not None:
+            doc["deadline_ms"] = self.deadline_ms
         return _dump(doc)
 
     @classmethod
@@ -249,7 +269,8 @@ class RuleMessage:
                    model=check_id(_str(obj, "model", w) or "", "rule: model"), devices=tuple(devices),
                    num_blocks=num_blocks, issued_at=float(_num(obj, "issued_at", w, lo=0)),
                    policy=_str(obj, "policy", w) or "", edges_mbps=tuple(float(e) for e in edges),
-                   plans=plans, kind=kind, actor=actor)
+                   plans=plans, kind=kind, actor=actor,
+                   deadline_ms=_num(obj, "deadline_ms", w, lo=0, optional=True, allow_null=True))
 
 
 def _row(row: Any, i: int, m: int, num_blocks: int) -> RulePlan:
@@ -265,5 +286,5 @@ def _row(row: Any, i: int, m: int, num_blocks: int) -> RulePlan:
     if not isinstance(codecs, list) or (codecs and len(codecs) != m) or any(c not in CODECS for c in codecs):
         raise SchemaError(f"{w}: field 'codecs': expected {m} of none/fp16/int8")
     return RulePlan(tuple(splits), tuple(codecs),
-                    _num(row, "predicted_ms", w, lo=0, optional=True, allow_null=True),
-                    _num(row, "throughput_rps", w, lo=0, optional=True, allow_null=True))
+                    *(_num(row, key, w, lo=0, optional=True, allow_null=True)
+                      for key in ("predicted_ms", "throughput_rps", "at_mbps", "edge_ms", "uplink_bits")))

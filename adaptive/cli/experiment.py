@@ -32,6 +32,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "node processes running the real model, controller and clients on this machine, then the "
         "same scenario in sim beside it (minutes; the scenario's live: block says how to size it)",
     )
+    r.add_argument(
+        "--shaping",
+        choices=("app", "netns"),
+        default="app",
+        help="live: app emulates each uplink in its node (default); netns runs each edge node in a "
+        "network namespace behind a tbf-shaped veth pair, changed live by the schedule (root)",
+    )
     r.add_argument("--repeats", type=int, help="repeats per policy (default: the scenario's in sim, 1 live)")
     r.add_argument("--seed", type=int, help="first seed (default: the scenario's)")
     r.add_argument("--out", help="output directory (default runs/experiments/<name>-<mode>)")
@@ -53,6 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     if (args.repeats is not None and args.repeats < 1) or (args.seed is not None and args.seed < 0):
         raise AdaptiveError("--repeats must be >= 1 and --seed >= 0")
     out = Path(args.out or f"runs/experiments/{scenario.name}-{args.mode}")
+    if args.shaping != "app" and args.mode != "live":
+        raise AdaptiveError("--shaping is for --mode live")
     if args.mode == "live":
         return _run_live(scenario.for_live(), out, args)
     from adaptive.report import write_run
@@ -89,7 +98,7 @@ def _run_live(scenario: Any, out: Any, args: argparse.Namespace) -> int:
 
     if args.seed is not None:
         scenario = dataclasses.replace(scenario, seed=args.seed)
-    check_live(scenario)
+    check_live(scenario, args.shaping)
     started = time.perf_counter()
     bar = _Progress()
     print(
@@ -98,7 +107,7 @@ def _run_live(scenario: Any, out: Any, args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    result = run_live(scenario, out, repeats=args.repeats or 1, on_progress=bar)
+    result = run_live(scenario, out, repeats=args.repeats or 1, on_progress=bar, shaping=args.shaping)
     bar.close()
     live = result["live"]
     with (out / "requests.csv").open("w", newline="", encoding="utf-8") as fh:

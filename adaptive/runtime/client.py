@@ -11,10 +11,11 @@ its own PULL socket. It never dies on a transient, and it loses no request:
   node the request's plan gives work to goes offline, or when no answer comes within a deadline
   derived from the plan's predicted latency and the answers seen so far (as TCP derives its
   retransmission timeout from the round-trip times it measures).
-* Every request ends as exactly one record, with its retry count: ``ok`` (a result), ``error`` (an
-  error frame that is not transient, or retries exhausted) or ``timeout`` (nothing usable within
-  ``timeout_s`` of the first send). The first result wins; later answers to the same request are
-  ignored.
+* Every request ends as exactly one record, with its retry count: ``ok`` (a result), ``dropped``
+  (its source dropped it at admission: the model predicted it past the deadline of the source's
+  rule), ``error`` (an error frame that is not transient, or retries exhausted) or ``timeout``
+  (nothing usable within ``timeout_s`` of the first send). The first result wins; later answers
+  to the same request are ignored.
 
 Use :meth:`InferenceClient.run` for open-loop (``rate_hz``) or closed-loop load; ``on_record`` (e.g.
 a :class:`RecordWriter`) sees each record as it completes; :func:`write_records` saves a list.
@@ -67,7 +68,7 @@ class RequestRecord:
         latency_ms: From ``sent_at`` until its result or error arrived, retries included, ms (None on
             timeout).
         version: Plan version its last attempt ran under (0: never sent).
-        outcome: ``ok``, ``error`` or ``timeout``.
+        outcome: ``ok``, ``dropped``, ``error`` or ``timeout``.
         error: Error message, if any (for a request that never went out: why).
         hops: Per node along the way ``node:EXEC_MS``, plus ``+qQUEUE_MS`` when the request waited
             there and ``xBATCH`` when it ran in a batch.
@@ -392,8 +393,8 @@ class InferenceClient:
                     return  # an earlier attempt failed; the one in flight may still succeed
                 if frame.retry and self._retry(req, frame.error, backoff=True):
                     return
-                self._finish(req, "error", round((now - (req.sent_at or now)) * 1e3, 3), frame.error,
-                             _hops(frame))
+                self._finish(req, "dropped" if frame.dropped else "error",
+                             round((now - (req.sent_at or now)) * 1e3, 3), frame.error, _hops(frame))
                 return
             sample = time.monotonic() - req.attempt_sent
             if frame.request_id == req.wire_id:

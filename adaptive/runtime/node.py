@@ -423,11 +423,12 @@ class NodeRuntime:
                 self.rejected += 1
                 continue
             if not frame.devices:  # entering at its source without a plan: decide it here, now
-                decided, why = self.source.decide(frame)
-                if decided is None:
-                    self._reply(frame.error_reply(why, retry=True))
+                decided = self.source.decide(frame)
+                if decided.frame is None:  # dropped at admission (final), or no rule yet (transient)
+                    self._reply(frame.error_reply(decided.why, retry=not decided.dropped,
+                                                  dropped=decided.dropped))
                     continue
-                frame = decided
+                frame = decided.frame
             try:
                 self._work.put_nowait((time.monotonic(), frame))
             except queue.Full:

@@ -13,6 +13,14 @@ monitor's probe when it sends nothing (a device-only plan moves no activations):
 
 Without a rule it uses the controller's default plan. Every decision is kept (time, estimate, its
 age, plan) so that benchmarks can say how old the information was.
+
+**Admission.** A table rule with a ``deadline_ms`` makes the source drop a request the model
+predicts later than that, as the environment does (seed 004's frame drop): the bin's predicted
+latency, its transfer rescaled to the estimate (:meth:`monitor.rules.RulePlan.latency_at`), plus
+the work this source admitted before it and has not finished, on its own compute and on its uplink.
+That backlog is kept as the model's, not measured: each admitted request adds its bin's
+``edge_ms`` to the compute and ``uplink_bits`` at the estimate to the uplink. A dropped request is
+answered at once with an error frame marked ``dropped``; it never enters a queue.
 """
 
 from __future__ import annotations
@@ -33,10 +41,10 @@ from adaptive.mlp import MlpPolicyNet
 from adaptive.observation import ObservationSpec
 from adaptive.runtime.wire import Frame
 from monitor.presence import Presence
-from monitor.rules import RuleMessage
+from monitor.rules import RuleMessage, RulePlan
 from monitor.schema import PlanMessage
 
-__all__ = ["ActorRunner", "SourceDecider", "SourceDecision", "check_rule"]
+__all__ = ["ActorRunner", "Decided", "SourceDecider", "SourceDecision", "check_rule"]
 
 
 class SourceDecision(NamedTuple):
@@ -48,6 +56,7 @@ class SourceDecision(NamedTuple):
         age_s: Age of that estimate, s (None: none yet).
         splits: The plan chosen.
         version: Version of the rule (or default plan) it came from.
+        dropped: The request was dropped at admission (predicted past the rule's deadline).
     """
 
     at: float
@@ -55,6 +64,21 @@ class SourceDecision(NamedTuple):
     age_s: float | None
     splits: tuple[int, ...]
     version: int
+    dropped: bool = False
+
+
+class Decided(NamedTuple):
+    """What :meth:`SourceDecider.decide` did with a request.
+
+    Attributes:
+        frame: The request with its plan, or None when it does not go on.
+        why: Why not ("" when it goes on).
+        dropped: It was dropped at admission (final); otherwise a None frame may be retried.
+    """
+
+    frame: Frame | None
+    why: str
+    dropped: bool = False
 
 
 class SourceDecider:
@@ -80,6 +104,9 @@ class SourceDecider:
         self.runner: ActorRunner | None = None
         self.default: PlanMessage | None = None
         self.decisions: deque[SourceDecision] = deque(maxlen=history)
+        self.dropped = 0
+        self._edge_free = 0.0  # monotonic s: when the work admitted so far leaves the source's compute
+        self._uplink_free = 0.0  # ... and its uplink (the model's backlog, for admission)
         self._lock = threading.Lock()
 
     def set_rule(self, rule: RuleMessage, runner: ActorRunner | None = None) -> None:
@@ -96,12 +123,13 @@ class SourceDecider:
             if self.default is None or plan.version >= self.default.version:
                 self.default = plan
 
-    def decide(self, frame: Frame) -> tuple[Frame | None, str]:
-        """``(frame with its plan, "")``, or ``(None, why not)`` when there is nothing to go by."""
+    def decide(self, frame: Frame) -> Decided:
+        """The request with its plan; or no frame and why: nothing to go by yet, or dropped."""
         with self._lock:
             rule, runner, default = self.rule, self.runner, self.default
         now = time.time()
         estimate, age = None, None
+        row: RulePlan | None = None
         if rule is not None and len(rule.devices) > 1:
             if self.uplink is not None:
                 estimate, measured = self.uplink(rule.devices[1])
@@ -111,31 +139,53 @@ class SourceDecider:
             elif runner is not None:
                 plan = rule.plan(runner.decide(now, estimate, self._alive))
             else:
-                plan = self._from_rule(rule, estimate, default)
+                j = self._from_rule(rule, estimate)
+                plan, row = rule.plan(j), rule.plans[j]
         elif rule is not None:
             plan = rule.plan(0)
         elif default is not None:
             plan = default
         else:
-            return None, f"source {self.node} has no decision rule and no default plan yet"
-        decision = SourceDecision(now, estimate, age, plan.splits, plan.version)
+            return Decided(None, f"source {self.node} has no decision rule and no default plan yet")
+        late = self._admit(rule, row, estimate) if row is not None and rule is not None else ""
+        decision = SourceDecision(now, estimate, age, plan.splits, plan.version, bool(late))
         self.decisions.append(decision)
         if self.on_decision is not None:
             self.on_decision(decision)
-        return replace(frame, version=plan.version, model=plan.model, devices=plan.devices,
-                       splits=plan.splits, codecs=plan.codecs), ""
+        if late:
+            self.dropped += 1
+            return Decided(None, late, dropped=True)
+        return Decided(replace(frame, version=plan.version, model=plan.model, devices=plan.devices,
+                               splits=plan.splits, codecs=plan.codecs), "")
+
+    def _admit(self, rule: RuleMessage, row: RulePlan, estimate: float | None) -> str:
+        """"" to admit a request on ``row`` (and count its work ahead of later ones), else why not."""
+        service = row.latency_at(estimate) if estimate else row.predicted_ms
+        if rule.deadline_ms is None or service is None:
+            return ""
+        now = time.monotonic()
+        sends = bool(row.uplink_bits) and bool(estimate)
+        wait_s = max(self._edge_free - now, 0.0) + (max(self._uplink_free - now, 0.0) if sends else 0.0)
+        predicted = service + 1e3 * wait_s
+        if predicted > rule.deadline_ms:
+            return (f"dropped at source {self.node}: predicted {predicted:.0f} ms "
+                    f"(of which {1e3 * wait_s:.0f} ms queued ahead) > deadline {rule.deadline_ms:g} ms")
+        self._edge_free = max(self._edge_free, now) + (row.edge_ms or 0.0) / 1e3
+        if sends:
+            assert estimate is not None and row.uplink_bits is not None
+            self._uplink_free = max(self._uplink_free, now) + row.uplink_bits / (estimate * 1e6)
+        return ""
 
     def _alive(self, node: str) -> bool:
         return node == self.node or self.presence.online(node)
 
-    def _from_rule(self, rule: RuleMessage, estimate: float, default: PlanMessage | None) -> PlanMessage:
+    def _from_rule(self, rule: RuleMessage, estimate: float) -> int:
         k = rule.index(estimate)
         order = sorted(range(len(rule.plans)), key=lambda j: (abs(j - k), j > k))  # k, then nearest
         for j in order:
-            plan = rule.plan(j)
-            if all(n == self.node or self.presence.online(n) for n in plan.working_nodes()):
-                return plan
-        return rule.plan(k)
+            if all(n == self.node or self.presence.online(n) for n in rule.plan(j).working_nodes()):
+                return j
+        return k
 
     def ages(self) -> list[float]:
         """Ages of the estimates behind every decision so far, s."""

@@ -15,8 +15,10 @@ and ``codecs`` (one per split, or none) — ``hop`` (index in ``devices`` of the
 process it), ``position`` (split position of the activation, 0..L), ``shape``, ``codec`` of the
 payload (``none``, ``fp16``, ``int8``), ``params`` (codec parameters), ``sent_at`` (client send
 time, Unix s), ``error`` (for ``error`` frames), ``retry`` (optional, ``error`` frames: true when
-the failure is transient — a node died or is unreachable, a queue was full — so the client may
-send the request again), ``trace`` (per-node timing records ``[node, queue_ms, exec_ms, batch]``).
+the failure is transient — a node died or is unreachable, a queue was full — so the client may send
+the request again), ``dropped`` (optional, ``error`` frames: true when the source dropped the
+request at admission, predicted past its deadline; final), ``trace`` (per-node timing records
+``[node, queue_ms, exec_ms, batch]``).
 
 Every work frame carries its own plan, and every node validates it and runs its stage of it: any
 node runs any valid plan with no handshake, and a switch changes nothing for requests in flight. A
@@ -68,6 +70,8 @@ class Frame:
         sent_at: Client send time, Unix s.
         error: Error message (``error`` frames).
         retry: The error is transient: the request may be sent again (``error`` frames).
+        dropped: The request was dropped at its source's admission, as predicted past its
+            deadline (``error`` frames; final).
         trace: Timing records ``[node, queue_ms, exec_ms, batch]`` appended by each node.
         payload: Encoded tensor bytes.
         model: Model the plan is for (work frames).
@@ -89,6 +93,7 @@ class Frame:
     sent_at: float = 0.0
     error: str = ""
     retry: bool = False
+    dropped: bool = False
     trace: tuple[tuple[str, float, float, int], ...] = ()
     payload: bytes | memoryview = field(default=b"", repr=False)
     model: str = ""
@@ -103,10 +108,13 @@ class Frame:
         except AdaptiveError as exc:
             raise WireError(str(exc)) from None
 
-    def error_reply(self, message: str, retry: bool = False) -> Frame:
-        """An ``error`` frame for this request's client (``retry``: the failure is transient)."""
-        return replace(self, kind="error", error=message[:300], retry=retry, shape=(0,), codec="none",
-                       params=(), payload=b"")
+    def error_reply(self, message: str, retry: bool = False, dropped: bool = False) -> Frame:
+        """An ``error`` frame for this request's client.
+
+        ``retry``: the failure is transient; ``dropped``: the source dropped it at admission.
+        """
+        return replace(self, kind="error", error=message[:300], retry=retry, dropped=dropped, shape=(0,),
+                       codec="none", params=(), payload=b"")
 
 
 def tensor_frame(base: Frame, array: np.ndarray, codec: str = "none", **changes: Any) -> Frame:
@@ -128,6 +136,8 @@ def encode_frame(frame: Frame) -> list[bytes]:
                       codecs=list(frame.codecs))
     if frame.retry:
         header["retry"] = True
+    if frame.dropped:
+        header["dropped"] = True
     raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if len(raw) > MAX_HEADER_BYTES:
         raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
@@ -198,9 +208,10 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
     if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
         raise WireError("header field 'sent_at': expected a number")
     model, devices, splits, plan_codecs = _plan(h, kind)
-    retry = h.get("retry", False)
-    if not isinstance(retry, bool):
-        raise WireError(f"header field 'retry': expected true or false, found {retry!r}"[:160])
+    retry, dropped = h.get("retry", False), h.get("dropped", False)
+    if not isinstance(retry, bool) or not isinstance(dropped, bool):
+        raise WireError(f"header fields 'retry' and 'dropped': expected true or false, found "
+                        f"{retry!r} and {dropped!r}"[:160])
     expected = codecs.payload_bytes(codec, shape) if kind != "error" else 0
     if len(payload) > max_payload:
         raise WireError(f"payload of {len(payload)} bytes exceeds the limit of {max_payload}")
@@ -211,7 +222,7 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
                  reply_to=_str(h, "reply_to", limit=128), version=_int(h, "version", 0, 2**31),
                  hop=_int(h, "hop", 0, 63), position=_int(h, "position", 0, 100_000),
                  shape=tuple(shape), codec=codec, params=tuple(float(p) for p in params),
-                 sent_at=float(sent_at), error=_str(h, "error"), retry=retry,
+                 sent_at=float(sent_at), error=_str(h, "error"), retry=retry, dropped=dropped,
                  trace=tuple((t[0], float(t[1]), float(t[2]), t[3]) for t in trace),
                  payload=payload, model=model, devices=devices, splits=splits, codecs=plan_codecs)
 

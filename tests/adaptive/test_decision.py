@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import re
 import time
 
 import numpy as np
@@ -16,7 +18,7 @@ from adaptive.runtime.source import SourceDecider, check_rule
 from adaptive.runtime.wire import Frame
 from monitor.presence import Presence
 from monitor.rules import RuleMessage, RulePlan
-from monitor.schema import Status
+from monitor.schema import SchemaError, Status
 
 CHAIN = ["raspberry-pi-4", "jetson-nano", "jetson-agx-orin"]
 
@@ -106,16 +108,50 @@ def test_the_source_picks_by_its_fresh_estimate_and_avoids_offline_nodes():
     estimate = {"mbps": 1.0, "at": time.time()}
     presence = Presence(hold_s=0)
     source = SourceDecider("pi", presence, lambda peer: (estimate["mbps"], estimate["at"]))
-    assert source.decide(frame()) == (None, "source pi has no decision rule and no default plan yet")
+    assert source.decide(frame()) == (None, "source pi has no decision rule and no default plan yet", False)
     source.set_rule(RULE)
     for mbps, splits in ((1.0, (20, 20)), (5.0, (6, 20)), (50.0, (0, 5)), (2.0, (6, 20))):
         estimate["mbps"] = mbps
-        stamped, _ = source.decide(frame())
+        stamped = source.decide(frame()).frame
         assert stamped.splits == splits and stamped.devices == RULE.devices and stamped.version == 3
     presence.update(Status("orin", "offline", 1.0))
     estimate["mbps"] = 50.0  # the orin's bin: the nearest bin that avoids it
     assert source.decide(frame())[0].splits == (6, 20)
     assert len(source.decisions) == 5 and all(0 <= a < 5 for a in source.ages())
+
+
+def test_a_rule_with_a_deadline_makes_the_source_drop_what_would_be_late():
+    # bin 0: on the pi alone (300 ms of its compute); bin 1: 40 ms here, then 1 Mbit over the uplink
+    rows = (RulePlan((20, 20), (), 300.0, at_mbps=1.0, edge_ms=300.0, uplink_bits=0.0),
+            RulePlan((3, 20), (), 250.0, at_mbps=8.0, edge_ms=40.0, uplink_bits=1e6))
+    rule = RuleMessage(4, "pi", "mobilenet_v2", ("pi", "jetson", "orin"), 20, 0.0, "table", (2.0,), rows,
+                       deadline_ms=1000.0)
+    assert RuleMessage.decode(rule.encode()) == rule
+    assert rows[1].latency_at(4.0) == pytest.approx(250.0 + 125.0)  # 1 Mbit takes 125 ms more at half
+    estimate = {"mbps": 4.0}
+    source = SourceDecider("pi", Presence(hold_s=0), lambda peer: (estimate["mbps"], time.time()))
+    source.set_rule(rule)
+    # at 4 Mbit/s each request needs 375 ms alone and leaves 40 ms of compute and 250 ms of uplink
+    # ahead of the next: 375, 665, 955 ms predicted are admitted; the fourth (1245 ms) is dropped
+    got = [source.decide(frame()) for _ in range(4)]
+    assert [g.frame is not None for g in got] == [True, True, True, False]
+    assert got[3].dropped and re.search(r"predicted 12[34]\d ms .* > deadline 1000 ms", got[3].why)
+    assert source.dropped == 1 and source.decisions[-1].dropped
+    # device-only: the uplink's backlog is not in its way, the compute's is (3 x 40 ms, then 300 each)
+    estimate["mbps"] = 1.0
+    got = [source.decide(frame()) for _ in range(3)]  # 420, 720 ms admitted; 1020 ms dropped
+    assert [g.frame is not None for g in got] == [True, True, False] and got[0].frame.splits == (20, 20)
+
+
+def test_a_rule_with_bad_admission_fields_is_refused():
+    doc = json.loads(RuleMessage(4, "pi", "m", ("pi", "jetson"), 20, 0.0, "t", (),
+                                 (RulePlan((3,), (), 1.0, at_mbps=2.0),)).encode())
+    for key, where, value in (("deadline_ms", doc, "soon"), ("at_mbps", doc["plans"][0], -1),
+                              ("uplink_bits", doc["plans"][0], True)):
+        bad = json.loads(json.dumps(doc))
+        (bad if where is doc else bad["plans"][0])[key] = value
+        with pytest.raises(SchemaError, match=key):
+            RuleMessage.decode(json.dumps(bad))
 
 
 def test_a_rule_for_another_node_model_or_size_is_refused():
