@@ -44,7 +44,9 @@ class AgentConfig:
             last three probes, which rejects single outliers (a probe over 2x away from it
             restarts the window: a step change).
         probe_max_share: Cap on the share of a link's estimated capacity that probing may use
-            (averaged over the probe interval), in (0, 1].
+            (averaged over the probe interval), in (0, 1]. A peer is not probed while the node's
+            own transfers to it measure the link (a passive sample within the last interval):
+            on a slow link a probe's bytes would queue ahead of the data it measures.
         device: Device profile name announced in the status.
         accelerator: ``cpu`` or ``gpu``.
         data_endpoint: Runtime data endpoint announced in the status (may be empty).
@@ -206,8 +208,14 @@ class MonitorAgent:
             for peer, (host, port) in peers.items():
                 if self._stop.is_set():
                     return
-                self._probe(peer, host, port)
+                if not self._passive_fresh(peer):
+                    self._probe(peer, host, port)
                 self._stop.wait(spacing)
+
+    def _passive_fresh(self, peer: str) -> bool:
+        """The node's own traffic measured the link to ``peer`` within the last probe interval."""
+        with self._links_lock:
+            return time.time() - self._passive_at.get(peer, 0.0) < self.config.probe_interval_s
 
     def observe_transfer(self, peer: str, nbytes: int, seconds: float, link_level: bool = False) -> None:
         """Record a transfer the node made to ``peer`` (e.g. an activation) as a passive estimate.

@@ -17,18 +17,26 @@ __all__ = ["LinkShaper"]
 class LinkShaper:
     """A FIFO link of ``rate_mbps`` with a burst allowance and a fixed one-way delay.
 
+    The link is a fluid queue: every sender's bytes join it in order and it carries them at the
+    rate in force at each moment, so a rate change acts at once on the bytes already waiting (a
+    message queued at 0.1 Mbit/s does not keep the link at 0.1 Mbit/s once a trace steps back up).
+
     Args:
         rate_mbps: Link rate, Mbit/s (> 0).
         delay_ms: One-way propagation delay added to every message, ms (≥ 0).
         burst_bytes: Bytes that may pass at once after an idle period.
     """
 
+    POLL_S = 0.02  # a waiting sender looks at the rate this often
+
     def __init__(self, rate_mbps: float, delay_ms: float = 0.0, burst_bytes: int = 4_000) -> None:
         self._lock = threading.Lock()
         self.set_rate(rate_mbps)
         self.delay_ms = delay_ms
         self.burst_bytes = burst_bytes
-        self._next_free = time.monotonic()  # when the link finishes what was queued before
+        self._queued = 0.0  # bits ever handed to the link
+        self._carried = 0.0  # bits the link has carried (ahead of _queued by at most a burst)
+        self._at = time.monotonic()
 
     @property
     def rate_mbps(self) -> float:
@@ -36,31 +44,49 @@ class LinkShaper:
         return self._rate
 
     def set_rate(self, rate_mbps: float) -> None:
-        """Change the rate; messages already waiting finish at the old one."""
+        """Change the rate, for the bytes waiting too."""
         if not rate_mbps > 0:
             raise ValueError(f"link rate must be > 0 Mbit/s, found {rate_mbps}")
         with self._lock:
+            if hasattr(self, "_at"):
+                self._advance(time.monotonic())
             self._rate = float(rate_mbps)
+
+    def _advance(self, now: float) -> None:
+        """Carry bits at the current rate up to ``now`` (the caller holds the lock)."""
+        idle_credit = self.burst_bytes * 8  # an idle link lends up to one burst
+        self._carried = min(self._carried + (now - self._at) * self._rate * 1e6, self._queued + idle_credit)
+        self._at = now
+
+    def backlog_bits(self) -> float:
+        """Bits handed to the link and not yet carried."""
+        with self._lock:
+            self._advance(time.monotonic())
+            return max(self._queued - self._carried, 0.0)
 
     def acquire(self, nbytes: int) -> float:
         """Block until ``nbytes`` have crossed the link (plus the delay).
 
         Returns the message's wire time: the seconds its bytes occupy the link at the rate in
-        force, excluding queueing behind earlier messages and the delay. That is what a link-level
-        delivery-rate estimate (the kernel's ``tcp_info`` on a real link) sees, so the runtime
-        reports it to the monitor as the passive bandwidth sample of an emulated link.
+        force when it is through, excluding queueing behind earlier messages and the delay. That is
+        what a link-level delivery-rate estimate (the kernel's ``tcp_info`` on a real link) sees,
+        so the runtime reports it to the monitor as the passive bandwidth sample of an emulated link.
         """
-        start = time.monotonic()
+        bits = nbytes * 8
         with self._lock:
-            duration = nbytes * 8 / (self._rate * 1e6)
-            credit = self.burst_bytes * 8 / (self._rate * 1e6)
-            begin = max(self._next_free, start - credit)  # an idle link lends up to one burst
-            self._next_free = begin + duration
-            done = self._next_free + self.delay_ms / 1e3
-        wait = done - start
-        if wait > 0:
-            time.sleep(wait)
-        return duration
+            self._advance(time.monotonic())
+            self._queued += bits
+            target = self._queued
+        while True:
+            with self._lock:
+                self._advance(time.monotonic())
+                remaining, rate = target - self._carried, self._rate
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining / (rate * 1e6), self.POLL_S))
+        if self.delay_ms > 0:
+            time.sleep(self.delay_ms / 1e3)
+        return bits / (rate * 1e6)
 
     def __call__(self, nbytes: int) -> None:
         """Same as :meth:`acquire` (so a shaper is a plain ``limiter(nbytes)`` callable)."""

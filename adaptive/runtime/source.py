@@ -18,8 +18,10 @@ age, plan) so that benchmarks can say how old the information was.
 predicts later than that, as the environment does (seed 004's frame drop): the bin's predicted
 latency, its transfer rescaled to the estimate (:meth:`monitor.rules.RulePlan.latency_at`), plus
 the work this source admitted before it and has not finished, on its own compute and on its uplink.
-That backlog is kept as the model's, not measured: each admitted request adds its bin's
-``edge_ms`` to the compute and ``uplink_bits`` at the estimate to the uplink. A dropped request is
+That backlog is kept as the model keeps it, not measured (a kernel's send buffer is out of sight):
+each admitted request adds its bin's ``edge_ms`` to the compute, which drains in real time, and
+its ``uplink_bits`` to the uplink, which drains at the uplink's estimate of the moment, so that a
+drop of the link makes the queued bits wait longer. A dropped request is
 answered at once with an error frame marked ``dropped``; it never enters a queue.
 """
 
@@ -106,7 +108,8 @@ class SourceDecider:
         self.decisions: deque[SourceDecision] = deque(maxlen=history)
         self.dropped = 0
         self._edge_free = 0.0  # monotonic s: when the work admitted so far leaves the source's compute
-        self._uplink_free = 0.0  # ... and its uplink (the model's backlog, for admission)
+        self._uplink_bits = 0.0  # admitted and not yet sent at the estimated rate (for admission)
+        self._uplink_at = 0.0  # monotonic s of the last drain
         self._lock = threading.Lock()
 
     def set_rule(self, rule: RuleMessage, runner: ActorRunner | None = None) -> None:
@@ -164,16 +167,21 @@ class SourceDecider:
         if rule.deadline_ms is None or service is None:
             return ""
         now = time.monotonic()
+        if estimate:  # the uplink drained at the rate it has now since the last request
+            self._uplink_bits = max(self._uplink_bits - (now - self._uplink_at) * estimate * 1e6, 0.0)
+            self._uplink_at = now
         sends = bool(row.uplink_bits) and bool(estimate)
-        wait_s = max(self._edge_free - now, 0.0) + (max(self._uplink_free - now, 0.0) if sends else 0.0)
+        wait_s = max(self._edge_free - now, 0.0)
+        if sends:
+            assert estimate is not None
+            wait_s += self._uplink_bits / (estimate * 1e6)
         predicted = service + 1e3 * wait_s
         if predicted > rule.deadline_ms:
             return (f"dropped at source {self.node}: predicted {predicted:.0f} ms "
                     f"(of which {1e3 * wait_s:.0f} ms queued ahead) > deadline {rule.deadline_ms:g} ms")
         self._edge_free = max(self._edge_free, now) + (row.edge_ms or 0.0) / 1e3
         if sends:
-            assert estimate is not None and row.uplink_bits is not None
-            self._uplink_free = max(self._uplink_free, now) + row.uplink_bits / (estimate * 1e6)
+            self._uplink_bits += row.uplink_bits or 0.0
         return ""
 
     def _alive(self, node: str) -> bool:

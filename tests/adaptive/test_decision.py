@@ -137,6 +137,9 @@ def test_a_rule_with_a_deadline_makes_the_source_drop_what_would_be_late():
     assert [g.frame is not None for g in got] == [True, True, True, False]
     assert got[3].dropped and re.search(r"predicted 12[34]\d ms .* > deadline 1000 ms", got[3].why)
     assert source.dropped == 1 and source.decisions[-1].dropped
+    estimate["mbps"] = 2.5  # the link drops: the 3 Mbit queued now take 1.2 s to leave
+    late = source.decide(frame())
+    assert late.dropped and re.search(r"of which 1[23]\d\d ms queued ahead", late.why), late.why
     # device-only: the uplink's backlog is not in its way, the compute's is (3 x 40 ms, then 300 each)
     estimate["mbps"] = 1.0
     got = [source.decide(frame()) for _ in range(3)]  # 420, 720 ms admitted; 1020 ms dropped

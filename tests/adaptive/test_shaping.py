@@ -45,3 +45,18 @@ def test_rate_change_and_validation():
     assert time.monotonic() - t0 >= 0.045
     with pytest.raises(ValueError, match="> 0"):
         link.set_rate(0)
+
+
+def test_a_rate_change_acts_on_the_bytes_already_waiting():
+    link = LinkShaper(0.1, burst_bytes=0)  # 0.1 Mbit/s: 25,000 bytes would take 2 s
+    took = []
+    sender = threading.Thread(target=lambda: took.append(link.acquire(25_000)))
+    t0 = time.monotonic()
+    sender.start()
+    time.sleep(0.2)  # 2,500 bytes through
+    assert link.backlog_bits() == pytest.approx(180_000, rel=0.1)
+    link.set_rate(10.0)  # the other 22,500 bytes take 18 ms
+    sender.join(timeout=5)
+    assert 0.2 <= time.monotonic() - t0 <= 0.4
+    assert took == [pytest.approx(0.02)]  # the wire time at the rate it finished at
+    assert link.backlog_bits() == 0
