@@ -119,7 +119,7 @@ def candidate_plans(model: SplitModel, *,
                     bandwidths_mbps: Sequence[float] = tuple(np.geomspace(0.3, 300, 25)),
                     loads: Sequence[float] = (0.0, 0.4, 0.8), clients: Sequence[int] = (1, 2, 4, 8),
                     max_plans: int = 48, use_codecs: bool = True, codecs: Sequence[str] | None = None,
-                    min_edge_blocks: int = 0) -> CandidatePlans:
+                    min_edge_blocks: int = 0, include: Sequence[str] = ()) -> CandidatePlans:
     """Plans that are optimal (latency) somewhere on a grid of conditions, plus the two extremes.
 
     Intra-DP (seed 001 Sec. 3.2) precomputes plans per bandwidth; we do the same over bandwidth,
@@ -127,7 +127,11 @@ def candidate_plans(model: SplitModel, *,
     frequent first, so the action space holds only plans worth choosing. Device-only and full
     offload (everything after the first ``min_edge_blocks`` blocks) are always included (as
     action 0 and 1). ``codecs`` limits the codecs (None: all); ``min_edge_blocks``: blocks every
-    plan runs on the first device.
+    plan runs on the first device; ``include``: plans (:func:`adaptive.plans.plan_label` labels,
+    e.g. a paper's fixed split points) kept right after the extremes, whatever the grid says.
+
+    Raises:
+        PlanError: An ``include`` label is not a plan of this model and chain.
     """
     planner = Planner(model, use_codecs=use_codecs, codecs=codecs)
     D = model.num_devices
@@ -135,6 +139,12 @@ def candidate_plans(model: SplitModel, *,
     counts: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
     edge = min(min_edge_blocks, L)
     extremes = [((L,) * M, (0,) * M), ((edge,) * M, (0,) * M)]
+    from adaptive.plans import parse_plan_label
+
+    for label in include:
+        key = parse_plan_label(label, L, D, model.codec_names)
+        if key not in extremes:
+            extremes.append(key)
     from adaptive.latency import Conditions
 
     for bw in bandwidths_mbps:
@@ -149,7 +159,7 @@ def candidate_plans(model: SplitModel, *,
                     key = (tuple(int(x) for x in arr.splits[0]), tuple(int(x) for x in arr.codecs[0]))
                     counts[key] = counts.get(key, 0) + 1
     ordered = extremes + [k for k, _ in sorted(counts.items(), key=lambda kv: -kv[1]) if k not in extremes]
-    ordered = ordered[:max(max_plans, 2)]
+    ordered = ordered[:max(max_plans, len(extremes))]
     splits = np.array([k[0] for k in ordered], np.int64).reshape(-1, M)
     codecs = np.array([k[1] for k in ordered], np.int64).reshape(-1, M)
     return CandidatePlans(PlanArray(splits, codecs), model.codec_names)

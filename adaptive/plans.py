@@ -27,6 +27,7 @@ __all__ = [
     "count_splits",
     "enumerate_plans",
     "enumerate_splits",
+    "parse_plan_label",
     "plan_label",
     "validate_splits",
 ]
@@ -194,3 +195,25 @@ def plan_label(splits: Iterable[int], codecs: Iterable[str] = ()) -> str:
     codecs = tuple(codecs)
     text = ",".join(str(x) for x in splits)
     return text + "/" + ",".join(codecs) if any(c != "none" for c in codecs) else text
+
+
+def parse_plan_label(label: str, num_blocks: int, num_devices: int,
+                     codec_names: Sequence[str] = ("none",)) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(splits, codec indices)`` of a :func:`plan_label` (``3,7`` or ``3,7/int8,none``).
+
+    Raises:
+        PlanError: Not a label, or not a valid plan of this model and chain.
+    """
+    head, _, tail = str(label).partition("/")
+    try:
+        splits = tuple(int(x) for x in head.split(","))
+    except ValueError:
+        raise PlanError(f"plan '{label}': expected splits like 3,7 or 3,7/int8,none") from None
+    try:
+        validate_splits(splits, num_blocks, num_devices)
+    except PlanError as exc:
+        raise PlanError(f"plan '{label}': {exc}") from None
+    names = tuple(tail.split(",")) if tail else ("none",) * len(splits)
+    if len(names) != len(splits) or any(n not in codec_names for n in names):
+        raise PlanError(f"plan '{label}': expected {len(splits)} codecs of {', '.join(codec_names)}")
+    return splits, tuple(codec_names.index(n) for n in names)

@@ -7,7 +7,9 @@ policies to compare, the duration, repeats and seed. Units are in the key names.
 
 ``plans`` may restrict the candidate plans every policy chooses from: ``min_edge_blocks`` (blocks
 each edge runs before anything leaves it; seed 000 splits in 1..N) and ``codecs`` (the codecs
-allowed at a split; ``none`` always is).
+allowed at a split; ``none`` always is); ``include`` lists plans that are always candidates (labels
+such as ``1,8``, e.g. a paper's fixed split points). A policy ``plan:LABEL`` keeps that plan for
+every client, and its plan is included.
 
 A link or load is one of
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +41,7 @@ from adaptive.errors import AdaptiveError
 __all__ = ["AcceleratorSpec", "ClientSpec", "Scenario", "Schedule", "shipped_scenarios"]
 
 SCHEMA = "adaptive.scenario/v1"
+_LABEL = re.compile(r"^\d+(,\d+)*(/[a-z0-9]+(,[a-z0-9]+)*)?$")
 _ID = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
 
@@ -246,6 +250,7 @@ class Scenario:
     device_scales: tuple[float, ...] = ()
     min_edge_blocks: int = 0
     codecs: tuple[str, ...] = ()
+    include_plans: tuple[str, ...] = ()
     link_delay_ms: tuple[float, ...] = ()
     published: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
@@ -371,7 +376,7 @@ class Scenario:
                 f"expected {len(accelerators)} numbers of ms >= 0 (every "
                 f"client's uplink, then each link between accelerators) or none, found {delays!r}"[:200],
             )
-        plans = _keys(doc.get("plans", {}), f"{source}.plans", {"min_edge_blocks", "codecs"})
+        plans = _keys(doc.get("plans", {}), f"{source}.plans", {"min_edge_blocks", "codecs", "include"})
         min_edge = plans.get("min_edge_blocks", 0)
         if isinstance(min_edge, bool) or not isinstance(min_edge, int) or min_edge < 0:
             raise _fail(f"{source}.plans.min_edge_blocks", f"expected an integer >= 0, found {min_edge!r}")
@@ -380,6 +385,18 @@ class Scenario:
             raise _fail(
                 f"{source}.plans.codecs", f"expected a list of none, fp16, int8, found {codecs!r}"[:160]
             )
+        include = plans.get("include", [])
+        if not isinstance(include, list) or not all(isinstance(x, str) and _LABEL.match(x) for x in include):
+            raise _fail(
+                f"{source}.plans.include",
+                f"expected plan labels such as '1,8' or '3,7/int8,none', found {include!r}"[:160],
+            )
+        for p in policies:
+            if p.startswith("plan:"):
+                if not _LABEL.match(p[5:]):
+                    raise _fail(f"{source}.policies", f"'{p}': expected plan:SPLITS, e.g. plan:1,8")
+                if p[5:] not in include:
+                    include = [*include, p[5:]]
         published = doc.get("published", {})
         if not isinstance(published, dict):
             raise _fail(f"{source}.published", "expected a mapping")
@@ -407,6 +424,7 @@ class Scenario:
             tuple(float(x) for x in scales),
             min_edge,
             tuple(codecs),
+            tuple(include),
             tuple(float(x) for x in delays),
             published,
             source,
@@ -478,7 +496,11 @@ class Scenario:
             "seed": self.seed,
             "device_scales": list(self.device_scales),
             "published": self.published,
-            "plans": {"min_edge_blocks": self.min_edge_blocks, "codecs": list(self.codecs)},
+            "plans": {
+                "min_edge_blocks": self.min_edge_blocks,
+                "codecs": list(self.codecs),
+                "include": list(self.include_plans),
+            },
             "link_delay_ms": list(self.link_delay_ms),
         }
         return doc

@@ -95,6 +95,7 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         "deadline_ms": scenario.clients[0].deadline_ms,
         "min_edge_blocks": scenario.min_edge_blocks,
         "codecs": list(scenario.codecs),
+        "include_plans": list(scenario.include_plans),
         "link_delay_ms": list(scenario.link_delay_ms),
     }
     if name == "ppo":
@@ -116,10 +117,10 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
                 f"policy {spec}: trained for {sidecar.model_profile} on "
                 f"{list(sidecar.devices)}; the scenario runs {scenario.model} on {devices}"
             )
-        if scenario.min_edge_blocks or scenario.codecs:
+        if scenario.min_edge_blocks or scenario.codecs or scenario.include_plans:
             raise AdaptiveError(
                 f"policy {spec}: its plans were fixed in training; the scenario restricts them "
-                "(plans: min_edge_blocks, codecs)"
+                "(plans: min_edge_blocks, codecs, include)"
             )
         if sidecar.observation.num_clients < K or float(trained.get("dt_s", 0.25)) != scenario.dt_s:
             raise AdaptiveError(
@@ -136,8 +137,20 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         )
         env = MultiClientEnv(trained)
         return env, MultiActor(net, env.num_clients), env.num_clients
+    if name == "plan":
+        from adaptive.plans import parse_plan_label
+        from agents.multi_policies import FixedPlan
+
+        env = MultiClientEnv(base)
+        cands = env.candidates
+        want = parse_plan_label(path, env.chain.chains[0].num_blocks, len(devices), cands.codec_names)
+        keys = [(tuple(int(x) for x in cands.plans.splits[i]), tuple(int(x) for x in cands.plans.codecs[i]))
+                for i in range(len(cands))]
+        return env, FixedPlan(env, keys.index(want)), K
     if name not in HEURISTICS:
-        raise AdaptiveError(f"policy '{spec}' is not one of ppo[:PATH], {', '.join(HEURISTICS)}")
+        raise AdaptiveError(
+            f"policy '{spec}' is not one of ppo[:PATH], plan:SPLITS, {', '.join(HEURISTICS)}"
+        )
     from agents.multi_policies import make_multi_heuristic
 
     env = MultiClientEnv(base)

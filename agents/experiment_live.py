@@ -115,9 +115,9 @@ def check_live(scenario: Scenario, shaping: str = "app") -> None:
                 "background load (use --mode sim, or give the scenario a live: block without loads)"
             )
     for spec in scenario.policies:
-        if spec.partition(":")[0] not in LIVE_POLICIES:
+        if spec.partition(":")[0] not in (*LIVE_POLICIES, "plan"):
             raise AdaptiveError(
-                f"{scenario.source}: policy '{spec}' cannot run live (live: ppo[:PATH], "
+                f"{scenario.source}: policy '{spec}' cannot run live (live: ppo[:PATH], plan:SPLITS, "
                 f"{', '.join(LIVE_POLICIES[1:])})"
             )
     from adaptive.profiles import resolve_model
@@ -181,13 +181,14 @@ def run_live(
         "interval_s": 1.0, "stale_after_s": 3.0, "source_rule": "table"})
     env_overrides = {
         "min_edge_blocks": s.min_edge_blocks, "codecs": list(s.codecs),
+        "include_plans": list(s.include_plans),
         "link_delay_ms": list(s.link_delay_ms), "deadline_ms": s.clients[0].deadline_ms,
         "accel_link_mbps": s.accel_link_mbps, "device_scales": scales,
     }
     statics = {}
     for spec in s.policies:  # a bad policy fails here, before anything starts
-        if spec == "static-hindsight":
-            statics[spec] = _hindsight_plan(s, cond)
+        if spec == "static-hindsight" or spec.startswith("plan:"):
+            statics[spec] = _fixed_plan(spec, s, cond)
         else:
             build_multi_policy(spec, ctl_cfg, env=None if spec.startswith("ppo") else env_overrides)
     uplinks = []
@@ -241,8 +242,11 @@ def run_live(
                 node_chain, scale = chain, declared[name]
                 i = [c[0] for c in chain].index(name)
                 nxt_delay = delays[i] if i < len(delays) else 0.0
+                # a result goes back over every link between this node and the source (the model's
+                # return path): its propagation delays
                 extra = ["--uplink-mbps", f"{s.accel_link_mbps:g}", "--uplink-delay-ms", f"{nxt_delay:g}",
-                         "--batch-window-ms", f"{batch_window_ms:g}"]
+                         "--batch-window-ms", f"{batch_window_ms:g}",
+                         "--result-delay-ms", f"{sum(delays[:i]):g}"]
             args = node_command(node_chain, i, broker_url, cluster, s.model, probe,
                                 [*extra, *here, "--slowdown", f"{scale:g}"],
                                 probe_interval_s=0.25 if name in edge_names else 1.0, next_host=root_ip)
@@ -318,7 +322,8 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
             bw = cond["bw"][:, k]
             steps = [(t * s.dt_s, float(v)) for t, v in enumerate(bw) if t == 0 or v != bw[t - 1]]
             schedules.append(RateSchedule(links[c.name], steps))
-    wiring = build("static" if spec == "static-hindsight" else spec, ctl_cfg, static_plan=static,
+    fixed = spec == "static-hindsight" or spec.startswith("plan:")
+    wiring = build("static" if fixed else spec, ctl_cfg, static_plan=static,
                    env=None if spec.startswith("ppo") else env_overrides)
     controller = controller_cls(ctl_cfg, url, wiring.policy, spec=wiring.spec, candidates=wiring.candidates,
                                 deadline_ms=wiring.deadline_ms, step_s=wiring.step_s, policy_name=spec,
@@ -433,11 +438,15 @@ def _rows(s: Scenario, cond: dict[str, np.ndarray], policy: str, repeat: int, re
     return rows
 
 
-def _hindsight_plan(s: Scenario, cond: dict[str, np.ndarray]) -> int:
-    """The one plan every client keeps with the least true cost over the schedule (in the model)."""
+def _fixed_plan(spec: str, s: Scenario, cond: dict[str, np.ndarray]) -> int:
+    """The plan index a fixed policy keeps.
+
+    ``plan:LABEL``: that plan; ``static-hindsight``: the one with the least true cost over the
+    schedule, in the model.
+    """
     from agents.experiment import policy_env
 
-    env, policy, _ = policy_env("static-hindsight", s)
+    env, policy, _ = policy_env(spec, s)
     env.reset(seed=s.seed, options={"script": cond})
     policy.begin_episode(env)
     return int(policy.choice)

@@ -70,6 +70,8 @@ class EnvConfig:
         codecs: Only these codecs (empty: every codec of the profile; ``none`` is always allowed).
         min_edge_blocks: Blocks the first device runs before anything leaves it, in every
             candidate (seed 000 splits in 1..N: 1; 0 lets a plan send the raw input).
+        include_plans: Plans always among the candidates (labels such as ``1,8`` or
+            ``3,7/int8,none``), e.g. the fixed split points a paper compares.
     """
 
     model_profile: str = "mobilenet_v2"
@@ -99,6 +101,7 @@ class EnvConfig:
     use_codecs: bool = True
     codecs: tuple[str, ...] = ()
     min_edge_blocks: int = 0
+    include_plans: tuple[str, ...] = ()
 
     default_file: ClassVar[str] = "default.yaml"
 
@@ -247,6 +250,8 @@ def _convert(key: str, value: Any) -> Any:
         if len(rates) not in (1, 2):
             raise ValueError(f"expected one rate or [low, high], found {value!r}")
         return (rates[0], rates[-1])
+    if key == "include_plans":  # labels hold commas: a list, or one label
+        return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
     if key in ("devices", "traces", "synthetic", "codecs"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -43,7 +43,8 @@ class MultiClientCore:
         self.candidates: CandidatePlans = candidate_plans(single, max_plans=cfg.max_plans,
                                                           use_codecs=cfg.use_codecs,
                                                           codecs=cfg.codecs or None,
-                                                          min_edge_blocks=cfg.min_edge_blocks)
+                                                          min_edge_blocks=cfg.min_edge_blocks,
+                                                          include=cfg.include_plans)
         if cfg.device_scales:
             names = [f"d{i}" for i in range(len(devices))]
             profile, devices = scaled_profiles(profile, devices, list(cfg.device_scales), names)

@@ -107,7 +107,8 @@ class SplitInferenceEnv(gym.Env):
         self.candidates: CandidatePlans = candidate_plans(profiled, max_plans=cfg.max_plans,
                                                           use_codecs=cfg.use_codecs,
                                                           codecs=cfg.codecs or None,
-                                                          min_edge_blocks=cfg.min_edge_blocks)
+                                                          min_edge_blocks=cfg.min_edge_blocks,
+                                                          include=cfg.include_plans)
         self.model = profiled
         if cfg.device_scales:  # the devices as measured: costs change, the action set does not
             names = [f"d{i}" for i in range(len(devices))]

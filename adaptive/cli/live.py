@@ -36,6 +36,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--uplink-mbps", type=float, help="emulated uplink rate, Mbit/s")
     p.add_argument("--uplink-delay-ms", type=float, default=0.0, help="emulated one-way delay, ms")
+    p.add_argument("--result-delay-ms", type=float, default=0.0,
+                   help="emulated delay of a result on its way back to the client (the links to the "
+                        "source), ms")
     p.add_argument("--uplink-trace", help="bandwidth trace CSV the uplink replays")
     p.add_argument("--trace-median-mbps", type=float, help="scale the trace to this median")
     p.add_argument("--trace-dt", type=float, default=1.0, help="seconds per trace step (default 1)")
@@ -178,9 +181,9 @@ def _run_node(args: argparse.Namespace) -> int:
     if args.slowdown < 1 or args.threads < 1 or args.max_batch < 1:
         raise AdaptiveError("--slowdown must be >= 1, --threads and --max-batch >= 1")
     if (args.uplink_mbps is not None and not args.uplink_mbps > 0) or args.uplink_delay_ms < 0 \
-            or args.batch_window_ms < 0 or not args.trace_dt > 0:
-        raise AdaptiveError("--uplink-mbps and --trace-dt must be > 0, --uplink-delay-ms and "
-                            "--batch-window-ms >= 0")
+            or args.batch_window_ms < 0 or not args.trace_dt > 0 or args.result_delay_ms < 0:
+        raise AdaptiveError("--uplink-mbps and --trace-dt must be > 0, --uplink-delay-ms, "
+                            "--result-delay-ms and --batch-window-ms >= 0")
     config = NodeConfig(node=args.node, model=args.model, cluster=args.cluster,
                         input_shape=_shape(args.input_shape), weights=args.weights,
                         bind=args.bind, port=args.port, advertise=args.advertise, threads=args.threads,
@@ -189,6 +192,7 @@ def _run_node(args: argparse.Namespace) -> int:
                         slowdown=args.slowdown,
                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
                         uplink_mbps=args.uplink_mbps, uplink_delay_ms=args.uplink_delay_ms,
+                        result_delay_ms=args.result_delay_ms,
                         uplink_trace=trace, trace_dt_s=args.trace_dt)
     from monitor.cli import parse_peers
 

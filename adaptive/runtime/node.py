@@ -27,7 +27,7 @@ import queue
 import statistics
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,8 @@ class NodeConfig:
         uplink_delay_ms: Emulated one-way delay on the uplink.
         uplink_trace: Bandwidth series (Mbit/s per ``trace_dt_s``) the uplink replays in a loop.
         trace_dt_s: Step of ``uplink_trace``, s.
+        result_delay_ms: Emulated propagation delay of a result on its way back to its client (the
+            links between this node and the source), ms: results are held this long, in order.
         stats_interval_s: Period of stats messages, s.
     """
 
@@ -122,6 +124,7 @@ class NodeConfig:
     uplink_delay_ms: float = 0.0
     uplink_trace: tuple[float, ...] = ()
     trace_dt_s: float = 1.0
+    result_delay_ms: float = 0.0
     stats_interval_s: float = 1.0
 
 
@@ -205,6 +208,8 @@ class NodeRuntime:
         self._trace_start = time.time()
         self._pinned = False  # uplink rate pinned by an emulation message, trace replay paused
         self._threads: list[threading.Thread] = []
+        self._held: deque[tuple[float, Frame]] = deque()  # results on their emulated way back: (due, frame)
+        self._held_ready = threading.Condition()
         self._context: zmq.Context | None = None
         self.transport: MqttTransport | None = None
 
@@ -255,7 +260,8 @@ class NodeRuntime:
             self.metrics.watch(self._work.qsize, lambda: len(self.presence.endpoints()),
                                (lambda: shaper.rate_mbps) if shaper is not None else None)
         for target, name in ((self._receive_loop, "receive"), (self._work_loop, "work"),
-                             (self._stats_loop, "stats"), (self._trace_loop, "trace")):
+                             (self._stats_loop, "stats"), (self._trace_loop, "trace"),
+                             (self._held_loop, "results")):
             t = threading.Thread(target=target, name=f"{cfg.node}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -456,8 +462,32 @@ class NodeRuntime:
     def _reply(self, frame: Frame) -> None:
         if self.metrics is not None and frame.kind == "error":
             self.metrics.frame("error")
+        if frame.kind == "result" and self.config.result_delay_ms > 0 and not self._stop.is_set():
+            with self._held_ready:  # the delay is the same for every result: the queue stays in order
+                self._held.append((time.monotonic() + self.config.result_delay_ms / 1e3, frame))
+                self._held_ready.notify()
+            return
+        self._send_reply(frame)
+
+    def _send_reply(self, frame: Frame) -> None:
         if not self.outbox.send(frame.reply_to, frame, frame.client):
             log.warning("cannot answer %s: queue full", frame.reply_to)
+
+    def _held_loop(self) -> None:
+        """Send each held result when its emulated way back is over; on stop, send the rest at once."""
+        while True:
+            with self._held_ready:
+                while not self._held and not self._stop.is_set():
+                    self._held_ready.wait(0.1)
+                if not self._held:
+                    return
+                due, frame = self._held[0]
+                wait = due - time.monotonic()
+                if wait > 0 and not self._stop.is_set():
+                    self._held_ready.wait(min(wait, 0.1))
+                    continue
+                self._held.popleft()
+            self._send_reply(frame)
 
     def _on_send_failed(self, frame: Frame, reason: str) -> None:
         if frame.kind == "work":

@@ -100,6 +100,8 @@ def test_conditions_follow_the_schedules():
         ({"repeats": 0}, "repeats"),
         ({"plans": {"codecs": ["zip"]}}, "plans.codecs"),
         ({"link_delay_ms": [1, 2]}, "link_delay_ms: expected 1 numbers of ms"),
+        ({"plans": {"include": ["3;7"]}}, "plans.include: expected plan labels"),
+        ({"policies": ["plan:three"]}, "policies: 'plan:three': expected plan:SPLITS"),
     ],
 )
 def test_bad_scenarios_are_named_by_field(change, message):
@@ -111,6 +113,7 @@ def test_bad_scenarios_are_named_by_field(change, message):
         and "steps" not in json.dumps(change)
         and "join_s" not in json.dumps(change)
         and "link_delay_ms" not in change
+        and "plan:three" not in json.dumps(change)
     ):
         with pytest.raises(jsonschema.ValidationError):  # the schema refuses it too
             jsonschema.validate(doc, SCHEMA)
@@ -223,3 +226,25 @@ def test_a_link_delay_adds_to_every_offloaded_frame():
 
     extra = full_offload([40.0]) - full_offload([])
     assert 40.0 <= extra <= 80.0 + 1e-6  # the input out, at most the result back too
+
+
+def test_a_fixed_plan_policy_keeps_its_plan_and_joins_the_candidates():
+    s = Scenario.from_dict(base(policies=["plan:3/int8", "plan:5"]), "t")
+    assert s.include_plans == ("3/int8", "5")
+    rows = simulate(s)["rows"]
+    assert {r["plan"] for r in rows if r["policy"] == "plan:3/int8"} == {"3/int8"}
+    assert {r["plan"] for r in rows if r["policy"] == "plan:5"} == {"5"}
+    with pytest.raises(AdaptiveError, match="plan '40'"):
+        simulate(Scenario.from_dict(base(policies=["plan:40"]), "t"))
+
+
+def test_seed004_low_throughput_drops_the_most_frames():
+    """Seed 004 Table 2's direction: configuration 2 (a tenth of the throughput) drops far more."""
+    drops = {}
+    for c in (1, 2, 3):
+        doc = yaml.safe_load(shipped_scenarios()[f"seed004-config{c}"].read_text())
+        doc["policies"] = ["plan:1,8", "plan:3,11"]  # the paper's extremes, to keep the test short
+        s = Scenario.from_dict(doc, f"seed004-config{c}")
+        pol = summarise(simulate(s)["rows"], scenario_doc(s))["policies"]
+        drops[c] = np.mean([p["drop_rate"] for p in pol.values()])
+    assert drops[2] > 0.2 and drops[2] > 5 * max(drops[1], drops[3]), drops
