@@ -99,9 +99,25 @@ class OutLink:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        flight: list[tuple[float, Frame, list[bytes], int, float, float | None]] = []  # in propagation
+        delay_s = self.shaper.delay_ms / 1e3 if self.shaper is not None else 0.0
         while True:
-            frame = self._queue.get()
-            if frame is None:
+            if flight:  # the link's propagation delay: a frame is delivered when it has passed,
+                # while the link already carries the next one (the sender does not wait it out)
+                wait = flight[0][0] - time.monotonic()
+                try:
+                    frame = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    _, f, parts, nbytes, started, wire_s = flight.pop(0)
+                    if not self._deliver(f, parts, nbytes, started, wire_s):
+                        break
+                    continue
+            else:
+                frame = self._queue.get()
+            if frame is None:  # closing: what is in flight still arrives
+                for due, f, parts, nbytes, started, wire_s in flight:
+                    time.sleep(max(due - time.monotonic(), 0.0))
+                    self._deliver(f, parts, nbytes, started, wire_s)
                 break
             parts = encode_frame(frame)
             nbytes = sum(len(p) for p in parts)
@@ -110,16 +126,24 @@ class OutLink:
             # which sits with the first node, so they are not shaped
             shaped = self.shaper is not None and frame.kind == "work"
             wire_s = self._shape(frame, nbytes) if shaped else None
-            try:
-                self._socket.send_multipart(parts, copy=False)
-            except zmq.ZMQError as exc:
-                log.warning("cannot send to %s: %s", self.endpoint, exc)
-                if not self._fail([frame], f"cannot reach {self.endpoint}: {exc}"):
-                    break
+            if shaped and delay_s > 0:
+                flight.append((time.monotonic() + delay_s, frame, parts, nbytes, started, wire_s))
                 continue
-            if self.on_sent is not None:
-                self.on_sent(self.endpoint, frame, nbytes, time.monotonic() - started, wire_s)
+            if not self._deliver(frame, parts, nbytes, started, wire_s):
+                break
         self._socket.close()
+
+    def _deliver(self, frame: Frame, parts: list[bytes], nbytes: int, started: float,
+                 wire_s: float | None) -> bool:
+        """Hand a frame to ZeroMQ; False if the link was asked to close while failing it."""
+        try:
+            self._socket.send_multipart(parts, copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("cannot send to %s: %s", self.endpoint, exc)
+            return self._fail([frame], f"cannot reach {self.endpoint}: {exc}")
+        if self.on_sent is not None:
+            self.on_sent(self.endpoint, frame, nbytes, time.monotonic() - started, wire_s)
+        return True
 
     def _shape(self, frame: Frame, nbytes: int) -> float:
         """Pace ``nbytes`` through the shaper in chunks, reporting each; returns the wire time, s.
@@ -133,7 +157,7 @@ class OutLink:
         for offset in range(0, nbytes, CHUNK_BYTES):
             size = min(CHUNK_BYTES, nbytes - offset)
             self.in_progress = (size, time.monotonic())
-            wire = self.shaper.acquire(size)
+            wire = self.shaper.acquire(size, delay=False)  # the propagation delay is _run's
             total += wire
             if self.on_chunk is not None:
                 self.on_chunk(self.endpoint, frame, size, wire)

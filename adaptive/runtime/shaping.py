@@ -64,8 +64,11 @@ class LinkShaper:
             self._advance(time.monotonic())
             return max(self._queued - self._carried, 0.0)
 
-    def acquire(self, nbytes: int) -> float:
-        """Block until ``nbytes`` have crossed the link (plus the delay).
+    def acquire(self, nbytes: int, delay: bool = True) -> float:
+        """Block until ``nbytes`` have crossed the link, plus the delay.
+
+        With ``delay`` False the delay is left to the caller: a sender that pipelines its messages
+        applies it itself (:class:`adaptive.runtime.links.OutLink`).
 
         Returns the message's wire time: the seconds its bytes occupy the link at the rate in
         force when it is through, excluding queueing behind earlier messages and the delay. That is
@@ -84,7 +87,7 @@ class LinkShaper:
             if remaining <= 0:
                 break
             time.sleep(min(remaining / (rate * 1e6), self.POLL_S))
-        if self.delay_ms > 0:
+        if delay and self.delay_ms > 0:
             time.sleep(self.delay_ms / 1e3)
         return bits / (rate * 1e6)
 

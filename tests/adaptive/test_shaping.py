@@ -60,3 +60,32 @@ def test_a_rate_change_acts_on_the_bytes_already_waiting():
     assert 0.2 <= time.monotonic() - t0 <= 0.4
     assert took == [pytest.approx(0.02)]  # the wire time at the rate it finished at
     assert link.backlog_bits() == 0
+
+
+def test_a_delayed_link_carries_frames_in_flight_together():
+    """The propagation delay is pipelined: three frames sent at once arrive ~one delay later, in order."""
+    import zmq
+
+    from adaptive.runtime.links import OutLink
+    from adaptive.runtime.wire import Frame, decode_frame
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    link = OutLink(ctx, f"tcp://127.0.0.1:{port}", LinkShaper(100.0, delay_ms=300))
+    try:
+        t0 = time.monotonic()
+        for i in range(3):
+            assert link.send(Frame(kind="work", request_id=f"r-{i}", client="c", reply_to="tcp://h:1",
+                                   version=1, hop=1, position=0, shape=(1,), payload=b"\0\0\0\0",
+                                   model="m", devices=("a", "b"), splits=(0,), codecs=("none",)))
+        got = []
+        pull.setsockopt(zmq.RCVTIMEO, 3000)
+        for _ in range(3):
+            got.append(decode_frame(pull.recv_multipart(), 1 << 20).request_id)
+        took = time.monotonic() - t0
+        assert got == ["r-0", "r-1", "r-2"] and 0.29 <= took < 0.6, took  # not 3 x 300 ms
+    finally:
+        link.close()
+        pull.close(linger=0)
+        ctx.term()
