@@ -145,9 +145,16 @@ def _run_live(scenario: Any, out: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell(value: Any, spec: str) -> str:
+    """``value`` formatted by ``spec`` (e.g. ``>9.1f``), or a dash in the same width."""
+    if value is not None:
+        return format(value, spec)
+    return format("-", spec.split(".")[0].rstrip("dfg%"))
+
+
 def _print_compare(c: dict[str, Any]) -> None:
     print(f"{'sim vs live':<18}{'live ms':>9}{'sim ms':>9}{'ratio':>7}{'live p95':>10}{'sim p95':>9}")
-    fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+    fmt = _cell
     for r in c["policies"]:
         print(
             f"{r['policy']:<18}{fmt(r['live_mean_ms'], '>9.1f')}{fmt(r['sim_mean_ms'], '>9.1f')}"
@@ -199,7 +206,7 @@ def _print(summary: dict[str, Any]) -> None:
         f"client(s), {s['duration_s']:g} s"
     )
     print(f"{'policy':<18}{'mean ms':>9}{'p95':>9}{'dropped':>9}{'edge':>6}  main plan")
-    fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+    fmt = _cell
     for name, p in summary["policies"].items():
         drop = 100 * p["drop_rate"] if p["drop_rate"] is not None else None
         print(
@@ -236,7 +243,10 @@ def _report(args: argparse.Namespace) -> int:
     from adaptive.report import write_report
 
     path = write_report(Path(args.dir))
-    _print(json.loads((Path(args.dir) / "summary.json").read_text(encoding="utf-8")))
+    summary = json.loads((Path(args.dir) / "summary.json").read_text(encoding="utf-8"))
+    _print(summary)
+    if "compare" in summary:
+        _print_compare(summary["compare"])
     print(f"report in {path}")
     return 0
 
