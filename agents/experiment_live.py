@@ -154,12 +154,10 @@ def run_live(
     from adaptive.demo import node_command, stop_processes, wait_online
     from adaptive.demo_clients import ResultCheck
     from adaptive.runtime.client import InferenceClient
-    from adaptive.shared_controller import SharedController
     from adaptive.zoo import default_input_shape
     from agents.live import build_multi_policy
     from monitor.collector import Collector
     from monitor.ports import free_port
-    from monitor.schema import Message
     from monitor.transport import MqttTransport, parse_broker_url
 
     check_live(scenario, shaping)
@@ -269,7 +267,7 @@ def run_live(
                         progress.policy, progress.repeat = spec, r
                         phase = _phase(s, cond, spec, r, ctl_cfg, env_overrides, statics.get(spec), url,
                                        control, clients, check, calibrated, stop, progress, on_progress,
-                                       SharedController, build_multi_policy, Message, links)
+                                       links)
                         requests += phase["requests"]
                         rows += phase["rows"]
                         runs.append(phase["run"])
@@ -311,10 +309,12 @@ def run_live(
 def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl_cfg: Any,
            env_overrides: dict[str, Any], static: int | None, url: Any, control: Any, clients: list[Any],
            check: Any, scales: dict[str, float], stop: threading.Event, progress: LiveProgress,
-           on_progress: Callable[[LiveProgress], None] | None, controller_cls: Any, build: Any,
-           message_cls: Any, links: dict[str, Any]) -> dict[str, Any]:
+           on_progress: Callable[[LiveProgress], None] | None, links: dict[str, Any]) -> dict[str, Any]:
     """One policy over the whole schedule (``links``: kernel-shaped uplinks to replay it on)."""
     from adaptive.netns import RateSchedule
+    from adaptive.shared_controller import SharedController
+    from agents.live import build_multi_policy
+    from monitor.schema import Message
 
     schedules = []
     for k, c in enumerate(s.clients):
@@ -323,9 +323,9 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
             steps = [(t * s.dt_s, float(v)) for t, v in enumerate(bw) if t == 0 or v != bw[t - 1]]
             schedules.append(RateSchedule(links[c.name], steps))
     fixed = spec == "static-hindsight" or spec.startswith("plan:")
-    wiring = build("static" if fixed else spec, ctl_cfg, static_plan=static,
+    wiring = build_multi_policy("static" if fixed else spec, ctl_cfg, static_plan=static,
                    env=None if spec.startswith("ppo") else env_overrides)
-    controller = controller_cls(ctl_cfg, url, wiring.policy, spec=wiring.spec, candidates=wiring.candidates,
+    controller = SharedController(ctl_cfg, url, wiring.policy, spec=wiring.spec, candidates=wiring.candidates,
                                 deadline_ms=wiring.deadline_ms, step_s=wiring.step_s, policy_name=spec,
                                 on_shared=wiring.on_shared, accel_link_mbps=s.accel_link_mbps,
                                 link_delay_ms=s.link_delay_ms,
@@ -337,7 +337,7 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
     wall = time.perf_counter()
     try:
         start = time.time()
-        control.publish(message_cls(f"adaptive/{ctl_cfg.cluster}/emulation",
+        control.publish(Message(f"adaptive/{ctl_cfg.cluster}/emulation",
                                     json.dumps({"v": 1, "trace_start": start}).encode(), 1))
         controller.step()  # every source's first rule, before its first frame
         t0 = time.monotonic()

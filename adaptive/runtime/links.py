@@ -13,6 +13,8 @@ sends to other nodes (results and errors to clients are not shaped).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import queue
 import threading
@@ -54,14 +56,17 @@ class OutLink:
         peer: Id of the receiver (its key name), with ``curve``.
         on_chunk: ``on_chunk(endpoint, frame, nbytes, wire_s)`` after each chunk of a shaped frame
             crossed the emulated link (a live sample of its rate).
+        result_delay_ms: Emulated delay of a result on its way back to its client, ms (the
+            propagation of the links between the sender and the source).
     """
 
     def __init__(self, context: zmq.Context, endpoint: str, shaper: LinkShaper | None = None,
                  on_sent: SentCallback | None = None,
                  on_failed: Callable[[Frame, str], None] | None = None, max_queue: int = 1000,
                  send_timeout_ms: int = 1000, curve: Any = None, peer: str = "",
-                 on_chunk: ChunkCallback | None = None) -> None:
+                 on_chunk: ChunkCallback | None = None, result_delay_ms: float = 0.0) -> None:
         self.endpoint = endpoint
+        self.result_delay_ms = result_delay_ms
         self.on_chunk = on_chunk
         self.shaper = shaper
         self.on_sent = on_sent
@@ -99,8 +104,10 @@ class OutLink:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        flight: list[tuple[float, Frame, list[bytes], int, float, float | None]] = []  # in propagation
-        delay_s = self.shaper.delay_ms / 1e3 if self.shaper is not None else 0.0
+        # frames in propagation, by due time (the counter keeps equal times in order)
+        flight: list[tuple[float, int, Frame, list[bytes], int, float, float | None]] = []
+        count = itertools.count()
+        link_delay_s = self.shaper.delay_ms / 1e3 if self.shaper is not None else 0.0
         while True:
             if flight:  # the link's propagation delay: a frame is delivered when it has passed,
                 # while the link already carries the next one (the sender does not wait it out)
@@ -108,14 +115,14 @@ class OutLink:
                 try:
                     frame = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
-                    _, f, parts, nbytes, started, wire_s = flight.pop(0)
+                    _, _, f, parts, nbytes, started, wire_s = flight.pop(0)
                     if not self._deliver(f, parts, nbytes, started, wire_s):
                         break
                     continue
             else:
                 frame = self._queue.get()
             if frame is None:  # closing: what is in flight still arrives
-                for due, f, parts, nbytes, started, wire_s in flight:
+                for due, _, f, parts, nbytes, started, wire_s in flight:
                     time.sleep(max(due - time.monotonic(), 0.0))
                     self._deliver(f, parts, nbytes, started, wire_s)
                 break
@@ -126,8 +133,11 @@ class OutLink:
             # which sits with the first node, so they are not shaped
             shaped = self.shaper is not None and frame.kind == "work"
             wire_s = self._shape(frame, nbytes) if shaped else None
-            if shaped and delay_s > 0:
-                flight.append((time.monotonic() + delay_s, frame, parts, nbytes, started, wire_s))
+            back_s = self.result_delay_ms / 1e3 if frame.kind == "result" else 0.0
+            delay_s = link_delay_s if shaped else back_s
+            if delay_s > 0:
+                bisect.insort(flight, (time.monotonic() + delay_s, next(count), frame, parts, nbytes, started,
+                                       wire_s), key=lambda x: x[:2])
                 continue
             if not self._deliver(frame, parts, nbytes, started, wire_s):
                 break
@@ -188,8 +198,9 @@ class Outbox:
     def __init__(self, context: zmq.Context, shaper: LinkShaper | None = None,
                  on_sent: SentCallback | None = None,
                  on_failed: Callable[[Frame, str], None] | None = None, curve: Any = None,
-                 on_chunk: ChunkCallback | None = None) -> None:
+                 on_chunk: ChunkCallback | None = None, result_delay_ms: float = 0.0) -> None:
         self.context = context
+        self.result_delay_ms = result_delay_ms
         self.curve = curve
         self.on_chunk = on_chunk
         self.shaper = shaper
@@ -205,7 +216,8 @@ class Outbox:
             if link is None:
                 try:
                     link = OutLink(self.context, endpoint, self.shaper, self.on_sent, self.on_failed,
-                                   curve=self.curve, peer=peer, on_chunk=self.on_chunk)
+                                   curve=self.curve, peer=peer, on_chunk=self.on_chunk,
+                                   result_delay_ms=self.result_delay_ms)
                 except AdaptiveError as exc:
                     log.warning("cannot open a link to %s: %s", endpoint, exc)
                     return False

@@ -27,7 +27,7 @@ import queue
 import statistics
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,8 @@ class NodeConfig:
         uplink_trace: Bandwidth series (Mbit/s per ``trace_dt_s``) the uplink replays in a loop.
         trace_dt_s: Step of ``uplink_trace``, s.
         result_delay_ms: Emulated propagation delay of a result on its way back to its client (the
-            links between this node and the source), ms: results are held this long, in order.
+            links between this node and the source), ms: its link to the client delivers them this
+            much later, in order, without holding back the ones behind.
         stats_interval_s: Period of stats messages, s.
     """
 
@@ -208,8 +209,6 @@ class NodeRuntime:
         self._trace_start = time.time()
         self._pinned = False  # uplink rate pinned by an emulation message, trace replay paused
         self._threads: list[threading.Thread] = []
-        self._held: deque[tuple[float, Frame]] = deque()  # results on their emulated way back: (due, frame)
-        self._held_ready = threading.Condition()
         self._context: zmq.Context | None = None
         self.transport: MqttTransport | None = None
 
@@ -246,7 +245,7 @@ class NodeRuntime:
                                 f"{exc}") from None
         self.endpoint = f"tcp://{cfg.advertise}:{port}"
         self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed, self.curve,
-                             on_chunk=self._on_chunk)
+                             on_chunk=self._on_chunk, result_delay_ms=cfg.result_delay_ms)
         base = f"adaptive/{cfg.cluster}"
         self.transport = MqttTransport(
             self.broker, client_id=f"node-{cfg.cluster}-{cfg.node}", will=self._status("offline"),
@@ -260,8 +259,7 @@ class NodeRuntime:
             self.metrics.watch(self._work.qsize, lambda: len(self.presence.endpoints()),
                                (lambda: shaper.rate_mbps) if shaper is not None else None)
         for target, name in ((self._receive_loop, "receive"), (self._work_loop, "work"),
-                             (self._stats_loop, "stats"), (self._trace_loop, "trace"),
-                             (self._held_loop, "results")):
+                             (self._stats_loop, "stats"), (self._trace_loop, "trace")):
             t = threading.Thread(target=target, name=f"{cfg.node}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -462,32 +460,8 @@ class NodeRuntime:
     def _reply(self, frame: Frame) -> None:
         if self.metrics is not None and frame.kind == "error":
             self.metrics.frame("error")
-        if frame.kind == "result" and self.config.result_delay_ms > 0 and not self._stop.is_set():
-            with self._held_ready:  # the delay is the same for every result: the queue stays in order
-                self._held.append((time.monotonic() + self.config.result_delay_ms / 1e3, frame))
-                self._held_ready.notify()
-            return
-        self._send_reply(frame)
-
-    def _send_reply(self, frame: Frame) -> None:
         if not self.outbox.send(frame.reply_to, frame, frame.client):
             log.warning("cannot answer %s: queue full", frame.reply_to)
-
-    def _held_loop(self) -> None:
-        """Send each held result when its emulated way back is over; on stop, send the rest at once."""
-        while True:
-            with self._held_ready:
-                while not self._held and not self._stop.is_set():
-                    self._held_ready.wait(0.1)
-                if not self._held:
-                    return
-                due, frame = self._held[0]
-                wait = due - time.monotonic()
-                if wait > 0 and not self._stop.is_set():
-                    self._held_ready.wait(min(wait, 0.1))
-                    continue
-                self._held.popleft()
-            self._send_reply(frame)
 
     def _on_send_failed(self, frame: Frame, reason: str) -> None:
         if frame.kind == "work":

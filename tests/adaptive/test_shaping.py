@@ -89,3 +89,28 @@ def test_a_delayed_link_carries_frames_in_flight_together():
         link.close()
         pull.close(linger=0)
         ctx.term()
+
+
+def test_results_come_back_one_return_delay_later_in_order():
+    import zmq
+
+    from adaptive.runtime.links import OutLink
+    from adaptive.runtime.wire import Frame, decode_frame
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    link = OutLink(ctx, f"tcp://127.0.0.1:{port}", result_delay_ms=300)  # no shaper: only the way back
+    try:
+        t0 = time.monotonic()
+        for i in range(3):
+            assert link.send(Frame(kind="result", request_id=f"r-{i}", client="c", reply_to="tcp://h:1",
+                                   version=1, hop=1, position=1, shape=(1,), payload=b"\0\0\0\0"))
+        pull.setsockopt(zmq.RCVTIMEO, 3000)
+        got = [decode_frame(pull.recv_multipart(), 1 << 20).request_id for _ in range(3)]
+        took = time.monotonic() - t0
+        assert got == ["r-0", "r-1", "r-2"] and 0.29 <= took < 0.6, took
+    finally:
+        link.close()
+        pull.close(linger=0)
+        ctx.term()
