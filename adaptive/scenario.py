@@ -457,7 +457,7 @@ class Scenario:
         """The scenario ``--mode live`` runs: its ``live`` block's keys replace the top-level ones.
 
         A live run executes the real model on this machine, so a scenario whose devices the host
-        cannot emulate (an AGX Orin is ~18x faster than a 2-core x86 VM at VGG16) says how to run a
+        cannot emulate (an AGX Orin runs VGG16 10x faster than a 2-core x86 VM) says how to run a
         host-sized version of it: a lighter model, slowed devices (``device_scales``), fewer
         policies or seconds. The sim it is compared with runs the same variant.
         """
