@@ -49,10 +49,16 @@ class ShapedLink:
             it crosses the pair unshaped.
         default_route: Route everything from the namespace through the pair, so that its
             processes reach every address of the root namespace (a broker, other nodes).
+        local_subnet: If given (first three octets of a /30, like ``subnet``), a second, unshaped
+            pair: its root-namespace end (:attr:`local_ip`) stands for processes that would run
+            on the same device as the namespace's (a client beside its edge node), and its
+            namespace end (:attr:`local_peer_ip`) is where they reach the namespace's; their
+            traffic does not cross the shaped link.
     """
 
     def __init__(self, name: str, rate_mbps: float, subnet: str = "10.231.7", delay_ms: float = 50.0,
-                 uplink_only: bool = False, default_route: bool = False) -> None:
+                 uplink_only: bool = False, default_route: bool = False,
+                 local_subnet: str | None = None) -> None:
         if len(name) > 10:
             raise ValueError(f"namespace name must be at most 10 characters, found '{name}'")
         self.name = name
@@ -62,6 +68,10 @@ class ShapedLink:
         self.default_route = default_route
         self.host_if, self.peer_if = f"{name}-h", f"{name}-p"
         self.host_ip, self.peer_ip = f"{subnet}.1", f"{subnet}.2"
+        self.local_subnet = local_subnet
+        self.local_ip = f"{local_subnet}.1" if local_subnet else None
+        self.local_peer_ip = f"{local_subnet}.2" if local_subnet else None
+        self.local_if = f"{name}-l"
         self._up = False
 
     def start(self) -> ShapedLink:
@@ -76,8 +86,22 @@ class ShapedLink:
         _run("ip", "netns", "exec", self.name, "ip", "addr", "add", f"{self.peer_ip}/30", "dev", self.peer_if)
         _run("ip", "netns", "exec", self.name, "ip", "link", "set", self.peer_if, "up")
         _run("ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+        # One segment per packet: tbf never sends a packet larger than its bucket, and a GSO packet
+        # queued under a high rate's bucket would wait forever behind a lower rate's smaller one.
+        if not self.uplink_only:
+            _run("ip", "link", "set", self.host_if, "gso_max_segs", "1")
+        _run("ip", "netns", "exec", self.name, "ip", "link", "set", self.peer_if, "gso_max_segs", "1")
         if self.default_route:
             _run("ip", "netns", "exec", self.name, "ip", "route", "add", "default", "via", self.host_ip)
+        if self.local_subnet:
+            inner = f"{self.name}-m"
+            _run("ip", "link", "add", self.local_if, "type", "veth", "peer", "name", inner)
+            _run("ip", "link", "set", inner, "netns", self.name)
+            _run("ip", "addr", "add", f"{self.local_ip}/30", "dev", self.local_if)
+            _run("ip", "link", "set", self.local_if, "up")
+            _run("ip", "netns", "exec", self.name, "ip", "addr", "add", f"{self.local_peer_ip}/30",
+                 "dev", inner)
+            _run("ip", "netns", "exec", self.name, "ip", "link", "set", inner, "up")
         self.set_rate(self.rate_mbps, add=True)
         return self
 
@@ -101,6 +125,8 @@ class ShapedLink:
         """Delete the namespace (which deletes the pair and the qdiscs)."""
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
+        if self.local_subnet:
+            subprocess.run(["ip", "link", "del", self.local_if], capture_output=True, check=False)
         self._up = False
 
     def __enter__(self) -> ShapedLink:

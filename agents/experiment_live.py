@@ -219,8 +219,10 @@ def run_live(
             from adaptive.netns import ShapedLink
 
             for k, name in enumerate(edge_names):
+                # a client runs on its edge device: its results from the edge skip the uplink
                 links[name] = ShapedLink(f"adpx{k}", float(cond["bw"][0, k]), subnet=f"10.232.{k}",
-                                         uplink_only=True, default_route=True).start()
+                                         uplink_only=True, default_route=True,
+                                         local_subnet=f"10.233.{k}").start()
             root_ip = links[edge_names[0]].host_ip
         for name in names:
             here = ["--bind", "0.0.0.0", "--advertise", root_ip] if shaping == "netns" else []
@@ -230,7 +232,8 @@ def run_live(
                 i, scale = 0, declared[name]
                 if name in links:  # the kernel shapes its uplink; the node runs inside the namespace
                     link = links[name]
-                    here = ["--bind", link.peer_ip, "--advertise", link.peer_ip]
+                    # its client (on the same device) sends it frames over the unshaped pair
+                    here = ["--bind", "0.0.0.0", "--advertise", link.local_peer_ip]
                     broker_url = f"mqtt://{link.host_ip}:{port}"
                     extra = []
                 else:
@@ -257,10 +260,12 @@ def run_live(
             wait_online(collector, procs, names, timeout_s=120.0)
             shape = default_input_shape(s.model)
             check = ResultCheck(s.model, shape)
-            reach = {"bind": "0.0.0.0", "advertise": root_ip} if shaping == "netns" else {}
+            def reach(c: Any) -> dict[str, str]:
+                return {"bind": "0.0.0.0", "advertise": links[c.name].local_ip} if c.name in links else {}
+
             clients = [InferenceClient(f"{c.name}.client", url, cluster, shape,
                                        timeout_s=max(30.0, 3 * c.deadline_ms / 1e3), source=c.name,
-                                       on_result=check, **reach).start() for c in s.clients]
+                                       on_result=check, **reach(c)).start() for c in s.clients]
             try:
                 for r in range(repeats):
                     for spec in s.policies:
@@ -306,6 +311,9 @@ def run_live(
     return {"rows": rows, "runs": runs, "requests": requests, "live": live}
 
 
+SETTLE_S = 2.0  # links at their first rate before each policy: two probe pauses at least
+
+
 def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl_cfg: Any,
            env_overrides: dict[str, Any], static: int | None, url: Any, control: Any, clients: list[Any],
            check: Any, scales: dict[str, float], stop: threading.Event, progress: LiveProgress,
@@ -322,6 +330,13 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
             bw = cond["bw"][:, k]
             steps = [(t * s.dt_s, float(v)) for t, v in enumerate(bw) if t == 0 or v != bw[t - 1]]
             schedules.append(RateSchedule(links[c.name], steps))
+    # Each policy starts on links already at their first rate, long enough for the monitors to have
+    # measured it, as in the sim: otherwise a source would decide its first frames on the rate the
+    # previous policy ended at, and a probe sized for that rate would hold a link that stepped down.
+    varies = bool(np.any(np.ptp(cond["bw"], axis=0) > 0))
+    settle_s = SETTLE_S if varies else 0.0
+    for sch in schedules:
+        sch.link.set_rate(sch.rates[0])
     fixed = spec == "static-hindsight" or spec.startswith("plan:")
     wiring = build_multi_policy("static" if fixed else spec, ctl_cfg, static_plan=static,
                    env=None if spec.startswith("ppo") else env_overrides)
@@ -336,9 +351,10 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
     asked = [c.requests for c in clients]
     wall = time.perf_counter()
     try:
-        start = time.time()
+        start = time.time() + settle_s  # emulated uplinks hold their first rate until then
         control.publish(Message(f"adaptive/{ctl_cfg.cluster}/emulation",
-                                    json.dumps({"v": 1, "trace_start": start}).encode(), 1))
+                                json.dumps({"v": 1, "trace_start": start}).encode(), 1))
+        stop.wait(settle_s)
         controller.step()  # every source's first rule, before its first frame
         t0 = time.monotonic()
         for sch in schedules:
@@ -373,7 +389,8 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
         for rec in rs:
             requests.append({"policy": spec, "repeat": repeat, "client": spec_c.name, "id": rec.id,
                              "t_s": round(rec.sent_at - start, 4),
-                             "latency_ms": rec.latency_ms, "outcome": rec.outcome, "plan": rec.plan})
+                             "latency_ms": rec.latency_ms, "outcome": rec.outcome, "plan": rec.plan,
+                             "hops": rec.hops})
     rows = _rows(s, cond, spec, repeat, requests, candidates)
     return {"requests": requests, "rows": rows, "scales": scales,
             "run": {"policy": spec, "repeat": repeat, "wall_s": round(time.perf_counter() - wall, 3),

@@ -27,6 +27,9 @@ __all__ = ["AgentConfig", "MonitorAgent"]
 log = logging.getLogger(__name__)
 
 MIN_PROBE_MS = 10.0  # shorter transfers are too short to time reliably
+PROBE_FLOOR_MS = 6 * MIN_PROBE_MS  # a probe lasts this long at the estimated rate, well past a shaper's burst
+FIRST_PROBE_BYTES = 16_000  # on a link with no estimate yet (65 ms at 2 Mbit/s)
+PAUSE_INTERVALS = 4  # longest wait between two probes of a peer, in probe intervals
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class AgentConfig:
             last three probes, which rejects single outliers (a probe over 2x away from it
             restarts the window: a step change).
         probe_max_share: Cap on the share of a link's estimated capacity that probing may use
-            (averaged over the probe interval), in (0, 1]. A peer is not probed while the node's
+            (averaged over time: a probe bigger than one interval's share delays the next probe
+            of that peer), in (0, 1]. A peer is not probed while the node's
             own transfers to it measure the link (a passive sample within the last interval):
             on a slow link a probe's bytes would queue ahead of the data it measures.
         device: Device profile name announced in the status.
@@ -204,13 +208,30 @@ class MonitorAgent:
         if not peers:
             return
         spacing = self.config.probe_interval_s / len(peers)  # spread peers over the interval
+        due: dict[str, float] = {}  # a peer is probed again once its last round's bytes are paid for
         while not self._stop.is_set():
             for peer, (host, port) in peers.items():
                 if self._stop.is_set():
                     return
-                if not self._passive_fresh(peer):
-                    self._probe(peer, host, port)
+                if time.monotonic() >= due.get(peer, 0.0) and not self._passive_fresh(peer):
+                    started = time.monotonic()
+                    due[peer] = started + self.probe_pause(peer, self._probe(peer, host, port))
                 self._stop.wait(spacing)
+
+    def probe_pause(self, peer: str, nbytes: int) -> float:
+        """Seconds before ``peer`` may be probed again after a round of ``nbytes``.
+
+        Keeps probing under ``probe_max_share`` of the link's newest estimated capacity: on a
+        slow link the smallest probe worth timing is more than one interval's share, so rounds
+        space out instead of shrinking below what can be timed. The pause is at most
+        ``PAUSE_INTERVALS`` probe intervals, so that a link that got faster is seen soon (a
+        probe sized for a link that has just got slower may take more than its share, once).
+        """
+        est = self._capacity(peer)
+        if not est or nbytes <= 0:
+            return 0.0
+        pause = nbytes * 8 / (self.config.probe_max_share * est * 1e6)
+        return min(pause, PAUSE_INTERVALS * self.config.probe_interval_s)
 
     def _passive_fresh(self, peer: str) -> bool:
         """The node's own traffic measured the link to ``peer`` within the last probe interval."""
@@ -259,39 +280,55 @@ class MonitorAgent:
         at, mbps = max(candidates)
         return mbps, at
 
-    def probe_size(self, peer: str) -> int:
-        """Bytes for the next probe of ``peer``: capped at ``probe_max_share`` of its capacity.
+    def _capacity(self, peer: str) -> float | None:
+        """The link's newest capacity estimate, Mbit/s.
 
-        The capacity is the newest estimate: a passive one from the last two probe intervals,
-        else the probes'. On an unknown link probing starts at 64 KB. A probe too short to time
-        is resent bigger within the same round (see :meth:`_probe`).
+        A passive one from the last two probe intervals, else the probes'.
         """
         with self._links_lock:
             link = self._links.get(peer, LinkEstimate())
             recent_passive = time.time() - self._passive_at.get(peer, 0.0) < 2 * self.config.probe_interval_s
-            est = (link.passive_mbps if recent_passive else None) or link.bandwidth_mbps
-        if not est:
-            return min(self.config.probe_bytes, 64_000)
-        budget = self.config.probe_max_share * est * 1e6 / 8 * self.config.probe_interval_s
-        return int(max(1500, min(self.config.probe_bytes, budget)))
+            return (link.passive_mbps if recent_passive else None) or link.bandwidth_mbps
 
-    def _probe(self, peer: str, host: str, port: int) -> None:
+    def probe_size(self, peer: str) -> int:
+        """Bytes for the next probe of ``peer``.
+
+        One interval's ``probe_max_share`` of its capacity, but at least ``PROBE_FLOOR_MS`` of
+        transfer at that capacity (a shorter probe rides a shaper's burst or the clock's noise;
+        :meth:`probe_pause` then spaces the rounds out), up to ``probe_bytes``. On an unknown
+        link probing starts at 16 KB. A probe too short to time is resent bigger within the same
+        round (see :meth:`_probe`).
+        """
+        est = self._capacity(peer)
+        if not est:
+            return min(self.config.probe_bytes, FIRST_PROBE_BYTES)
+        budget = self.config.probe_max_share * est * 1e6 / 8 * self.config.probe_interval_s
+        floor = est * 1e6 / 8 * PROBE_FLOOR_MS / 1e3
+        return int(max(1500, min(self.config.probe_bytes, max(budget, floor))))
+
+    def _probe(self, peer: str, host: str, port: int) -> int:
+        """One probe round of ``peer``; updates its estimate and returns the payload bytes sent."""
         limit = self.config.probe_bytes
+        sent = 0
         with self._links_lock:  # the round starts where the previous one ended
             started = self._links.get(peer, LinkEstimate()).measured_at or time.time()
         try:
             with ProbeClient(host, port, timeout_s=max(5.0, self.config.probe_interval_s),
                              limiter=self.limiters.get(peer)) as client:
                 rtt = min(client.ping() for _ in range(3))
-                result = client.transfer(self.probe_size(peer))
+                size = self.probe_size(peer)
+                sent += size
+                result = client.transfer(size)
                 for _ in range(3):  # too short to time: the link got faster; retry bigger at once
                     if result.receive_ms >= MIN_PROBE_MS or result.nbytes >= limit:
                         break
                     grow = min(16.0, max(2.0, 2 * MIN_PROBE_MS / max(result.receive_ms, 0.1)))
-                    result = client.transfer(min(int(result.nbytes * grow), limit))
+                    size = min(int(result.nbytes * grow), limit)
+                    sent += size
+                    result = client.transfer(size)
         except ProbeError as exc:
             log.info("probe of %s failed: %s", peer, exc)
-            return
+            return sent
         rate = result.rate_mbps
         too_short = rate != rate or (result.receive_ms < MIN_PROBE_MS and result.nbytes < limit)
         if too_short:  # still too fast to time (or riding a shaper's burst): keep the old value
@@ -315,3 +352,4 @@ class MonitorAgent:
                 bandwidth_mbps=round(bandwidth, 3) if bandwidth else None,
                 rtt_ms=round(rtt, 3), measured_at=round(time.time(), 3),
                 passive_mbps=round(passive, 3) if passive else None)
+        return sent

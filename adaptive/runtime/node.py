@@ -335,7 +335,8 @@ class NodeRuntime:
     def _on_emulation(self, payload: bytes) -> None:
         """Emulation control for one-machine clusters (demo, benchmarks), JSON ``{"v": 1, ...}``.
 
-        ``"trace_start": unix_s`` restarts the uplink trace replay from that time;
+        ``"trace_start": unix_s`` restarts the uplink trace replay from that time (a time to come
+        holds the trace's first rate until then);
         ``"uplink_mbps": rate`` pins the emulated uplink to ``rate`` (pausing any replay until the
         next ``trace_start``). Anything else is logged and dropped.
         """
@@ -619,7 +620,8 @@ class NodeRuntime:
         n = len(cfg.uplink_trace)
         while not self._stop.is_set():
             if not self._pinned:
-                step = int((time.time() - self._trace_start) // cfg.trace_dt_s) % n
+                elapsed = time.time() - self._trace_start
+                step = int(elapsed // cfg.trace_dt_s) % n if elapsed > 0 else 0
                 self.shaper.set_rate(max(cfg.uplink_trace[step], 0.01))
             self._stop.wait(min(0.1, cfg.trace_dt_s / 4))
 

@@ -6,6 +6,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -112,3 +113,42 @@ def test_link_level_transfers_are_passive_estimates_however_short():
     assert "s" not in agent._links
     agent.observe_transfer("s", 20_000, 0.004, link_level=True)  # an emulated link's own wire time
     assert agent._links["s"].passive_mbps == pytest.approx(40.0)
+
+
+def test_probing_a_slow_link_stays_within_its_share_and_stays_accurate():
+    """2 Mbit/s probed every 0.25 s at a 5% share: a probe long enough to time (60 ms) is more than one
+    interval's share, so the rounds space out instead of taking a third of the link."""
+    from adaptive.runtime.shaping import LinkShaper
+
+    shaper = LinkShaper(2.0)
+    sent = []
+
+    def counting(nbytes):
+        sent.append(nbytes)
+        return shaper(nbytes)
+
+    with ProbeServer("127.0.0.1", 0) as sink:
+        agent = MonitorAgent(AgentConfig(node="t", peers={"s": ("127.0.0.1", sink.port)}, probe_port=None,
+                                         probe_interval_s=0.25, passive=False),
+                             BrokerAddress("127.0.0.1", 1), limiters={"s": counting})
+        loop = threading.Thread(target=agent._probe_loop, daemon=True)
+        t0 = time.monotonic()
+        loop.start()
+        time.sleep(5.0)
+        agent._stop.set()
+        loop.join(timeout=5)
+        elapsed = time.monotonic() - t0
+    share = 0.05 * 2e6 / 8 * elapsed  # bytes the share allows over the run
+    # plus the first probe (16 KB, sized before any estimate) and the round in flight at the end (15 KB)
+    assert sum(sent) <= share + 16_000 + 16_000, (sum(sent), share)
+    assert agent._links["s"].bandwidth_mbps == pytest.approx(2.0, rel=0.15)
+    assert agent.probe_size("s") >= 2e6 / 8 * 0.060 * 0.85  # 60 ms of the link: long enough to time
+
+
+def test_a_probe_pause_is_capped_so_a_faster_link_is_seen_soon():
+    agent = MonitorAgent(AgentConfig(node="t", probe_port=None, probe_interval_s=0.25),
+                         BrokerAddress("127.0.0.1", 1))
+    agent.observe_transfer("s", 100_000, 0.4, link_level=True)  # 2 Mbit/s
+    assert agent.probe_pause("s", 10_000) == pytest.approx(0.8)  # 10 KB is 5% of 0.8 s
+    assert agent.probe_pause("s", 150_000) == pytest.approx(1.0)  # sized for a faster link: capped
+    assert agent.probe_pause("unknown", 10_000) == 0.0
