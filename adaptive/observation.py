@@ -25,7 +25,9 @@ part               size    meaning                                              
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,6 +165,41 @@ def candidate_plans(model: SplitModel, *,
     splits = np.array([k[0] for k in ordered], np.int64).reshape(-1, M)
     codecs = np.array([k[1] for k in ordered], np.int64).reshape(-1, M)
     return CandidatePlans(PlanArray(splits, codecs), model.codec_names)
+
+
+def env_candidate_plans(config: Any) -> CandidatePlans:
+    """:func:`candidate_plans` of an environment config's model profile and chain, once per process.
+
+    Every policy of an experiment builds its own environment on the same model and chain, and the
+    grid search behind the candidates takes about a second on a three-device chain; it is done once
+    per distinct profile, chain and limits (and file version, where they name files). The plans
+    are shared, read-only.
+    """
+    names = (config.model_profile, *config.devices)
+    key = (names, config.max_plans, config.use_codecs, tuple(config.codecs), config.min_edge_blocks,
+           tuple(config.include_plans), tuple(_file_version(n) for n in names))
+    return _env_candidates(key)
+
+
+def _file_version(name: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError):
+        return None  # a shipped name, not a file
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _env_candidates(key: tuple[Any, ...]) -> CandidatePlans:
+    from adaptive.profiles import resolve_device, resolve_model
+
+    names, max_plans, use_codecs, codecs, min_edge_blocks, include, _ = key
+    model = SplitModel(resolve_model(names[0]), [resolve_device(d) for d in names[1:]])
+    plans = candidate_plans(model, max_plans=max_plans, use_codecs=use_codecs, codecs=codecs or None,
+                            min_edge_blocks=min_edge_blocks, include=include)
+    for a in (plans.plans.splits, plans.plans.codecs):
+        a.setflags(write=False)
+    return plans
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ def run_live(
     """
     from adaptive.broker import EmbeddedBroker
     from adaptive.controller import ControllerConfig
-    from adaptive.demo import node_command, stop_processes, wait_online
+    from adaptive.demo import EDGE_PROBES, node_command, stop_processes, wait_online
     from adaptive.demo_clients import ResultCheck
     from adaptive.runtime.client import InferenceClient
     from adaptive.zoo import default_input_shape
@@ -250,7 +250,7 @@ def run_live(
                          "--result-delay-ms", f"{sum(delays[:i]):g}"]
             args = node_command(node_chain, i, broker_url, cluster, s.model, probe,
                                 [*extra, *here, "--slowdown", f"{scale:g}"],
-                                probe_interval_s=0.25 if name in edge_names else 1.0, next_host=root_ip)
+                                next_host=root_ip, **EDGE_PROBES if name in edge_names else {})
             log = (out / f"node-{name}.log").open("w")
             # a session of its own: Ctrl-C reaches this process, which stops the nodes in order
             spawn = links[name].popen if name in links else subprocess.Popen

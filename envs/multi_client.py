@@ -17,7 +17,7 @@ import numpy as np
 
 from adaptive.latency import Conditions, SplitModel
 from adaptive.multiclient import ClusterObservation, SharedChain
-from adaptive.observation import MULTI_ENV, CandidatePlans, PolicySpec, candidate_plans
+from adaptive.observation import MULTI_ENV, CandidatePlans, PolicySpec, env_candidate_plans
 from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
 from envs.config import MultiClientConfig, NodeProcess
@@ -40,11 +40,7 @@ class MultiClientCore:
         profile = resolve_model(cfg.model_profile)
         devices = [resolve_device(d) for d in cfg.devices]
         single = SplitModel(profile, devices)
-        self.candidates: CandidatePlans = candidate_plans(single, max_plans=cfg.max_plans,
-                                                          use_codecs=cfg.use_codecs,
-                                                          codecs=cfg.codecs or None,
-                                                          min_edge_blocks=cfg.min_edge_blocks,
-                                                          include=cfg.include_plans)
+        self.candidates: CandidatePlans = env_candidate_plans(cfg)
         if cfg.device_scales:
             names = [f"d{i}" for i in range(len(devices))]
             profile, devices = scaled_profiles(profile, devices, list(cfg.device_scales), names)

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from adaptive.latency import ConditionBatch, Conditions, SplitModel
-from adaptive.observation import CandidatePlans, ObservationSpec, PolicySpec, candidate_plans
+from adaptive.observation import CandidatePlans, ObservationSpec, PolicySpec, env_candidate_plans
 from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
 from envs.config import EnvConfig
@@ -104,11 +104,7 @@ class SplitInferenceEnv(gym.Env):
         cfg = self.config = EnvConfig.resolve(config, overrides)
         profile, devices = resolve_model(cfg.model_profile), [resolve_device(d) for d in cfg.devices]
         profiled = SplitModel(profile, devices)
-        self.candidates: CandidatePlans = candidate_plans(profiled, max_plans=cfg.max_plans,
-                                                          use_codecs=cfg.use_codecs,
-                                                          codecs=cfg.codecs or None,
-                                                          min_edge_blocks=cfg.min_edge_blocks,
-                                                          include=cfg.include_plans)
+        self.candidates: CandidatePlans = env_candidate_plans(cfg)
         self.model = profiled
         if cfg.device_scales:  # the devices as measured: costs change, the action set does not
             names = [f"d{i}" for i in range(len(devices))]

@@ -214,23 +214,27 @@ class MonitorAgent:
                 if self._stop.is_set():
                     return
                 if time.monotonic() >= due.get(peer, 0.0) and not self._passive_fresh(peer):
-                    started = time.monotonic()
-                    due[peer] = started + self.probe_pause(peer, self._probe(peer, host, port))
+                    started, before = time.monotonic(), self._capacity(peer)
+                    sent = self._probe(peer, host, port)
+                    # the faster of the capacities before and after: a round is not held against
+                    # a link that changed under it (sized for 30 Mbit/s, it met 2 Mbit/s)
+                    known = [c for c in (before, self._capacity(peer)) if c]
+                    due[peer] = started + self.probe_pause(sent, max(known, default=None))
                 self._stop.wait(spacing)
 
-    def probe_pause(self, peer: str, nbytes: int) -> float:
-        """Seconds before ``peer`` may be probed again after a round of ``nbytes``.
+    def probe_pause(self, nbytes: int, capacity_mbps: float | None) -> float:
+        """Seconds before a peer may be probed again after a round of ``nbytes``.
 
+        ``capacity_mbps`` is the link's (None: unknown, no pause).
         Keeps probing under ``probe_max_share`` of the link's newest estimated capacity: on a
         slow link the smallest probe worth timing is more than one interval's share, so rounds
         space out instead of shrinking below what can be timed. The pause is at most
         ``PAUSE_INTERVALS`` probe intervals, so that a link that got faster is seen soon (a
         probe sized for a link that has just got slower may take more than its share, once).
         """
-        est = self._capacity(peer)
-        if not est or nbytes <= 0:
+        if not capacity_mbps or nbytes <= 0:
             return 0.0
-        pause = nbytes * 8 / (self.config.probe_max_share * est * 1e6)
+        pause = nbytes * 8 / (self.config.probe_max_share * capacity_mbps * 1e6)
         return min(pause, PAUSE_INTERVALS * self.config.probe_interval_s)
 
     def _passive_fresh(self, peer: str) -> bool:

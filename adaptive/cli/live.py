@@ -48,6 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", default="", help="with --monitor: ID=HOST:PORT,.. to probe")
     p.add_argument("--probe-port", type=int, default=0, help="with --monitor: probe sink port (0: any)")
     p.add_argument("--probe-interval", type=float, default=2.0, help="with --monitor: seconds per probe")
+    p.add_argument("--probe-max-share", type=float, default=0.05,
+                   help="with --monitor: share of the link's capacity probing may use (default 0.05)")
     p.add_argument("--interval", type=float, default=1.0, help="with --monitor: telemetry period, s")
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
     p.add_argument("--curve-keys", metavar="DIR",
@@ -178,6 +180,9 @@ def _run_node(args: argparse.Namespace) -> int:
     trace = ()
     if args.uplink_trace:
         trace = load_trace_series(args.uplink_trace, args.trace_dt, args.trace_median_mbps)
+    if not (0 < args.probe_max_share <= 1 and args.probe_interval > 0):
+        raise AdaptiveError(f"--probe-max-share must be in (0, 1] and --probe-interval > 0, found "
+                            f"{args.probe_max_share} and {args.probe_interval}")
     if args.slowdown < 1 or args.threads < 1 or args.max_batch < 1:
         raise AdaptiveError("--slowdown must be >= 1, --threads and --max-batch >= 1")
     if (args.uplink_mbps is not None and not args.uplink_mbps > 0) or args.uplink_delay_ms < 0 \
@@ -211,7 +216,8 @@ def _run_node(args: argparse.Namespace) -> int:
     agent = None
     if args.monitor:
         agent = attach_monitor(node, peers, probe_port=args.probe_port,
-                               probe_interval_s=args.probe_interval, interval_s=args.interval)
+                               probe_interval_s=args.probe_interval, interval_s=args.interval,
+                               probe_max_share=args.probe_max_share)
     print(f"node {args.node} serving {args.model} on {node.endpoint}", flush=True)
     _wait_for_signal()
     if agent is not None:

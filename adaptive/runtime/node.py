@@ -676,7 +676,8 @@ class IdleDeviceSampler:
 
 
 def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, probe_port: int = 0,
-                   probe_interval_s: float = 2.0, interval_s: float = 1.0) -> Any:
+                   probe_interval_s: float = 2.0, interval_s: float = 1.0,
+                   probe_max_share: float = 0.05) -> Any:
     """Run a node's monitor agent in the node's process; returns the started agent.
 
     Its status announces the runtime's data endpoint, and its ``cpu_percent`` leaves out this
@@ -697,6 +698,7 @@ def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, prob
         sampler = IdleDeviceSampler(sampler)
     agent = MonitorAgent(AgentConfig(node=cfg.node, cluster=cfg.cluster, interval_s=interval_s, peers=peers,
                                      probe_port=probe_port, probe_interval_s=probe_interval_s,
+                                     probe_max_share=probe_max_share,
                                      device=cfg.device, data_endpoint=node.endpoint, passive=not emulated,
                                      **extra),
                          node.broker, limiters=limiters, sampler=sampler)

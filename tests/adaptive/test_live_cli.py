@@ -84,6 +84,8 @@ def test_demo_with_three_clients_loses_nothing_and_predicts_each_client(tmp_path
         (["controller", "--config", "CONFIG", "--broker", "http://x"], "broker URL must start with"),
         (["node", "--node", "a/b", "--model", "resnet20_cifar"], "node must match"),
         (["node", "--node", "a", "--model", "no_such_net"], "unknown model"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--monitor", "--probe-max-share", "0"],
+         "--probe-max-share must be in (0, 1]"),
         (["node", "--node", "a", "--model", "resnet20_cifar", "--uplink-trace", "/nonexistent.csv"],
          "trace file not found"),
         (["node", "--node", "a", "--model", "resnet20_cifar", "--broker", "mqtt://127.0.0.1:1"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -149,3 +151,32 @@ def test_maskable_ppo_trains_on_the_batched_env():
     assert actions.shape == (8, 4)
     allowed = masks.reshape(8, 4, -1)
     assert all(allowed[e, k, actions[e, k]] for e in range(8) for k in range(4))
+
+
+def test_environments_on_one_model_and_chain_share_their_candidate_plans(tmp_path):
+    """The grid search behind the action set runs once per profile, chain and limits."""
+    from adaptive.latency import SplitModel
+    from adaptive.observation import candidate_plans, env_candidate_plans
+    from adaptive.profiles import resolve_device, resolve_model
+
+    a = MultiClientEnv()
+    cfg = a.unwrapped.config
+    b = MultiClientEnv(dataclasses.replace(cfg, max_clients=cfg.max_clients + 1))  # same model and chain
+    assert a.unwrapped.core.candidates is b.unwrapped.core.candidates
+    model = SplitModel(resolve_model(cfg.model_profile), [resolve_device(d) for d in cfg.devices])
+    fresh = candidate_plans(model, max_plans=cfg.max_plans)
+    assert fresh.to_json() == a.unwrapped.core.candidates.to_json()  # the same plans as computed anew
+    fewer = MultiClientEnv(dataclasses.replace(cfg, max_plans=4))
+    assert len(fewer.unwrapped.core.candidates) == 4 < len(a.unwrapped.core.candidates)
+    with pytest.raises(ValueError):  # shared: nobody may change them in place
+        a.unwrapped.core.candidates.plans.splits[0, 0] = 0
+    # a profile given as a file is read again when the file changes
+    from importlib import resources
+
+    path = tmp_path / "m.yaml"
+    path.write_text(resources.files("adaptive.data").joinpath(f"models/{cfg.model_profile}.yaml").read_text())
+    on_file = dataclasses.replace(cfg, model_profile=str(path))
+    first = env_candidate_plans(on_file)
+    assert env_candidate_plans(on_file) is first
+    path.write_text(path.read_text() + "# another version of the file\n")
+    assert env_candidate_plans(on_file) is not first

@@ -148,7 +148,6 @@ def test_probing_a_slow_link_stays_within_its_share_and_stays_accurate():
 def test_a_probe_pause_is_capped_so_a_faster_link_is_seen_soon():
     agent = MonitorAgent(AgentConfig(node="t", probe_port=None, probe_interval_s=0.25),
                          BrokerAddress("127.0.0.1", 1))
-    agent.observe_transfer("s", 100_000, 0.4, link_level=True)  # 2 Mbit/s
-    assert agent.probe_pause("s", 10_000) == pytest.approx(0.8)  # 10 KB is 5% of 0.8 s
-    assert agent.probe_pause("s", 150_000) == pytest.approx(1.0)  # sized for a faster link: capped
-    assert agent.probe_pause("unknown", 10_000) == 0.0
+    assert agent.probe_pause(10_000, 2.0) == pytest.approx(0.8)  # 10 KB is 5% of 2 Mbit/s for 0.8 s
+    assert agent.probe_pause(150_000, 2.0) == pytest.approx(1.0)  # 12 s by the share: capped
+    assert agent.probe_pause(10_000, None) == 0.0
