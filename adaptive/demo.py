@@ -39,7 +39,7 @@ import numpy as np
 from adaptive.errors import AdaptiveError
 from monitor.ports import free_port
 
-__all__ = ["EDGE_PROBES", "DemoConfig", "node_command", "run_demo", "stop_processes", "wait_online"]
+__all__ = ["EDGE_PROBE_INTERVAL_S", "DemoConfig", "node_command", "run_demo", "stop_processes", "wait_online"]
 
 CHAIN = (("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin"))
 DEFAULT_TRACE = "5gophers-5g-car-driving-trace-1-Verizon.csv"
@@ -81,13 +81,12 @@ def _trace_path(cfg: DemoConfig) -> Path:
 # A source decides each frame on its own uplink estimate, so an edge probes its uplink every 0.25 s
 # (on a slow link less often, within the monitor's 5% share; while the node's own activations
 # measure the link, it is not probed).
-EDGE_PROBES: dict[str, float] = {"probe_interval_s": 0.25}
+EDGE_PROBE_INTERVAL_S = 0.25
 
 
 def node_command(chain: Sequence[tuple[str, str]], i: int, broker_url: str, cluster: str, model: str,
                  probe_ports: dict[str, int], uplink: Sequence[str], interval_s: float = 1.0,
-                 probe_interval_s: float = 1.0, next_host: str = "127.0.0.1",
-                 probe_max_share: float = 0.05) -> list[str]:
+                 probe_interval_s: float = 1.0, next_host: str = "127.0.0.1") -> list[str]:
     """``adaptive node`` arguments for node ``i`` of a chain emulated on this machine.
 
     The node emulates its device from the model's shipped profile and runs its monitor, which
@@ -98,7 +97,7 @@ def node_command(chain: Sequence[tuple[str, str]], i: int, broker_url: str, clus
     args = [sys.executable, "-m", "adaptive", "node", "--node", name, "--broker", broker_url,
             "--cluster", cluster, "--model", model, "--device", device, "--emulate", device, "--monitor",
             "--probe-port", str(probe_ports[name]), "--probe-interval", f"{probe_interval_s:g}",
-            "--probe-max-share", f"{probe_max_share:g}", "--interval", f"{interval_s:g}", *uplink]
+            "--interval", f"{interval_s:g}", *uplink]
     if i + 1 < len(chain):
         nxt = chain[i + 1][0]
         args += ["--peers", f"{nxt}={next_host}:{probe_ports[nxt]}"]
@@ -115,7 +114,7 @@ def _spawn_nodes(cfg: DemoConfig, broker_url: str, trace: Path, logs: Path) -> l
         # the pi probes its uplink 4 times a second: on a device-only plan it sends no activations,
         # and probes are then how it sees the link come back
         args = node_command(CHAIN, i, broker_url, cfg.cluster, cfg.model, probe, uplink,
-                            **EDGE_PROBES if i == 0 else {})
+                            probe_interval_s=EDGE_PROBE_INTERVAL_S if i == 0 else 1.0)
         procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
     return procs
 

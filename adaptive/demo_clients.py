@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.demo import EDGE_PROBES, node_command, stop_processes, wait_online
+from adaptive.demo import EDGE_PROBE_INTERVAL_S, node_command, stop_processes, wait_online
 from adaptive.errors import AdaptiveError
 from monitor.ports import free_port
 
@@ -149,7 +149,7 @@ def run_clients_demo(cfg: ClientsDemoConfig, build_multi_policy: MultiBuilder,
             chain = [(name, EDGE), ("jetson", ACCEL)]
             extra = ["--uplink-trace", str(traces[i]), "--trace-median-mbps", str(cfg.trace_median_mbps)]
         args = node_command(chain, 0, broker.url, cfg.cluster, cfg.model, probe, extra,
-                            **EDGE_PROBES if name != "jetson" else {})
+                            probe_interval_s=EDGE_PROBE_INTERVAL_S if name != "jetson" else 1.0)
         log = (out / f"node-{name}.log").open("w")
         procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
     control = MqttTransport(url, f"demo-{cfg.cluster}")

@@ -167,7 +167,7 @@ class RateSchedule:
         return self
 
     def _run(self, t0: float) -> None:
-        current = None
+        current = self.link.rate_mbps  # a link already at the first rate is not changed again
         i = 0
         while not self._stop.is_set():
             rate = self.rates[i]

@@ -151,7 +151,7 @@ def run_live(
     """
     from adaptive.broker import EmbeddedBroker
     from adaptive.controller import ControllerConfig
-    from adaptive.demo import EDGE_PROBES, node_command, stop_processes, wait_online
+    from adaptive.demo import EDGE_PROBE_INTERVAL_S, node_command, stop_processes, wait_online
     from adaptive.demo_clients import ResultCheck
     from adaptive.runtime.client import InferenceClient
     from adaptive.zoo import default_input_shape
@@ -250,7 +250,8 @@ def run_live(
                          "--result-delay-ms", f"{sum(delays[:i]):g}"]
             args = node_command(node_chain, i, broker_url, cluster, s.model, probe,
                                 [*extra, *here, "--slowdown", f"{scale:g}"],
-                                next_host=root_ip, **EDGE_PROBES if name in edge_names else {})
+                                probe_interval_s=EDGE_PROBE_INTERVAL_S if name in edge_names else 1.0,
+                                next_host=root_ip)
             log = (out / f"node-{name}.log").open("w")
             # a session of its own: Ctrl-C reaches this process, which stops the nodes in order
             spawn = links[name].popen if name in links else subprocess.Popen
@@ -260,12 +261,10 @@ def run_live(
             wait_online(collector, procs, names, timeout_s=120.0)
             shape = default_input_shape(s.model)
             check = ResultCheck(s.model, shape)
-            def reach(c: Any) -> dict[str, str]:
-                return {"bind": "0.0.0.0", "advertise": links[c.name].local_ip} if c.name in links else {}
-
+            reach = {n: {"bind": "0.0.0.0", "advertise": link.local_ip} for n, link in links.items()}
             clients = [InferenceClient(f"{c.name}.client", url, cluster, shape,
                                        timeout_s=max(30.0, 3 * c.deadline_ms / 1e3), source=c.name,
-                                       on_result=check, **reach(c)).start() for c in s.clients]
+                                       on_result=check, **reach.get(c.name, {})).start() for c in s.clients]
             try:
                 for r in range(repeats):
                     for spec in s.policies:

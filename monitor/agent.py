@@ -225,10 +225,10 @@ class MonitorAgent:
     def probe_pause(self, nbytes: int, capacity_mbps: float | None) -> float:
         """Seconds before a peer may be probed again after a round of ``nbytes``.
 
-        ``capacity_mbps`` is the link's (None: unknown, no pause).
-        Keeps probing under ``probe_max_share`` of the link's newest estimated capacity: on a
-        slow link the smallest probe worth timing is more than one interval's share, so rounds
-        space out instead of shrinking below what can be timed. The pause is at most
+        ``capacity_mbps`` is the link's estimated capacity (None: unknown, no pause). Keeps
+        probing under ``probe_max_share`` of that capacity: on a slow link the smallest probe
+        worth timing is more than one interval's share, so rounds space out instead of shrinking
+        below what can be timed. The pause is at most
         ``PAUSE_INTERVALS`` probe intervals, so that a link that got faster is seen soon (a
         probe sized for a link that has just got slower may take more than its share, once).
         """

@@ -326,3 +326,27 @@ def test_clients_on_their_own_edge_nodes_batch_on_the_shared_accelerator():
         for rid, frame in results.items():
             expected = model(torch.from_numpy(inputs[rid])).numpy()
             np.testing.assert_allclose(frame.tensor(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_a_trace_start_to_come_holds_the_traces_first_rate_until_then():
+    """An experiment sets each link to its first rate before a policy starts (the monitors measure it)."""
+    broker = EmbeddedBroker(port=0).start()
+    url = parse_broker_url(broker.url)
+    node = NodeRuntime(NodeConfig(node="pi", model=MODEL, cluster="hold", uplink_trace=(2.0, 30.0, 7.0),
+                                  trace_dt_s=0.2), url).start()
+    control = MqttTransport(url, "hold-control").start()
+    try:
+        start = time.time() + 2.0
+        message = json.dumps({"v": 1, "trace_start": start}).encode()
+        control.publish(Message("adaptive/hold/emulation", message, 1))
+        time.sleep(0.5)  # delivered (until then the node replays from its own start)
+        seen = set()
+        while time.time() < start - 0.2:  # 1.3 s: the replay would cycle through all three values
+            seen.add(node.shaper.rate_mbps)
+            time.sleep(0.02)
+        assert seen == {2.0}, seen
+        assert wait(lambda: node.shaper.rate_mbps == 30.0)  # then the replay runs from its start
+    finally:
+        control.close()
+        node.close()
+        broker.close()
