@@ -23,13 +23,16 @@ def test_cpu_of_the_hosting_runtime_is_not_background_load():
     """An agent inside the node process leaves the runtime's own compute out of ``cpu_percent``."""
     sampler = PsutilSampler(exclude_pid=os.getpid())
     sampler.sample()
-    end = time.monotonic() + 1.0
-    while time.monotonic() < end:  # this process keeps one core busy
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    while time.monotonic() < wall0 + 1.0:  # this process keeps a core as busy as the machine lets it
         pass
     s = sampler.sample()
+    # what this process actually got, as a share of the machine: on a shared CI machine the busy
+    # loop may get well under a full core, so the expectation follows the measurement
+    own = 100 * (time.process_time() - cpu0) / (time.monotonic() - wall0) / (psutil.cpu_count() or 1)
     whole = sum(s.per_core) / len(s.per_core)  # per-core figures include this process
-    own = 100 / (psutil.cpu_count() or 1)  # one busy core, as a share of the machine
-    assert whole - s.cpu_percent >= 0.6 * own, (whole, s.cpu_percent)
+    assert own > 10, own  # the loop ran: the check below is not vacuous
+    assert 0.6 * own <= whole - s.cpu_percent <= 1.4 * own + 5, (whole, s.cpu_percent, own)
 
 
 def test_temperature_and_jetson_power_from_sysfs(tmp_path):
