@@ -6,14 +6,16 @@ transient error. On an emulated uplink, frames are paced in 64 KB chunks and eac
 so the sender's bandwidth estimate follows the link while a large activation crosses it.
 
 ZeroMQ sockets must not be shared between threads, so every destination endpoint gets an
-:class:`OutLink` with a queue and a sender thread. All of a node's links can share one
+:class:`OutLink` with a queue, a thread that paces the frames through the link and puts them in
+flight, and a carrier thread, the socket's only user, that hands each one over when the link's
+propagation delay has passed (the link carries the next frame meanwhile). All of a node's links can share one
 :class:`~adaptive.runtime.shaping.LinkShaper` (the node's uplink), which paces the activations it
 sends to other nodes (results and errors to clients are not shaped).
 """
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import itertools
 import logging
 import queue
@@ -87,8 +89,14 @@ class OutLink:
                 self._socket.close(linger=0)
                 raise
         self._socket.connect(endpoint)
+        # frames in propagation, by due time (the counter keeps equal times in order)
+        self._flight: list[tuple[float, int, Frame | None, list[bytes], int, float, float | None]] = []
+        self._count = itertools.count()
+        self._arrived = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"out-{endpoint}", daemon=True)
+        self._carrier = threading.Thread(target=self._carry, name=f"carry-{endpoint}", daemon=True)
         self._thread.start()
+        self._carrier.start()
 
     def send(self, frame: Frame) -> bool:
         """Queue a frame; False if the queue is full (the caller answers the client)."""
@@ -102,30 +110,16 @@ class OutLink:
         """Send what is queued, then close."""
         self._queue.put(None)
         self._thread.join(timeout=10)
+        self._carrier.join(timeout=10)
 
     def _run(self) -> None:
-        # frames in propagation, by due time (the counter keeps equal times in order)
-        flight: list[tuple[float, int, Frame, list[bytes], int, float, float | None]] = []
-        count = itertools.count()
+        """Take frames in order, pace them through the shaper, and put them in flight."""
         link_delay_s = self.shaper.delay_ms / 1e3 if self.shaper is not None else 0.0
         while True:
-            if flight:  # the link's propagation delay: a frame is delivered when it has passed,
-                # while the link already carries the next one (the sender does not wait it out)
-                wait = flight[0][0] - time.monotonic()
-                try:
-                    frame = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    _, _, f, parts, nbytes, started, wire_s = flight.pop(0)
-                    if not self._deliver(f, parts, nbytes, started, wire_s):
-                        break
-                    continue
-            else:
-                frame = self._queue.get()
-            if frame is None:  # closing: what is in flight still arrives
-                for due, _, f, parts, nbytes, started, wire_s in flight:
-                    time.sleep(max(due - time.monotonic(), 0.0))
-                    self._deliver(f, parts, nbytes, started, wire_s)
-                break
+            frame = self._queue.get()
+            if frame is None:  # closing: what is in flight still arrives, then the carrier stops
+                self._put_in_flight(None, [], 0, 0.0, None, 0.0)
+                return
             parts = encode_frame(frame)
             nbytes = sum(len(p) for p in parts)
             started = time.monotonic()
@@ -134,11 +128,30 @@ class OutLink:
             shaped = self.shaper is not None and frame.kind == "work"
             wire_s = self._shape(frame, nbytes) if shaped else None
             back_s = self.result_delay_ms / 1e3 if frame.kind == "result" else 0.0
-            delay_s = link_delay_s if shaped else back_s
-            if delay_s > 0:
-                bisect.insort(flight, (time.monotonic() + delay_s, next(count), frame, parts, nbytes, started,
-                                       wire_s), key=lambda x: x[:2])
-                continue
+            self._put_in_flight(frame, parts, nbytes, started, wire_s, link_delay_s if shaped else back_s)
+
+    def _put_in_flight(self, frame: Frame | None, parts: list[bytes], nbytes: int, started: float,
+                       wire_s: float | None, delay_s: float) -> None:
+        with self._arrived:
+            # the close marker goes after everything already in flight
+            due = time.monotonic() + delay_s if frame is not None else max(
+                [f[0] for f in self._flight] + [time.monotonic()])
+            heapq.heappush(self._flight, (due, next(self._count), frame, parts, nbytes, started, wire_s))
+            self._arrived.notify()
+
+    def _carry(self) -> None:
+        """Hand each frame to ZeroMQ when its propagation delay has passed (the socket's only user).
+
+        A thread of its own, so that the link delivers a frame on time while it already carries the
+        next: a sender that is never idle does not hold back what is in flight.
+        """
+        while True:
+            with self._arrived:
+                while not self._flight or self._flight[0][0] > time.monotonic():
+                    self._arrived.wait(self._flight[0][0] - time.monotonic() if self._flight else None)
+                _, _, frame, parts, nbytes, started, wire_s = heapq.heappop(self._flight)
+            if frame is None:
+                break
             if not self._deliver(frame, parts, nbytes, started, wire_s):
                 break
         self._socket.close()
@@ -176,16 +189,20 @@ class OutLink:
 
     def _fail(self, frames: list[Frame], reason: str) -> bool:
         """Fail ``frames`` and everything queued behind them; False if :meth:`close` was asked."""
-        stop = False
-        while True:
+        with self._arrived:
+            flight, self._flight = sorted(self._flight), []
+        stop = any(f[2] is None for f in flight)
+        frames += [f[2] for f in flight if f[2] is not None]
+        while not stop:
             try:
                 queued = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if queued is None:
+            if queued is None:  # the pacer must still see it, to stop
+                self._queue.put(None)
                 stop = True
-                break
-            frames.append(queued)
+            else:
+                frames.append(queued)
         if self.on_failed is not None:
             for f in frames:
                 self.on_failed(f, reason)

@@ -114,3 +114,35 @@ def test_results_come_back_one_return_delay_later_in_order():
         link.close()
         pull.close(linger=0)
         ctx.term()
+
+
+def test_a_busy_delayed_link_delivers_each_frame_when_its_delay_has_passed():
+    """A link that always has the next frame to carry still delivers the ones in flight on time
+    (they once waited until the sender was idle: a saturated uplink held every frame back)."""
+    import zmq
+
+    from adaptive.runtime.links import OutLink
+    from adaptive.runtime.wire import Frame, decode_frame
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    link = OutLink(ctx, f"tcp://127.0.0.1:{port}", LinkShaper(8.0, delay_ms=50, burst_bytes=0))
+    try:
+        t0 = time.monotonic()
+        for i in range(30):  # 10 KB each: 10 ms on the wire at 8 Mbit/s, all queued at once
+            assert link.send(Frame(kind="work", request_id=f"r-{i}", client="c", reply_to="tcp://h:1",
+                                   version=1, hop=1, position=0, shape=(2500,), payload=bytes(10_000),
+                                   model="m", devices=("a", "b"), splits=(0,), codecs=("none",)))
+        pull.setsockopt(zmq.RCVTIMEO, 3000)
+        arrived = []
+        for _ in range(30):
+            arrived.append((decode_frame(pull.recv_multipart(), 1 << 20).request_id, time.monotonic() - t0))
+    finally:
+        link.close()
+        pull.close(linger=0)
+        ctx.term()
+    assert [r for r, _ in arrived] == [f"r-{i}" for i in range(30)]
+    # frame i is through the link after (i + 1) x 10 ms and arrives 50 ms later
+    for i, (_, at) in enumerate(arrived):
+        assert 0.01 * (i + 1) + 0.045 <= at <= 0.01 * (i + 1) + 0.15, (i, [round(a, 3) for _, a in arrived])
