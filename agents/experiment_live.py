@@ -262,8 +262,10 @@ def run_live(
             shape = default_input_shape(s.model)
             check = ResultCheck(s.model, shape)
             reach = {n: {"bind": "0.0.0.0", "advertise": link.local_ip} for n, link in links.items()}
+            # a frame is not sent again before its deadline: a resend would queue its work twice
             clients = [InferenceClient(f"{c.name}.client", url, cluster, shape,
                                        timeout_s=max(30.0, 3 * c.deadline_ms / 1e3), source=c.name,
+                                       min_deadline_s=max(2.0, c.deadline_ms / 1e3),
                                        on_result=check, **reach.get(c.name, {})).start() for c in s.clients]
             try:
                 for r in range(repeats):

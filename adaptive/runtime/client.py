@@ -13,7 +13,8 @@ its own PULL socket. It never dies on a transient, and it loses no request:
   retransmission timeout from the round-trip times it measures).
 * Every request ends as exactly one record, with its retry count: ``ok`` (a result), ``dropped``
   (its source dropped it at admission: the model predicted it past the deadline of the source's
-  rule), ``error`` (an error frame that is not transient, or retries exhausted) or ``timeout``
+  rule; a resend dropped there because the slow attempt before it is still queued waits for that
+  one instead), ``error`` (an error frame that is not transient, or retries exhausted) or ``timeout``
   (nothing usable within ``timeout_s`` of the first send). The first result wins; later answers
   to the same request are ignored.
 
@@ -104,6 +105,7 @@ class _Request:
     fixed: PlanMessage | None = None  # a plan chosen by the caller for this request
     deadline: float = math.inf  # monotonic s: resend after this
     in_flight: bool = False
+    overdue: bool = False  # an earlier attempt was only slow, not failed: it may still be answered
     not_before: float = 0.0  # monotonic s: back off before the next attempt
     reason: str = "not sent yet"
 
@@ -393,6 +395,11 @@ class InferenceClient:
                     return  # an earlier attempt failed; the one in flight may still succeed
                 if frame.retry and self._retry(req, frame.error, backoff=True):
                     return
+                if frame.dropped and req.overdue:
+                    # the source dropped a resend because the attempt before it is still queued
+                    # there: that one may yet be answered, so the request waits for it
+                    req.in_flight, req.deadline = True, time.monotonic() + self.min_deadline_s
+                    return
                 self._finish(req, "dropped" if frame.dropped else "error",
                              round((now - (req.sent_at or now)) * 1e3, 3), frame.error, _hops(frame))
                 return
@@ -424,8 +431,10 @@ class InferenceClient:
                 else:
                     gone = next((n for n in req.nodes if not self.presence.online(n)), None)
                     if gone is not None:
+                        req.overdue = False
                         self._retry(req, f"node '{gone}' went offline")
                     elif now > req.deadline:
+                        req.overdue = True
                         self._retry(req, "no answer within its deadline")
 
     def _finish(self, req: _Request, outcome: str, latency_ms: float | None, error: str,

@@ -94,3 +94,45 @@ def test_the_source_follows_uplink_steps_per_request():
           f"{reactions[1] * 1e3:.0f} ms after the rise; estimate ages (s): median "
           f"{sorted(nodes[0].source.ages())[len(nodes[0].source.ages()) // 2]:.3f}")
     assert reactions[0] < 1.0 and reactions[1] < 2.0
+
+
+def test_a_slow_request_is_answered_when_its_resend_is_dropped_at_admission():
+    """The client resends a request it has waited long for; its source, which still has the first
+    attempt queued, drops the resend as late. The request waits for the first attempt's answer."""
+    from monitor.rules import RuleMessage, RulePlan, rule_topic
+
+    blocks = resolve_model(MODEL).num_blocks
+    broker = EmbeddedBroker(port=0).start()
+    url = parse_broker_url(broker.url)
+    # the source's whole model padded to 600 ms: longer than the client waits before it resends
+    nodes = [NodeRuntime(NodeConfig(node="pi", model=MODEL, cluster=CLUSTER, uplink_mbps=30.0,
+                                    emulate=(600.0 / blocks,) * blocks), url).start(),
+             NodeRuntime(emulated("jetson", "jetson-nano"), url).start()]
+    ports = [free_port() for _ in nodes]
+    agents = [attach_monitor(nodes[0], {"jetson": ("127.0.0.1", ports[1])}, probe_port=ports[0],
+                             probe_interval_s=0.5, interval_s=0.5),
+              attach_monitor(nodes[1], {}, probe_port=ports[1], interval_s=0.5)]
+    rule = RuleMessage(1, "pi", MODEL, ("pi", "jetson"), blocks, time.time(), "table", (),
+                       (RulePlan((blocks,), (), 600.0, at_mbps=30.0, edge_ms=600.0, uplink_bits=0.0),),
+                       deadline_ms=800.0)
+    control = MqttTransport(url, "src-control").start()
+    try:
+        control.publish(Message(rule_topic(CLUSTER, "pi"), rule.encode(), 1, retain=True))
+        deadline = time.monotonic() + 15
+        while (nodes[0].source.rule is None or not nodes[0]._uplink("jetson")[0]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert nodes[0].source.rule is not None and nodes[0]._uplink("jetson")[0], "no rule or estimate"
+        with InferenceClient("slow", url, CLUSTER, (1, 3, 32, 32), timeout_s=10, min_deadline_s=0.25,
+                             source="pi") as client:
+            records = client.run(0.01, rate_hz=1)  # one request, then its answer
+    finally:
+        control.close()
+        for a in agents:
+            a.close()
+        for n in nodes:
+            n.close()
+        broker.close()
+    assert nodes[0].source.dropped >= 1  # a resend was dropped at admission ...
+    [rec] = records  # ... and the request still ended once, with the first attempt's answer
+    assert rec.outcome == "ok" and rec.retries >= 1 and 550 < rec.latency_ms < 2000, rec
