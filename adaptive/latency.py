@@ -11,7 +11,8 @@ out in ``docs/model.md``; the short version:
   clients batched on an accelerator multiply it by ``1 + β_d·(b − 1)`` (seed 000 Sec. V-D).
 * communication (Eqs. 4–5): a hop into device ``d`` carrying ``D`` KB costs
   ``T_FP,d + Q0,d·(B_ref,d/B)·D + Q1,d``: Q0 scales with the available bandwidth ``B``; the
-  first packet's serialisation ``8·MTU/B`` replaces the one inside T_FP (measured at ``B_ref``);
+  first packet's serialisation ``8·P/B`` replaces the one inside T_FP (measured with full packets at
+  ``B_ref``), ``P = min(MTU, message)``;
   each hop adds its propagation delay. A transfer that skips devices crosses several hops with
   packet pipelining (seed 002 Sec. II-C): the slowest hop carries all fragments but the last,
   then every hop carries the last fragment and adds its first-packet latency and propagation
@@ -293,8 +294,11 @@ class SplitModel:
             link = max(h, h - step) - 1  # link index joining devices h-step and h
             bw = cb.bandwidth_mbps[:, link].reshape((-1,) + (1,) * (kb.ndim - 1))
             q0 = self._q0[h] * self._ref[h] / bw
-            frag = q0 * self._mtu[h] / 1e3
-            first = self._tfp[h] + 8e-3 * self._mtu[h] * (1.0 / bw - 1.0 / self._ref[h])
+            # a message shorter than the MTU is its own first and last packet: a 40-byte result
+            # does not pay a full packet's serialisation (30 ms at 0.4 Mbit/s)
+            pkt = np.minimum(self._mtu[h], 1e3 * kb)
+            frag = q0 * pkt / 1e3
+            first = self._tfp[h] + 8e-3 * (pkt / bw - self._mtu[h] / self._ref[h])
             hop_bulk = q0 * kb + self._q1[h] - frag
             hop_fixed = first + cb.propagation_ms[:, link].reshape(bw.shape)
             bulk = hop_bulk if bulk is None else np.maximum(bulk, hop_bulk)

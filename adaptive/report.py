@@ -517,9 +517,10 @@ def _differences(summary: dict[str, Any]) -> list[str]:
             )
         if abs(ld - sd) > 0.02:
             why += (
-                f"; it dropped {100 * ld:.1f}% of frames live and {100 * sd:.1f}% in sim (the sim drops a "
-                "frame at admission when it would be late; live counts a late answer), so the frames "
-                "averaged differ"
+                f"; it dropped {100 * ld:.1f}% of frames live and {100 * sd:.1f}% in sim, so the frames "
+                "averaged differ (both drop at admission what the model predicts late: the sim per step, "
+                "on the true rate, in fractions of a frame; live per frame, on its source's estimate and "
+                "backlog, and it also counts a late answer)"
             )
         notes.append(why)
     return notes

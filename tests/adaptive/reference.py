@@ -40,9 +40,10 @@ def reference(model, devices, splits, codecs, *, bw, prop=0.0, load=0.0, clients
     def hop_terms(recv, link, nbytes):
         dev = devices[recv]
         q0 = dev.link.per_kb_ms * dev.link.ref_bandwidth_mbps / bw[link]
-        frag = q0 * dev.link.mtu_bytes / 1e3
         mtu, ref_bw = dev.link.mtu_bytes, dev.link.ref_bandwidth_mbps
-        first = dev.link.first_packet_ms + 8e-3 * mtu * (1 / bw[link] - 1 / ref_bw)
+        packet = min(mtu, nbytes)  # a message under one MTU is its only packet
+        frag = q0 * packet / 1e3
+        first = dev.link.first_packet_ms + 8e-3 * (packet / bw[link] - mtu / ref_bw)
         return q0 * nbytes / 1e3 + dev.link.offset_ms - frag, frag + first + prop[link]
 
     def path(src, dst, nbytes):

@@ -49,10 +49,16 @@ def test_bandwidth_scales_q0_and_first_packet_plus_propagation(toy, edge, accel)
 def test_result_returns_to_first_device(toy, edge, accel):
     m = SplitModel(toy, [edge, accel], return_result=True)
     p = one(m, [2], Conditions(bandwidth_mbps=1000))
-    # back to edge, receiver edge: 0.01*0.4 - 0.5 + 1.0 = 0.504; edge in: 0.001*0.4 + 0.2 = 0.2004
-    assert p.comm_ms[0, 0] == pytest.approx(0.504)
+    # back to edge, receiver edge: the 400-byte result is its own first packet, so T_FP 1.0 loses
+    # the serialisation of the rest of a 1500-byte one: 1.0 + 8e-3*(400 - 1500)/1000 = 0.9912;
+    # 0.01*0.4 - 0.5 + 0.9912 = 0.4952; edge in: 0.001*0.4 + 0.2 = 0.2004
+    assert p.comm_ms[0, 0] == pytest.approx(0.4952)
     assert p.proc_ms[0, 0] == pytest.approx(0.4 + 0.2004)
-    assert p.latency_ms[0] == pytest.approx(6.70512 + 0.504 + 0.2004)
+    assert p.latency_ms[0] == pytest.approx(6.70512 + 0.4952 + 0.2004)
+    # at 0.4 Mbit/s a full packet would take 30 ms; the result's 400 bytes take 8:
+    # Q0' = 0.01*1000/0.4 = 25 ms/KB -> 10 ms; first packet 1.0 + 8e-3*(400/0.4 - 1500/1000) = 8.988
+    slow = one(m, [2], Conditions(bandwidth_mbps=0.4))
+    assert slow.comm_ms[0, 0] == pytest.approx(10.0 - 0.5 + 8.988)
 
 
 def test_multi_hop_pipelining_when_a_device_is_skipped(toy, edge, accel, accel2):
