@@ -11,8 +11,10 @@ What couples the clients, per step of ``dt`` seconds (``docs/model.md``, "Severa
   ``T(1)·(1 + β_j·(b_j − 1))``; the accelerator is busy ``T(b)/b`` per request.
 * **Queues** that persist across steps, as fluid backlogs: each edge device and each
   accelerator holds milliseconds of work, each uplink holds bits and drains at the bandwidth of
-  the step. A request's latency is its service latency (the single-chain model at its batch
-  sizes) plus the backlog ahead of it on every resource it uses, averaged over the step.
+  the step, each link between accelerators holds the milliseconds its transfers keep it busy
+  (propagation excluded: the link carries the next one meanwhile). A request's latency is its
+  service latency (the single-chain model at its batch sizes) plus the backlog ahead of it on
+  every resource it uses, averaged over the step.
 * **Deadlines**: a frame whose latency on arrival would exceed its client's deadline is dropped
   at the source (seed 004's frame drop), so it never enters a queue.
 
@@ -124,12 +126,17 @@ class SharedChain:
         self.grid = np.geomspace(0.01, 10_000.0, 2049) if grid is None else np.asarray(grid, float)
         self._inv_grid = 1.0 / self.grid
         D, M, G, P = self.num_devices, self.num_devices - 1, len(self.grid), len(plans)
-        comm, execs, delta, proc, power, kappa = [], [], [], [], [], []
+        comm, execs, delta, proc, power, kappa, busy = [], [], [], [], [], [], []
         for chain in self.chains:
             chain._check_plans(plans)
             bw = np.full((G, M), self.accel_link_mbps)
             bw[:, 0] = self.grid
             one = chain.evaluate(plans, _batch(bw, D, clients=1.0, delay=delay))
+            # how long a transfer between accelerators keeps its link busy: its propagation
+            # delay does not (the link carries the next transfer meanwhile)
+            wire = delay.copy()
+            wire[1:] = 0.0
+            busy.append(chain.evaluate(plans, _batch(bw[:1], D, clients=1.0, delay=wire)).comm_ms[0, :, 2:])
             two = chain.evaluate(plans, _batch(bw[:1], D, clients=2.0, delay=delay))
             comm.append(one.comm_ms)  # (G, P, D)
             execs.append(one.exec_ms[0])  # (P, D) at no load, batch 1
@@ -157,13 +164,15 @@ class SharedChain:
         for m in range(1, M):
             self._accel_hop[:, m - 1] = (bits[:, m] > 0) & self.uses[:, 1 : m + 1].any(axis=1)
         # per (edge kind, plan): exec (D), one more batch item (D), data movement (D), runs there
-        # (D), uplink bits (1), hops between accelerators (M − 1): one gather per step gets them all
+        # (D), uplink bits (1), hops between accelerators (M − 1) and how long each keeps its link
+        # busy (M − 1): one gather per step gets them all
         kinds = len(self.chains)
         self._features = np.concatenate([
             self.exec_ms, self.batch_delta_ms, self.proc_ms,
             np.broadcast_to(self.uses, (kinds, P, D)).astype(float),
             np.broadcast_to(self.uplink_bits[:, None], (kinds, P, 1)),
-            np.broadcast_to(self._accel_hop, (kinds, P, max(M - 1, 0))).astype(float)], axis=2)
+            np.broadcast_to(self._accel_hop, (kinds, P, max(M - 1, 0))).astype(float),
+            np.stack(busy)], axis=2)
 
     # ------------------------------------------------------------------ pieces
 
@@ -268,7 +277,8 @@ class SharedChain:
         execs, delta, proc = f[..., :D], f[..., D : 2 * D], f[..., 2 * D : 3 * D]
         uses = f[..., 3 * D + 1 : 4 * D] > 0.5  # on the accelerators
         bits = f[..., 4 * D]
-        hop = f[..., 4 * D + 1 :] > 0.5  # (E, K, M − 1)
+        hop = f[..., 4 * D + 1 : 4 * D + M] > 0.5  # (E, K, M − 1)
+        link_busy = f[..., 4 * D + M :]  # (E, K, M − 1)
         batch = (uses & active[:, :, None]).sum(axis=1).astype(float)  # (E, M)
         b = np.maximum(batch, 1.0)[:, None, :]
         ex = execs * slow  # (E, K, D)
@@ -279,7 +289,7 @@ class SharedChain:
         w_edge = ex[..., 0] + proc[..., 0]
         shared = (ex[..., 1:] + grow) / b  # a batch shares the execution
         w_accel = shared + proc[..., 1:]
-        w_link = np.where(hop, comm[..., 2:], 0.0)
+        w_link = np.where(hop, link_busy, 0.0)
         bw = np.maximum(bandwidth_mbps, 1e-9)
         sends = bits > 0
         wait_now = _ahead(state, uses, sends, w_link, bw)

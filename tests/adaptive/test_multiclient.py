@@ -9,6 +9,7 @@ from adaptive.errors import PlanError
 from adaptive.latency import Conditions, SplitModel
 from adaptive.multiclient import SharedChain
 from adaptive.observation import candidate_plans
+from adaptive.plans import PlanArray
 from adaptive.profiles import resolve_device, resolve_model
 
 CHAIN = ["raspberry-pi-4", "jetson-nano", "jetson-agx-orin"]
@@ -94,6 +95,23 @@ def test_an_uplink_queue_drains_at_its_bandwidth(setup):
     state, out = run(chain, full, [True, False, False, False], 0.0, 5.0, state=state)  # nothing new
     assert state.uplink_bits[0, 0] == pytest.approx(max(10 * bits - 2 * 1.25e6, 0.0))
     assert out.offered[0, 0] == 0 and np.isnan(out.latency_ms[0, 0])
+
+
+def test_a_link_between_accelerators_is_busy_for_its_transfer_not_its_propagation(setup):
+    model, _, _ = setup
+    profile, devices = model.profile, model.devices
+    split = PlanArray(np.array([[3, 10]]), np.zeros((1, 2), np.int64))  # Pi, then Nano, then Orin
+    wan = SharedChain(profile, [devices[0]] * 4, devices[1:], split, link_delay_ms=[0.0, 1000.0])
+    nowan = SharedChain(profile, [devices[0]] * 4, devices[1:], split, link_delay_ms=[0.0, 0.0])
+    p = 0
+    assert wan._accel_hop[p, 0]  # it sends from the Nano to the Orin
+    one = [True, False, False, False]
+    # 8 frames a second: each keeps the 1000 Mbit/s link busy a few ms, and propagates 1 s on it
+    state, out = run(wan, p, one, 8.0, 100.0)
+    ref_state, ref = run(nowan, p, one, 8.0, 100.0)
+    assert out.service_ms[0, 0] == pytest.approx(ref.service_ms[0, 0] + 2000.0)  # there and back
+    assert np.all(state.link_ms == 0) and np.array_equal(state.link_ms, ref_state.link_ms)  # no queue
+    assert out.latency_ms[0, 0] == pytest.approx(ref.latency_ms[0, 0] + 2000.0)
 
 
 def test_frames_past_their_deadline_are_dropped_not_queued(setup):
