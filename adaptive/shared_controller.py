@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +47,7 @@ from adaptive.multiclient import ClusterObservation, ClusterState, SharedChain
 from adaptive.observation import CandidatePlans
 from adaptive.profiles import DeviceProfile, resolve_device, scaled_profiles
 from monitor.rules import RuleMessage, RulePlan, rule_topic
-from monitor.schema import Message, version_of
+from monitor.schema import Ack, Message, version_of
 from monitor.transport import BrokerAddress
 
 __all__ = ["RULE_GRID_MBPS", "SharedController"]
@@ -114,6 +115,9 @@ class SharedController(Controller):
                              for c, dev in zip(self.clients, self._edge_devices, strict=True)}
         self.shared = self._build_shared(self.scales)
         self._retained_rules: dict[str, Message] = {}
+        self._rule_sent: dict[str, int] = {}  # per source, the newest rule version sent to it
+        self._rule_acked: dict[str, int] = {}  # ... and the newest it applied
+        self._acked = threading.Condition(self._lock)
         # rules share the version counter with plans: learn the newest an earlier controller left
         self.transport.subscriptions.append((f"adaptive/{config.cluster}/node/+/rule", 1))
         K = spec.num_clients
@@ -334,6 +338,7 @@ class SharedController(Controller):
             self._tables[node] = (edges, actions)
             self.rules.append(rule)
             self._retained_rules[node] = message
+            self._rule_sent[node] = version
         self.transport.publish(message)
         log.info("rule %d for %s: %d bins, edges %s Mbit/s", version, node, len(rows), list(edges))
         return rule, now_ms
@@ -359,6 +364,24 @@ class SharedController(Controller):
                     self.version = max(self.version, version)
             return
         super()._on_message(topic, payload)
+
+    def _on_ack(self, ack: Ack) -> None:
+        super()._on_ack(ack)
+        if ack.ok and ack.node in self._sources:
+            with self._acked:
+                self._rule_acked[ack.node] = max(self._rule_acked.get(ack.node, 0), ack.version)
+                self._acked.notify_all()
+
+    def wait_rules(self, timeout_s: float = 5.0) -> list[str]:
+        """Wait until every source applied the newest rule sent to it; the sources that did not."""
+        deadline = time.monotonic() + timeout_s
+        with self._acked:
+            while True:
+                behind = [n for n, v in self._rule_sent.items() if self._rule_acked.get(n, 0) < v]
+                left = deadline - time.monotonic()
+                if not behind or left <= 0:
+                    return behind
+                self._acked.wait(left)
 
     def check_acks(self, now: float | None = None) -> None:
         """Rules are retained: a source that was away gets its own when it reconnects."""

@@ -33,6 +33,7 @@ future).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import threading
@@ -49,6 +50,8 @@ from adaptive.errors import AdaptiveError
 from adaptive.scenario import Scenario
 
 __all__ = ["LIVE_POLICIES", "LiveProgress", "check_live", "run_live"]
+
+log = logging.getLogger(__name__)
 
 LIVE_POLICIES = (
     "ppo",
@@ -356,7 +359,11 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
         control.publish(Message(f"adaptive/{ctl_cfg.cluster}/emulation",
                                 json.dumps({"v": 1, "trace_start": start}).encode(), 1))
         stop.wait(settle_s)
-        controller.step()  # every source's first rule, before its first frame
+        controller.step()  # every source's first rule, applied before its first frame: a frame
+        # decided on the previous policy's rule (still retained until this one lands) is not this one's
+        behind = controller.wait_rules(5.0)
+        if behind:
+            log.warning("%s: sources %s had not applied their first rule after 5 s", spec, behind)
         t0 = time.monotonic()
         for sch in schedules:
             sch.start(t0)
@@ -391,7 +398,7 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
             requests.append({"policy": spec, "repeat": repeat, "client": spec_c.name, "id": rec.id,
                              "t_s": round(rec.sent_at - start, 4),
                              "latency_ms": rec.latency_ms, "outcome": rec.outcome, "plan": rec.plan,
-                             "hops": rec.hops})
+                             "hops": rec.hops, "error": rec.error})
     rows = _rows(s, cond, spec, repeat, requests, candidates)
     return {"requests": requests, "rows": rows, "scales": scales,
             "run": {"policy": spec, "repeat": repeat, "wall_s": round(time.perf_counter() - wall, 3),

@@ -111,7 +111,7 @@ def _run_live(scenario: Any, out: Any, args: argparse.Namespace) -> int:
     bar.close()
     live = result["live"]
     with (out / "requests.csv").open("w", newline="", encoding="utf-8") as fh:
-        fields = ["policy", "repeat", "client", "id", "t_s", "latency_ms", "outcome", "plan", "hops"]
+        fields = ["policy", "repeat", "client", "id", "t_s", "latency_ms", "outcome", "plan", "hops", "error"]
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(result["requests"])

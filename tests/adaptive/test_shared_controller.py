@@ -99,6 +99,10 @@ def test_each_client_gets_its_own_rule_and_every_result_is_the_whole_model(clust
         for e in EDGES:  # every source holds a rule for itself over its own chain
             rule = cluster["nodes"][e].source.rule
             assert rule.source == e and rule.devices == (e, "acc")
+        ctl.step()
+        sent = {r.source: r.version for r in ctl.rules}  # the newest rule each source was sent
+        assert ctl.wait_rules(5.0) == []  # ... is applied when wait_rules says no source is behind
+        assert all(cluster["nodes"][e].source.rule.version >= sent[e] for e in EDGES)
         clients = [InferenceClient(f"c-{e}", cluster["url"], CLUSTER, SHAPE, timeout_s=20, source=e,
                                    on_result=check).start() for e in EDGES]
         assert ctl.history[-1]["alive"] == [True, True, True]
@@ -130,6 +134,7 @@ def test_a_client_that_left_gets_no_rule_and_the_others_lose_nothing(cluster):
         for _ in range(3):
             ctl.step()
         assert all(r.source != "e3" for r in list(ctl.rules)[seen:])
+        assert ctl.wait_rules(5.0) == []  # e3's last rule was applied before it left
         assert all(r.source != "e3" or r.issued_at <= left_at + 1e-3 for r in ctl.rules)
         clients = [InferenceClient(f"c-{e}", cluster["url"], CLUSTER, SHAPE, timeout_s=20, source=e).start()
                    for e in ("e1", "e2")]
