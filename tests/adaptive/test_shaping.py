@@ -146,3 +146,12 @@ def test_a_busy_delayed_link_delivers_each_frame_when_its_delay_has_passed():
     # frame i is through the link after (i + 1) x 10 ms and arrives 50 ms later
     for i, (_, at) in enumerate(arrived):
         assert 0.01 * (i + 1) + 0.045 <= at <= 0.01 * (i + 1) + 0.15, (i, [round(a, 3) for _, a in arrived])
+
+
+def test_an_idle_link_lends_no_burst_by_default():
+    """Every byte takes its time at the rate, as the latency model charges it."""
+    link = LinkShaper(0.4)
+    time.sleep(0.2)  # idle: a token bucket would have filled
+    t0 = time.monotonic()
+    took = link.acquire(4096, delay=False)
+    assert time.monotonic() - t0 >= 0.08 and took == pytest.approx(4096 * 8 / 0.4e6)  # 82 ms
