@@ -344,13 +344,20 @@ class SharedController(Controller):
         return rule, now_ms
 
     def _predict(self, joint: np.ndarray, seen: dict[str, Any], bw: np.ndarray) -> np.ndarray:
-        """``(E, K)`` each client's latency under joint plans ``(E, K)`` from empty queues, ms."""
+        """``(E, K)`` each client's service latency under joint plans ``(E, K)``, ms.
+
+        No queueing: the source adds the backlog ahead of each request itself (admission), at its
+        own estimate. (Until 2026-12-03 this was the latency of one 1 s step from empty queues,
+        which counts the step's own frames queueing at the bin's representative rate: a one-bin
+        table evaluated at 10 Mbit/s told a source on a 50 Mbit/s link that full offload at 2
+        frames/s would take 1,014 ms, and it dropped every frame.)
+        """
         E = len(joint)
         tile = lambda x: np.broadcast_to(x, (E, *np.shape(x)))  # noqa: E731
         _, out = self.shared.step(self.shared.initial_state(E), joint, tile(seen["active"]),
                                   tile(seen["rate_rps"]), bw, tile(seen["edge_load"]),
                                   tile(seen["accel_load"]), 1.0, np.inf)
-        return out.latency_ms
+        return out.service_ms
 
     def _retained(self) -> list[Message]:
         with self._lock:
