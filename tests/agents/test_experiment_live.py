@@ -130,6 +130,25 @@ def test_compare_reports_ratios_ties_and_disagreements():
     assert c["within_10pct"] and c["ranking_agrees"] and [r["policy"] for r in c["policies"]] == ["a", "c"]
 
 
+def test_the_report_says_why_the_modes_differ_where_the_records_show_it():
+    from adaptive.report import _differences
+
+    def pol(mean, drop=0.0):
+        return {"mean_ms": mean, "p95_ms": mean, "drop_rate": drop}
+
+    sim = {"short": pol(12.0), "fluid": pol(2889.0, 0.51), "drops": pol(400.0, 0.0), "same": pol(500.0)}
+    live = {"short": pol(13.7), "fluid": pol(2587.0, 0.50), "drops": pol(150.0, 0.76), "same": pol(510.0)}
+    summary = {"scenario": {"clients": [{"deadline_ms": 3000.0}]}, "compare": compare(live, sim),
+               "live": {"device_scales_declared": {"edge": 5.0}, "device_scales_calibrated": {"edge": 6.4}}}
+    notes = _differences(summary)
+    assert "edge ran 1.28× the time its emulation asked for" in notes[0]
+    by = {n.split(":")[0]: n for n in notes[1:]}
+    assert set(by) == {"short", "fluid", "drops"}  # "same" agrees within 10%: nothing to say
+    assert "+1.7 ms: about what the runtime itself costs" in by["short"]
+    assert "fractions of a frame" in by["fluid"] and "against 3000 ms" in by["fluid"]
+    assert "dropped 76.0% of frames live and 0.0% in sim" in by["drops"]
+
+
 def test_a_live_run_loses_nothing_and_agrees_with_its_simulation(tmp_path):
     """Two clients (one joins at 4 s, one link steps 2 -> 30 Mbit/s, 50 ms of delay) on real processes."""
     path = tmp_path / "s.yaml"
