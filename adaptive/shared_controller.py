@@ -349,7 +349,7 @@ class SharedController(Controller):
         No queueing: the source adds the backlog ahead of each request itself (admission), at its
         own estimate. (Until 2026-12-03 this was the latency of one 1 s step from empty queues,
         which counts the step's own frames queueing at the bin's representative rate: a one-bin
-        table evaluated at 10 Mbit/s told a source on a 50 Mbit/s link that full offload at 2
+        table evaluated at 10 Mbit/s told a source on a 200 Mbit/s link that full offload at 2
         frames/s would take 1,014 ms, and it dropped every frame.)
         """
         E = len(joint)
