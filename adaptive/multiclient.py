@@ -127,15 +127,14 @@ class SharedChain:
         self._inv_grid = 1.0 / self.grid
         D, M, G, P = self.num_devices, self.num_devices - 1, len(self.grid), len(plans)
         comm, execs, delta, proc, power, kappa, busy = [], [], [], [], [], [], []
+        # how long a transfer between accelerators keeps its link busy: the same transfer without
+        # the propagation of the links between accelerators (the link carries the next one meanwhile)
+        wire = np.concatenate([delay[:1], np.zeros(M - 1)])
         for chain in self.chains:
             chain._check_plans(plans)
             bw = np.full((G, M), self.accel_link_mbps)
             bw[:, 0] = self.grid
             one = chain.evaluate(plans, _batch(bw, D, clients=1.0, delay=delay))
-            # how long a transfer between accelerators keeps its link busy: its propagation
-            # delay does not (the link carries the next transfer meanwhile)
-            wire = delay.copy()
-            wire[1:] = 0.0
             busy.append(chain.evaluate(plans, _batch(bw[:1], D, clients=1.0, delay=wire)).comm_ms[0, :, 2:])
             two = chain.evaluate(plans, _batch(bw[:1], D, clients=2.0, delay=delay))
             comm.append(one.comm_ms)  # (G, P, D)

@@ -504,6 +504,7 @@ def _differences(summary: dict[str, Any]) -> list[str]:
                 f"{n} ran {cal[n] / k:.2f}× the time its emulation asked for: this host could not keep "
                 "up (the sim uses the calibrated speed, and with it the sim's plans differ)"
             )
+    deadline = max((c.get("deadline_ms") or 0.0) for c in summary["scenario"].get("clients", [{}]))
     for r in summary["compare"]["policies"]:
         if r["within_10pct"]:
             continue
@@ -515,7 +516,6 @@ def _differences(summary: dict[str, Any]) -> list[str]:
                 f"; {gap:+.1f} ms: about what the runtime itself costs per request (serialising, "
                 "sockets, Python), which the model leaves out, and most of a request this short"
             )
-        deadline = max((c.get("deadline_ms") or 0.0) for c in summary["scenario"].get("clients", [{}]))
         lm, sm = r["live_mean_ms"], r["sim_mean_ms"]
         if min(ld, sd) > 0.1 and abs(ld - sd) <= 0.1 and lm is not None and sm is not None and lm < sm:
             why += (

@@ -316,6 +316,7 @@ def run_live(
 
 
 SETTLE_S = 2.0  # links at their first rate before each policy: two probe pauses at least
+RULE_WAIT_S = 0.5  # then the sources apply the policy's first rule (acked in a few ms here)
 
 
 def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl_cfg: Any,
@@ -355,15 +356,19 @@ def _phase(s: Scenario, cond: dict[str, np.ndarray], spec: str, repeat: int, ctl
     asked = [c.requests for c in clients]
     wall = time.perf_counter()
     try:
-        start = time.time() + settle_s  # emulated uplinks hold their first rate until then
+        # emulated uplinks hold their first rate until the schedule starts, and the first frames go
+        # out then too: after the links settled and every source applied this policy's first rule
+        start = time.time() + settle_s + RULE_WAIT_S
         control.publish(Message(f"adaptive/{ctl_cfg.cluster}/emulation",
                                 json.dumps({"v": 1, "trace_start": start}).encode(), 1))
         stop.wait(settle_s)
-        controller.step()  # every source's first rule, applied before its first frame: a frame
-        # decided on the previous policy's rule (still retained until this one lands) is not this one's
-        behind = controller.wait_rules(5.0)
+        controller.step()  # every source's first rule: a frame decided on the previous policy's
+        # (retained until this one lands) would not be this policy's
+        behind = controller.wait_rules(max(start - time.time(), 0.0))
         if behind:
-            log.warning("%s: sources %s had not applied their first rule after 5 s", spec, behind)
+            log.warning("%s: sources %s had not applied their first rule when the schedule started",
+                        spec, behind)
+        stop.wait(max(start - time.time(), 0.0))
         t0 = time.monotonic()
         for sch in schedules:
             sch.start(t0)

@@ -27,8 +27,7 @@ class LinkShaper:
         burst_bytes: Bytes that may pass at once after an idle period; none by default: every byte
             takes its time at the rate, as the latency model charges it. (A 4,000-byte burst, the
             default until 2026-12-03, carried a 4 KB activation in 2 ms instead of 82 at 0.4
-            Mbit/s, and live runs of seed 004's configuration 2 beat their simulation by up to
-            180 ms.)
+            Mbit/s: ``test_an_idle_link_lends_no_burst_by_default`` fails with it.)
     """
 
     POLL_S = 0.02  # a waiting sender looks at the rate this often
