@@ -4,4 +4,6 @@ Every policy follows one protocol (:class:`agents.policies.Policy`), so one eval
 (:func:`agents.evaluate.evaluate`) compares them on identical episodes.
 """
 
+import adaptive  # noqa: F401  (resolves moved paths such as agents.experiment)
+
 __all__ = ["evaluate", "oracle", "policies", "ppo"]

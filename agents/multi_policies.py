@@ -1,8 +1,8 @@
 """Heuristic plans for several clients sharing the accelerators (``adaptive/MultiClient-v0``).
 
 Every policy has Stable-Baselines3's ``predict`` signature and returns one plan index per client
-slot. They read the observation through :class:`adaptive.multiclient.ClusterObservation` and
-predict with :class:`adaptive.multiclient.SharedChain`, as a live controller would, except the
+slot. They read the observation through :class:`adaptive.model.shared_chain.ClusterObservation` and
+predict with :class:`adaptive.model.shared_chain.SharedChain`, as a live controller would, except the
 clairvoyant reference, which reads the episode's true future.
 
 * ``device-only``: every client runs the whole model on its edge device.
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.multiclient import ClusterState
+from adaptive.model.shared_chain import ClusterState
 
 __all__ = ["Clairvoyant", "Coordinated", "DeviceOnly", "FixedPlan", "FullOffload", "Greedy",
            "Hysteresis", "MultiActor", "MultiClientHeuristic", "StaticHindsight", "make_multi_heuristic"]
@@ -337,7 +337,7 @@ class MultiActor:
     best allowed plan.
 
     Args:
-        net: The actor (:class:`adaptive.mlp.MlpPolicyNet`).
+        net: The actor (:class:`adaptive.model.mlp.MlpPolicyNet`).
         num_clients: ``K``.
     """
 

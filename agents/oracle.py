@@ -72,7 +72,7 @@ class OraclePolicy:
         """Solve the episode (the env must have just been reset)."""
         u = env.unwrapped
         self.actions, self.total_cost = hindsight_oracle(step_costs(env, False), step_costs(env, True),
-                                                         u._current)
+                                                         u.current_plan)
         self._t = 0
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,

@@ -3,7 +3,7 @@
 The protocol is Stable-Baselines3's ``predict`` signature, so a trained ``MaskablePPO`` is a
 :class:`Policy` as it is. Heuristics that need the episode (the static plans, the hindsight
 oracle) also implement ``begin_episode(env)``, which :func:`agents.evaluate.run_episode` calls after
-every reset. Heuristics read the observation through :class:`adaptive.observation.ObservationSpec`
+every reset. Heuristics read the observation through :class:`adaptive.model.observation.ObservationSpec`
 and predict with the latency model, exactly as the live controller would.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from adaptive.latency import ConditionBatch, SplitModel
-from adaptive.observation import CandidatePlans, ObservationSpec
+from adaptive.model.latency import ConditionBatch, SplitModel
+from adaptive.model.observation import CandidatePlans, ObservationSpec
 
 __all__ = [
     "DeviceOnly",

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from adaptive.errors import AdaptiveError
-from adaptive.mlp import MlpPolicyNet
-from adaptive.observation import MULTI_ENV, PolicySpec
+from adaptive.model.mlp import MlpPolicyNet
+from adaptive.model.observation import MULTI_ENV, PolicySpec
 from envs.config import EnvConfig, MultiClientConfig
 
 __all__ = ["TrainResult", "export_mlp", "load_actor", "load_hyperparams", "load_policy", "mlp_path", "train"]

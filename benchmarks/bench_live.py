@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -41,56 +40,38 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.broker import EmbeddedBroker
-from adaptive.latency import Conditions, SplitModel
-from adaptive.plans import PlanArray
-from adaptive.profiles import resolve_device, resolve_model
+from adaptive.lab.cluster import Cluster as LabCluster
+from adaptive.lab.cluster import NodeSpec
+from adaptive.lab.ports import free_port
+from adaptive.model.latency import Conditions, SplitModel
+from adaptive.model.plans import PlanArray
+from adaptive.model.profiles import resolve_device, resolve_model
+from adaptive.nn.zoo import default_input_shape
+from adaptive.protocol.messages import Message, PlanMessage, plan_topic
 from adaptive.runtime.client import InferenceClient, plan_label
-from adaptive.zoo import default_input_shape
-from monitor.collector import Collector
-from monitor.ports import free_port
-from monitor.schema import Message, PlanMessage, plan_topic
-from monitor.transport import MqttTransport, parse_broker_url
+from monitor.transport import MqttTransport
 
 CLUSTER = "bench"
 
 
 class Cluster:
-    """Broker + pi (emulated Raspberry Pi 4, shaped uplink) + host accelerator, as processes."""
+    """pi (emulated Raspberry Pi 4, shaped uplink) + host accelerator, on a lab cluster."""
 
     def __init__(self, model: str, uplink_mbps: float, monitors: bool = False,
                  pi_device: str = "raspberry-pi-4", host_emulate: str | None = None,
                  host_slowdown: float = 1.0) -> None:
         self.model = model
-        self.broker = EmbeddedBroker("127.0.0.1", free_port()).start()
-        self.url = parse_broker_url(self.broker.url)
-        probe = {"pi": free_port(), "host": free_port()}
-        common = [sys.executable, "-m", "adaptive", "node", "--broker", self.broker.url, "--cluster", CLUSTER,
-                  "--model", model]
-        pi = [*common, "--node", "pi", "--device", pi_device, "--uplink-mbps", str(uplink_mbps)]
-        if pi_device != "xeon-vm":  # a device this machine is not: pad its stages to the profile
-            pi += ["--emulate", pi_device]
-        host = [*common, "--node", "host", "--device", host_emulate or "xeon-vm", "--uplink-mbps", "1000",
-                "--slowdown", str(host_slowdown)]
-        if host_emulate:
-            host += ["--emulate", host_emulate]
-        if monitors:
-            pi += ["--monitor", "--probe-port", str(probe["pi"]), "--peers",
-                   f"host=127.0.0.1:{probe['host']}", "--probe-interval", "1", "--interval", "1"]
-            host += ["--monitor", "--probe-port", str(probe["host"]), "--interval", "1"]
-        self.procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                      for c in (pi, host)]
-        self.control = MqttTransport(self.url, "bench-control").start()
+        nodes = [
+            # a device this machine is not is emulated: its stages padded to the profile
+            NodeSpec("pi", pi_device, "host" if monitors else None, emulate=pi_device != "xeon-vm",
+                     monitor=monitors, extra=("--uplink-mbps", str(uplink_mbps))),
+            NodeSpec("host", host_emulate or "xeon-vm", emulate=host_emulate is not None, monitor=monitors,
+                     extra=("--uplink-mbps", "1000", "--slowdown", str(host_slowdown))),
+        ]
+        self.lab = LabCluster(model, nodes, cluster=CLUSTER).start(60.0)
+        self.url = self.lab.address
+        self.control = self.lab.control
         self.version = 0
-        with Collector(self.url, CLUSTER) as col:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                v = col.nodes()
-                if all(n in v and v[n].status and v[n].status.data_endpoint for n in ("pi", "host")):
-                    break
-                time.sleep(0.2)
-            else:
-                raise RuntimeError("nodes did not come up")
 
     def publish(self, splits: tuple[int, ...], codecs: tuple[str, ...] = ()) -> None:
         """Publish the next plan version (retained, QoS 1)."""
@@ -101,12 +82,7 @@ class Cluster:
 
     def close(self) -> None:
         """Stop the nodes and the broker."""
-        self.control.close()
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            p.wait(timeout=10)
-        self.broker.close()
+        self.lab.close()
 
 
 def latency_of(cluster: Cluster, splits: tuple[int, ...], n: int,
@@ -151,8 +127,8 @@ def overhead(model: str, bw: float) -> dict[str, Any]:
     """
     import torch
 
-    from adaptive.partition import partition
-    from adaptive.zoo import build_model
+    from adaptive.nn.partition import partition
+    from adaptive.nn.zoo import build_model
 
     torch.set_num_threads(1)
     part = partition(build_model(model), default_input_shape(model), name=model)
@@ -184,8 +160,8 @@ def overhead(model: str, bw: float) -> dict[str, Any]:
 
 
 def reaction(model: str = "mobilenet_v2", cycles: int = 8) -> dict[str, Any]:
-    from adaptive.controller import Controller, ControllerConfig
-    from agents.live import build_policy
+    from adaptive.control.controller import Controller, ControllerConfig
+    from agents.wiring import build_policy
 
     rng = np.random.default_rng(0)
     cluster = Cluster(model, 30.0, monitors=True)
@@ -258,68 +234,52 @@ def source_reaction(model: str = "mobilenet_v2", steps: int = 16, rate_hz: float
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from monitor.rules import RuleMessage, rule_topic
+    from adaptive.protocol.rules import RuleMessage, rule_topic
 
     rng = np.random.default_rng(1)
     tmp = Path(tempfile.mkdtemp(prefix="source-"))
-    broker = EmbeddedBroker("127.0.0.1", free_port()).start()
-    url = parse_broker_url(broker.url)
-    probe, metrics_port = {"pi": free_port(), "host": free_port()}, free_port()
-    common = [sys.executable, "-m", "adaptive", "node", "--broker", broker.url, "--cluster", CLUSTER,
-              "--model", model, "--monitor", "--interval", "0.5"]
+    metrics_port = free_port()
     config = tmp / "controller.yaml"
     config.write_text(f"model_profile: {model}\ncluster: {CLUSTER}\ninterval_s: 1.0\nsource_rule: true\n"
                       "chain:\n  - {node: pi, device: raspberry-pi-4}\n  - {node: host, device: xeon-vm}\n")
     duration = 10 + steps * 6.5
     records_csv = tmp / "requests.csv"
-    commands = {
-        "host": [*common, "--node", "host", "--device", "xeon-vm", "--uplink-mbps", "1000", "--probe-port",
-                 str(probe["host"])],
-        "pi": [*common, "--node", "pi", "--device", "raspberry-pi-4", "--emulate", "raspberry-pi-4",
-               "--uplink-mbps", str(high), "--probe-port", str(probe["pi"]), "--peers",
-               f"host=127.0.0.1:{probe['host']}", "--probe-interval", f"{probe_interval_s:g}",
-               "--metrics-port", str(metrics_port)],
-        "controller": [sys.executable, "-m", "adaptive", "controller", "--broker", broker.url, "--config",
-                       str(config), "--policy", "greedy"],
-    }
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for name, cmd in commands.items()}
+    nodes = [NodeSpec("pi", "raspberry-pi-4", "host", probe_interval_s=probe_interval_s, interval_s=0.5,
+                      extra=("--uplink-mbps", str(high), "--metrics-port", str(metrics_port))),
+             NodeSpec("host", "xeon-vm", emulate=False, interval_s=0.5, extra=("--uplink-mbps", "1000"))]
     rules: list[tuple[float, RuleMessage]] = []
-    control = MqttTransport(url, "bench-source", subscriptions=[(rule_topic(CLUSTER, "pi"), 1)],
-                            on_message=lambda t, p: rules.append((time.time(), RuleMessage.decode(p))))
-    control.start()
-    client = None
     marks: list[tuple[float, float]] = []
-    try:
-        deadline = time.monotonic() + 90
-        while not rules and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not rules:
-            raise RuntimeError("the pi got no decision rule (is the controller running?)")
-        client = subprocess.Popen([sys.executable, "-m", "adaptive", "client", "--broker", broker.url,
-                                   "--cluster", CLUSTER, "--model", model, "--rate", f"{rate_hz:g}",
-                                   "--duration", f"{duration:g}", "--out", str(records_csv),
-                                   "--timeout", "30"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while (not records_csv.exists() or records_csv.stat().st_size < 300) and client.poll() is None:
-            time.sleep(0.2)
-        time.sleep(5)
-        for i in range(steps):
-            rate = low if i % 2 == 0 else high
-            time.sleep(rng.uniform(0, 1.0))
-            marks.append((time.time(), rate))
-            _set_uplink_via(control, rate)
+    with LabCluster(model, nodes, cluster=CLUSTER) as lab:
+        lab.start(90.0)
+        lab.spawn("controller", [sys.executable, "-m", "adaptive", "controller", "--broker", lab.url,
+                                 "--config", str(config), "--policy", "greedy"])
+        control = MqttTransport(lab.address, "bench-source", subscriptions=[(rule_topic(CLUSTER, "pi"), 1)],
+                                on_message=lambda t, p: rules.append((time.time(), RuleMessage.decode(p))))
+        control.start()
+        try:
+            deadline = time.monotonic() + 90
+            while not rules and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not rules:
+                raise RuntimeError("the pi got no decision rule (is the controller running?)")
+            client = lab.spawn("client", [sys.executable, "-m", "adaptive", "client", "--broker", lab.url,
+                                          "--cluster", CLUSTER, "--model", model, "--rate", f"{rate_hz:g}",
+                                          "--duration", f"{duration:g}", "--out", str(records_csv),
+                                          "--timeout", "30"])
+            while (not records_csv.exists() or records_csv.stat().st_size < 300) and client.poll() is None:
+                time.sleep(0.2)
             time.sleep(5)
-        client.wait(timeout=duration + 120)
-        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    finally:
-        control.close()
-        for p in [*procs.values(), *([client] if client is not None else [])]:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            p.wait(timeout=15)
-        broker.close()
+            for i in range(steps):
+                rate = low if i % 2 == 0 else high
+                time.sleep(rng.uniform(0, 1.0))
+                marks.append((time.time(), rate))
+                lab.emulate({"uplink_mbps": rate})
+                time.sleep(5)
+            client.wait(timeout=duration + 120)
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+                scrape = page.read().decode()
+        finally:
+            control.close()
     with records_csv.open() as f:
         records = list(csv.DictReader(f))
     samples = []
@@ -366,8 +326,8 @@ def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str,
     ``slowdown``, so the true scale is exactly ``slowdown``; the controller believes the profile.
     Closed-loop load starts once the first plan (everything on the accelerator) is applied.
     """
-    from adaptive.controller import Controller, ControllerConfig
-    from agents.live import build_policy
+    from adaptive.control.controller import Controller, ControllerConfig
+    from agents.wiring import build_policy
 
     cluster = Cluster(model, 20.0, monitors=True, host_emulate="jetson-nano", host_slowdown=slowdown)
     cfg = ControllerConfig.from_dict({"model_profile": model, "cluster": CLUSTER, "interval_s": 1.0,
@@ -401,12 +361,7 @@ def calibration(model: str = "mobilenet_v2", slowdown: float = 2.0) -> dict[str,
 
 def _set_uplink(cluster: Cluster, rate: float) -> None:
     """Pin the pi's emulated uplink to ``rate`` Mbit/s (the node's emulation control topic)."""
-    _set_uplink_via(cluster.control, rate)
-
-
-def _set_uplink_via(control: MqttTransport, rate: float) -> None:
-    payload = json.dumps({"v": 1, "uplink_mbps": rate}).encode()
-    control.publish(Message(f"adaptive/{CLUSTER}/emulation", payload, 1))
+    cluster.lab.emulate({"uplink_mbps": rate})
 
 
 def main() -> None:

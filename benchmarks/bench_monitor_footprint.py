@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from monitor.collector import Collector
-from monitor.ports import free_port
+from adaptive.control.telemetry import Collector
+from adaptive.lab.ports import free_port
 from monitor.transport import parse_broker_url
 
 
@@ -35,7 +35,7 @@ def start_broker() -> tuple[str, object]:
                                 stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         return f"mqtt://127.0.0.1:{port}", proc
-    from adaptive.broker import EmbeddedBroker
+    from adaptive.lab.broker import EmbeddedBroker
 
     return f"mqtt://127.0.0.1:{port}", EmbeddedBroker("127.0.0.1", port).start()
 

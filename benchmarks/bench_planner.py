@@ -18,9 +18,9 @@ import platform
 import statistics
 import time
 
-from adaptive.latency import Conditions, SplitModel
-from adaptive.planner import Planner
-from adaptive.profiles import resolve_device, resolve_model
+from adaptive.model.latency import Conditions, SplitModel
+from adaptive.model.planner import Planner
+from adaptive.model.profiles import resolve_device, resolve_model
 
 CHAINS = {
     "3 devices": ["raspberry-pi-4", "jetson-nano", "jetson-agx-orin"],

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-from adaptive.linkprofile import default_sizes, measure_link
-from adaptive.netns import ShapedLink, netns_available
+from adaptive.lab.netns import ShapedLink, netns_available
+from adaptive.nn.linkprofile import default_sizes, measure_link
 from monitor.agent import AgentConfig, MonitorAgent
 from monitor.probe import ProbeClient, ProbeError
 from monitor.transport import BrokerAddress

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.plans import Plan
+from adaptive.model.plans import Plan
 
 DEVICES = ["raspberry-pi-4", "jetson-nano", "jetson-agx-orin"]
 STATICS = ("static-hindsight", "static-mean", "device-only")
@@ -94,10 +94,10 @@ def simulate(uplink_csv: str, window_s: float, gap_s: float, policies: list[str]
              scales: list[float]) -> dict[str, dict[str, float]]:
     """Per policy (and per static phase's plan), the sim's request and time means on the window."""
     from agents.evaluate import run_episode
-    from agents.live import replay_env
     from agents.oracle import OraclePolicy
     from agents.policies import make_heuristic
     from agents.ppo import load_actor
+    from agents.wiring import replay_env
 
     env, options = replay_env("mobilenet_v2", DEVICES, uplink_csv, window_s, device_scales=scales)
     dt, cands = env.unwrapped.config.dt_s, env.unwrapped.candidates

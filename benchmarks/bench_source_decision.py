@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive.decision import actor_rule, decision_table, grid_choices
-from adaptive.latency import ConditionBatch, SplitModel
-from adaptive.profiles import resolve_device, resolve_model
+from adaptive.model.decision import actor_rule, decision_table, grid_choices
+from adaptive.model.latency import ConditionBatch, SplitModel
+from adaptive.model.profiles import resolve_device, resolve_model
+from adaptive.protocol.rules import RuleMessage, RulePlan
 from adaptive.runtime.source import ActorRunner
 from agents.ppo import load_actor
-from monitor.rules import RuleMessage, RulePlan
 
 DEVICES = ("pi", "jetson", "jetson2")
 

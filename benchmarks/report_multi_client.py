@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401
-from adaptive.multiclient import ClusterState
+from adaptive.model.shared_chain import ClusterState
 from agents.evaluate import evaluate
 from agents.multi_policies import Coordinated, MultiActor, make_multi_heuristic
 from agents.ppo import load_actor

@@ -31,9 +31,9 @@ def mape(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def measure_here(lines: list[str]) -> None:
-    from adaptive.partition import partition
-    from adaptive.profiler import TimingConfig, machine_description, profile_partition
-    from adaptive.zoo import build_model, default_input_shape
+    from adaptive.nn.partition import partition
+    from adaptive.nn.profiler import TimingConfig, machine_description, profile_partition
+    from adaptive.nn.zoo import build_model, default_input_shape
 
     lines += [f"Machine: {machine_description()}; 1 torch thread; batch 1; 21 timed passes per block",
               "and 11 per segment after warm-up; medians. `held-out` fits on half of the segments and",
@@ -54,7 +54,7 @@ def measure_here(lines: list[str]) -> None:
 
 
 def portend(shared: Path, lines: list[str]) -> None:
-    from adaptive.profiler import choose_segments, fit_correction
+    from adaptive.nn.profiler import choose_segments, fit_correction
 
     path = shared / "raw" / "portend" / "portend_segments_long.csv"
     if not path.exists():

@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from adaptive.latency import Conditions, SplitModel
-from adaptive.multiclient import ClusterObservation, SharedChain
-from adaptive.observation import MULTI_ENV, CandidatePlans, PolicySpec, env_candidate_plans
-from adaptive.plans import PlanArray
-from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
+from adaptive.model.latency import Conditions, SplitModel
+from adaptive.model.observation import MULTI_ENV, CandidatePlans, PolicySpec, env_candidate_plans
+from adaptive.model.plans import PlanArray
+from adaptive.model.profiles import resolve_device, resolve_model, scaled_profiles
+from adaptive.model.shared_chain import ClusterObservation, SharedChain
 from envs.config import MultiClientConfig, NodeProcess
 from envs.episodes import link_series, node_process, pinned_links
 from envs.traces import load_traces, resample, shipped_traces
@@ -273,7 +273,7 @@ class MultiClientEnv(gym.Env):
     accelerators (default one Jetson Nano). Clients join and leave. Every step (``dt_s``, 0.25 s)
     the agent picks a plan for every client. The accelerators batch the clients that use them,
     work queues up where a resource cannot keep up, and a frame that could not meet the deadline
-    (default 1 s) is dropped at its source (:mod:`adaptive.multiclient`).
+    (default 1 s) is dropped at its source (:mod:`adaptive.model.shared_chain`).
 
     ## Action Space
 
@@ -283,7 +283,7 @@ class MultiClientEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box`` of :class:`adaptive.multiclient.ClusterObservation`: per slot presence, rate, edge
+    ``Box`` of :class:`adaptive.model.shared_chain.ClusterObservation`: per slot presence, rate, edge
     load, its backlogs (edge and uplink), its uplink history and each candidate's latency alone on
     the cluster; then the accelerators' load, backlog and batch, and the client count. Bandwidth and load are
     reported, noisy and ``staleness_steps`` old; backlogs are current.
@@ -300,7 +300,7 @@ class MultiClientEnv(gym.Env):
     accepts ``{"trace": name}`` (every uplink), ``{"links": [...]}`` (one trace or fixed rate per
     slot), ``"start_s"``, ``{"clients": n}`` (exactly ``n`` clients, none joining or leaving) and
     ``{"rate_rps": r}`` (every client at ``r`` frames/s). ``{"script": {...}}`` gives every step's
-    true conditions instead (a scenario, :mod:`adaptive.scenario`): ``active``, ``rate``, ``bw``
+    true conditions instead (a scenario, :mod:`adaptive.experiments.scenario`): ``active``, ``rate``, ``bw``
     and ``edge_load`` as ``(max_steps, K)`` arrays, ``accel_load`` as ``(max_steps, M)`` and
     optionally ``deadline_ms`` per slot ``(K,)`` (default: the config's); telemetry noise and age
     still apply to what is observed.

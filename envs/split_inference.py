@@ -7,10 +7,10 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from adaptive.latency import ConditionBatch, Conditions, SplitModel
-from adaptive.observation import CandidatePlans, ObservationSpec, PolicySpec, env_candidate_plans
-from adaptive.plans import PlanArray
-from adaptive.profiles import resolve_device, resolve_model, scaled_profiles
+from adaptive.model.latency import ConditionBatch, Conditions, SplitModel
+from adaptive.model.observation import CandidatePlans, ObservationSpec, PolicySpec, env_candidate_plans
+from adaptive.model.plans import PlanArray
+from adaptive.model.profiles import resolve_device, resolve_model, scaled_profiles
 from envs.config import EnvConfig
 from envs.episodes import link_series, node_process, pinned_links
 from envs.traces import load_traces, resample, shipped_traces
@@ -30,7 +30,7 @@ class SplitInferenceEnv(gym.Env):
     bandwidth follows real measured traces (or synthetic ones), each node's background CPU load and
     memory use follow mean-reverting random processes, and clients sharing the accelerator join and
     leave. The step's latency and energy come from the analytical model of seed 000
-    (:mod:`adaptive.latency`) under the *true* state, where a transfer gets the bandwidth
+    (:mod:`adaptive.model.latency`) under the *true* state, where a transfer gets the bandwidth
     integrated over its own duration (one begun in an outage finishes when the link recovers);
     the agent observes what monitors report: noisy, ``staleness_steps`` old (default one step,
     about the age of the live source's uplink estimate), instantaneous.
@@ -59,7 +59,7 @@ class SplitInferenceEnv(gym.Env):
     | next P | one-hot of the plan in force | — | 0 | 1 |
     | last | steps since the last switch / 10 (capped) | — | 0 | 1 |
 
-    The same mapping (:class:`adaptive.observation.ObservationSpec`) drives the live controller.
+    The same mapping (:class:`adaptive.model.observation.ObservationSpec`) drives the live controller.
 
     ## Rewards
 
@@ -249,6 +249,11 @@ class SplitInferenceEnv(gym.Env):
         self._current = int(valid[self.np_random.integers(len(valid))])
         self._dwell = 0
         return self._observe(0), {"traces": list(self.episode_traces), "plan": self._current}
+
+    @property
+    def current_plan(self) -> int:
+        """The index of the plan in force (the previous step's action, or the episode's start)."""
+        return self._current
 
     @property
     def trace_names(self) -> list[str]:

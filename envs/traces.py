@@ -1,11 +1,11 @@
-"""The measured traces shipped with the environment (loading and scaling live in adaptive.traces)."""
+"""The measured traces shipped with the environment (loading and scaling live in adaptive.model.traces)."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
-from adaptive.traces import Trace, TraceScaling, load_trace, load_traces, resample, synthetic
+from adaptive.model.traces import Trace, TraceScaling, load_trace, load_traces, resample, synthetic
 
 __all__ = ["Trace", "TraceScaling", "load_trace", "load_traces", "resample", "shipped_traces", "synthetic"]
 

@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from adaptive.protocol.messages import LinkEstimate, Message, Status, Telemetry, status_topic, telemetry_topic
 from monitor.probe import ProbeClient, ProbeError, ProbeServer
 from monitor.sampler import PsutilSampler, ResourceSample, Sampler, passive_rates
-from monitor.schema import LinkEstimate, Message, Status, Telemetry, status_topic, telemetry_topic
 from monitor.transport import BrokerAddress, MqttTransport
 
 __all__ = ["AgentConfig", "MonitorAgent"]

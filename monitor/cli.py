@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_peers(text: str) -> dict[str, tuple[str, int]]:
     """``ID=HOST:PORT,...`` to ``{id: (host, port)}``; raises ValueError naming a bad entry."""
+    from adaptive.protocol.messages import SchemaError, check_id
     from monitor.probe import parse_hostport
-    from monitor.schema import SchemaError, check_id
 
     peers: dict[str, tuple[str, int]] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT; returns the exit code."""
     from dataclasses import replace
 
+    from adaptive.protocol.messages import SchemaError
     from monitor.agent import AgentConfig, MonitorAgent
-    from monitor.schema import SchemaError
     from monitor.transport import parse_broker_url
 
     try:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from monitor.schema import Status
+from adaptive.protocol.messages import Status
 
 __all__ = ["Presence"]
 

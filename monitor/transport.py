@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.schema import Message
+from adaptive.protocol.messages import Message
 
 __all__ = ["BrokerAddress", "MqttTransport", "parse_broker_url"]
 

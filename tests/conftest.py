@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 
-from adaptive.profiles import device_from_dict, model_from_dict
+from adaptive.model.profiles import device_from_dict, model_from_dict
+from tests.brokers import Embedded, Mosquitto
 
 EDGE = {
     "schema": "adaptive.device/v1", "name": "edge", "accelerator": "cpu", "memory_mb": 100.0,
@@ -73,3 +75,19 @@ def toy():
 @pytest.fixture
 def toy_doc():
     return copy.deepcopy(TOY_MODEL)
+
+
+BROKERS = ["mosquitto", "embedded"]
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request, tmp_path):
+    """A running broker of each kind (Mosquitto skipped where it is not installed)."""
+    if request.param == "mosquitto":
+        if shutil.which("mosquitto") is None:
+            pytest.skip("mosquitto is not installed (.ci/run installs it)")
+        b = Mosquitto(tmp_path).start()
+    else:
+        b = Embedded().start()
+    yield b
+    b.stop()

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adaptive`` console script; returns the exit code."""
     from adaptive.errors import AdaptiveError
-    from monitor.schema import SchemaError
+    from adaptive.protocol.messages import SchemaError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from adaptive.errors import AdaptiveError
-    from adaptive.scenario import Scenario
+    from adaptive.experiments.scenario import Scenario
 
     scenario = Scenario.load(args.scenario)
     if (args.repeats is not None and args.repeats < 1) or (args.seed is not None and args.seed < 0):
@@ -64,8 +64,8 @@ def _run(args: argparse.Namespace) -> int:
         raise AdaptiveError("--shaping is for --mode live")
     if args.mode == "live":
         return _run_live(scenario.for_live(), out, args)
-    from adaptive.report import write_run
-    from agents.experiment import simulate
+    from adaptive.experiments.report import write_run
+    from adaptive.experiments.simulate import simulate
 
     started = time.perf_counter()
 
@@ -92,9 +92,9 @@ def _run_live(scenario: Any, out: Any, args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from adaptive.report import compare, write_run
-    from agents.experiment import simulate
-    from agents.experiment_live import check_live, run_live
+    from adaptive.experiments.live import check_live, run_live
+    from adaptive.experiments.report import compare, write_run
+    from adaptive.experiments.simulate import simulate
 
     if args.seed is not None:
         scenario = dataclasses.replace(scenario, seed=args.seed)
@@ -126,7 +126,7 @@ def _run_live(scenario: Any, out: Any, args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         sim = simulate(sim_s)
         sim_summary = write_run(out / "sim", sim_s, sim["rows"], sim["runs"], "sim", time.perf_counter() - t0)
-        from adaptive.report import scenario_doc, summarise
+        from adaptive.experiments.report import scenario_doc, summarise
 
         live_pol = summarise(result["rows"], scenario_doc(scenario))["policies"]
         extra["compare"] = compare(live_pol, sim_summary["policies"])
@@ -240,7 +240,7 @@ def _report(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from adaptive.report import write_report
+    from adaptive.experiments.report import write_report
 
     path = write_report(Path(args.dir))
     summary = json.loads((Path(args.dir) / "summary.json").read_text(encoding="utf-8"))
@@ -252,7 +252,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from adaptive.scenario import Scenario, shipped_scenarios
+    from adaptive.experiments.scenario import Scenario, shipped_scenarios
 
     for name, path in sorted(shipped_scenarios().items()):
         s = Scenario.load(path)

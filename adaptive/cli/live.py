@@ -160,7 +160,7 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 def _run_node(args: argparse.Namespace) -> int:
     from adaptive.errors import AdaptiveError
-    from adaptive.profiles import resolve_device, resolve_model
+    from adaptive.model.profiles import resolve_device, resolve_model
     from adaptive.runtime.node import (
         NodeConfig,
         NodeRuntime,
@@ -238,8 +238,8 @@ def _metrics(role: str, args: argparse.Namespace) -> Any:
     """Start the Prometheus endpoint if ``--metrics-port`` was given; returns the metrics or None."""
     if args.metrics_port is None:
         return None
+    from adaptive.control.metrics import Metrics
     from adaptive.errors import AdaptiveError
-    from adaptive.metrics import Metrics
 
     if not 0 < args.metrics_port < 65536:
         raise AdaptiveError(f"--metrics-port must be in 1..65535, found {args.metrics_port}")
@@ -259,16 +259,16 @@ def _run_keys(args: argparse.Namespace) -> int:
 
 
 def _run_controller(args: argparse.Namespace) -> int:
-    from adaptive.controller import Controller, ControllerConfig
+    from adaptive.control.controller import Controller, ControllerConfig
     from adaptive.errors import AdaptiveError
-    from agents.live import build_policy
+    from agents.wiring import build_policy
 
     config = ControllerConfig.load(args.config)
     metrics = _metrics("controller", args)
     controller: Controller
     if config.sources:  # several clients share the accelerators: one joint decision, a rule each
-        from adaptive.shared_controller import SharedController
-        from agents.live import build_multi_policy
+        from adaptive.control.shared_controller import SharedController
+        from agents.wiring import build_multi_policy
 
         w = build_multi_policy(args.policy or "coordinated", config)
         candidates, name = w.candidates, w.name
@@ -298,8 +298,8 @@ def _run_client(args: argparse.Namespace) -> int:
     import numpy as np
 
     from adaptive.errors import AdaptiveError
+    from adaptive.nn.zoo import default_input_shape
     from adaptive.runtime.client import InferenceClient, RecordWriter
-    from adaptive.zoo import default_input_shape
 
     shape = _shape(args.input_shape) or default_input_shape(args.model)
     if args.duration <= 0 or (args.rate is not None and args.rate <= 0) or args.concurrency < 1:
@@ -335,14 +335,14 @@ def _run_client(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from adaptive.demo import DemoConfig, run_demo
     from adaptive.errors import AdaptiveError
+    from adaptive.lab.demo import DemoConfig, run_demo
 
     if args.duration < 15 or args.trace_median_mbps <= 0:
         raise AdaptiveError("--duration must be >= 15 s and --trace-median-mbps > 0")
     if args.clients != 1:
         return _run_clients_demo(args)
-    from agents.live import build_policy, static_plans
+    from agents.wiring import build_policy, static_plans
 
     summary = run_demo(DemoConfig(model=args.model, policy=args.policy, trace=args.trace,
                                   trace_median_mbps=args.trace_median_mbps, duration_s=args.duration,
@@ -369,8 +369,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_clients_demo(args: argparse.Namespace) -> int:
-    from adaptive.demo_clients import TRACES, ClientsDemoConfig, run_clients_demo
     from adaptive.errors import AdaptiveError
+    from adaptive.lab.demo_clients import TRACES, ClientsDemoConfig, run_clients_demo
 
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     if not 2 <= args.clients <= len(TRACES) or not policies or not args.rate > 0:
@@ -378,7 +378,7 @@ def _run_clients_demo(args: argparse.Namespace) -> int:
     if args.trace or args.policy != "auto":
         raise AdaptiveError("with --clients, each pi replays its own shipped trace and --policies names the "
                             "policies; --trace and --policy apply to the one-chain demo")
-    from agents.live import build_multi_policy, static_multi_plan
+    from agents.wiring import build_multi_policy, static_multi_plan
 
     out = args.out if args.out != "runs/demo" else "runs/demo-clients"
     summary = run_clients_demo(ClientsDemoConfig(

@@ -94,8 +94,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _partition(args: argparse.Namespace) -> Any:
     from adaptive.cli.args import parse_ints
     from adaptive.errors import AdaptiveError
-    from adaptive.partition import partition
-    from adaptive.zoo import build_model, default_input_shape
+    from adaptive.nn.partition import partition
+    from adaptive.nn.zoo import build_model, default_input_shape
 
     model = build_model(args.model, args.weights)
     if args.input_shape:
@@ -153,13 +153,13 @@ def _run_profile_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from adaptive.errors import AdaptiveError
-    from adaptive.profiler import (
+    from adaptive.model.profiles import load_model, model_from_dict, model_to_dict, save_profile
+    from adaptive.nn.profiler import (
         TimingConfig,
         model_profile_doc,
         profile_codecs,
         profile_partition,
     )
-    from adaptive.profiles import load_model, model_from_dict, model_to_dict, save_profile
 
     if min(args.threads, args.repeats, args.segment_repeats) < 1 or args.warmup < 0:
         raise AdaptiveError("--threads, --repeats and --segment-repeats must be >= 1, --warmup >= 0")
@@ -205,7 +205,7 @@ def _run_profile_link(args: argparse.Namespace) -> int:
     import yaml
 
     from adaptive.errors import AdaptiveError
-    from adaptive.linkprofile import default_sizes, measure_link
+    from adaptive.nn.linkprofile import default_sizes, measure_link
     from monitor.probe import ProbeError, parse_hostport
 
     try:
@@ -246,8 +246,8 @@ def _run_profile_device(args: argparse.Namespace) -> int:
     import yaml
 
     from adaptive.errors import AdaptiveError
-    from adaptive.profiler import machine_description, profile_data_movement
-    from adaptive.profiles import device_from_dict, save_profile
+    from adaptive.model.profiles import device_from_dict, save_profile
+    from adaptive.nn.profiler import machine_description, profile_data_movement
 
     moves, method = profile_data_movement()
     link = {"first_packet_ms": 0.1, "per_kb_ms": 8.0e-3, "offset_ms": 0.0,
@@ -288,9 +288,9 @@ def _run_profile_derive(args: argparse.Namespace) -> int:
     import numpy as np
     import yaml
 
-    from adaptive.derive import COMMON_ARCHITECTURES, derive
     from adaptive.errors import AdaptiveError
-    from adaptive.profiles import load_model, model_from_dict, model_to_dict, save_profile
+    from adaptive.model.derive import COMMON_ARCHITECTURES, derive
+    from adaptive.model.profiles import load_model, model_from_dict, model_to_dict, save_profile
 
     profiles = {path: load_model(path) for path in args.models}
     for path, prof in profiles.items():

@@ -33,8 +33,8 @@ def _run_broker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from adaptive.broker import EmbeddedBroker
     from adaptive.errors import AdaptiveError
+    from adaptive.lab.broker import EmbeddedBroker
 
     try:
         import amqtt  # noqa: F401  (only to give a clear message when the extra is missing)

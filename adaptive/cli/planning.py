@@ -86,8 +86,8 @@ def _objective(p: argparse.ArgumentParser) -> None:
 def _setup(args: argparse.Namespace, *, bandwidth: bool = True) -> tuple[Any, Any]:
     from adaptive.cli.args import parse_floats, parse_ints, parse_names
     from adaptive.errors import AdaptiveError
-    from adaptive.latency import Conditions, SplitModel
-    from adaptive.profiles import resolve_device, resolve_model
+    from adaptive.model.latency import Conditions, SplitModel
+    from adaptive.model.profiles import resolve_device, resolve_model
 
     names = parse_names(args.devices, "--devices")
     devices = [resolve_device(n) for n in names]
@@ -113,7 +113,7 @@ def _setup(args: argparse.Namespace, *, bandwidth: bool = True) -> tuple[Any, An
 
 def _planner(args: argparse.Namespace, split_model: Any) -> tuple[Any, Any, dict[str, Any]]:
     from adaptive.cli.args import parse_floats
-    from adaptive.planner import Constraints, Planner
+    from adaptive.model.planner import Constraints, Planner
 
     constraints = Constraints(
         slo_ms=parse_floats(args.slo_ms, "--slo-ms", positive=True)[0] if args.slo_ms else None,
@@ -169,8 +169,8 @@ def _print_breakdown(out: dict[str, Any]) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from adaptive.cli.args import parse_ints, parse_names
-    from adaptive.planner import Planner
-    from adaptive.plans import Plan, validate_splits
+    from adaptive.model.planner import Planner
+    from adaptive.model.plans import Plan, validate_splits
 
     split_model, cond = _setup(args)
     splits = validate_splits(parse_ints(args.splits, "--splits"), split_model.num_blocks,
@@ -271,7 +271,7 @@ def _run_table(args: argparse.Namespace) -> int:
 
 
 def _run_profiles(args: argparse.Namespace) -> int:
-    from adaptive.profiles import list_shipped
+    from adaptive.model.profiles import list_shipped
 
     out = {"devices": list_shipped("devices"), "models": list_shipped("models")}
     if args.json:

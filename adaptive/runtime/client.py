@@ -41,7 +41,8 @@ import numpy as np
 import zmq
 
 from adaptive.errors import AdaptiveError
-from adaptive.plans import plan_label
+from adaptive.model.plans import plan_label
+from adaptive.protocol.messages import PlanMessage, SchemaError, Status, check_id, parse_topic, plan_topic
 from adaptive.runtime.wire import (
     DEFAULT_MAX_PAYLOAD,
     Frame,
@@ -51,7 +52,6 @@ from adaptive.runtime.wire import (
     tensor_frame,
 )
 from monitor.presence import Presence
-from monitor.schema import PlanMessage, SchemaError, Status, check_id, parse_topic, plan_topic
 from monitor.transport import BrokerAddress, MqttTransport
 
 __all__ = ["InferenceClient", "RecordWriter", "RequestRecord", "plan_label", "write_records"]

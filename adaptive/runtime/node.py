@@ -37,16 +37,10 @@ import torch
 import zmq
 
 from adaptive.errors import AdaptiveError
-from adaptive.partition import partition
-from adaptive.profiles import ModelProfile
-from adaptive.runtime.links import Outbox
-from adaptive.runtime.shaping import LinkShaper
-from adaptive.runtime.source import ActorRunner, SourceDecider, check_rule
-from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
-from adaptive.zoo import build_model, default_input_shape
-from monitor.presence import Presence
-from monitor.rules import RuleMessage, rule_topic
-from monitor.schema import (
+from adaptive.model.profiles import ModelProfile
+from adaptive.nn.partition import partition
+from adaptive.nn.zoo import build_model, default_input_shape
+from adaptive.protocol.messages import (
     Ack,
     Message,
     PlanMessage,
@@ -62,6 +56,12 @@ from monitor.schema import (
     status_topic,
     version_of,
 )
+from adaptive.protocol.rules import RuleMessage, rule_topic
+from adaptive.runtime.links import Outbox
+from adaptive.runtime.shaping import LinkShaper
+from adaptive.runtime.source import ActorRunner, SourceDecider, check_rule
+from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
+from monitor.presence import Presence
 from monitor.transport import BrokerAddress, MqttTransport
 
 __all__ = ["NodeConfig", "NodeRuntime", "attach_monitor", "check_plan", "check_route"]
@@ -182,7 +182,7 @@ class NodeRuntime:
         ca_file: CA bundle for an ``mqtts://`` broker.
         curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`) for an authenticated,
             encrypted data plane; None for plain TCP.
-        metrics: Prometheus metrics (:class:`adaptive.metrics.NodeMetrics`), or None.
+        metrics: Prometheus metrics (:class:`adaptive.control.metrics.NodeMetrics`), or None.
     """
 
     def __init__(self, config: NodeConfig, broker: BrokerAddress, agent: Any = None,
@@ -650,7 +650,7 @@ def emulated_latency(profile: ModelProfile, device: str) -> tuple[float, ...]:
 def load_trace_series(path: str | Path, dt_s: float,
                       scale_median_mbps: float | None = None) -> tuple[float, ...]:
     """A bandwidth trace file as one value per ``dt_s``, optionally scaled to a median."""
-    from adaptive.traces import load_trace, resample
+    from adaptive.model.traces import load_trace, resample
 
     values = resample(load_trace(path), dt_s)
     if scale_median_mbps:

@@ -22,7 +22,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from adaptive.errors import AdaptiveError
-from monitor.schema import SchemaError, check_id
+from adaptive.protocol.messages import SchemaError, check_id
 
 __all__ = ["CurveKeys", "generate"]
 

@@ -1,7 +1,7 @@
 """The fast level of control: a source node picks each request's plan from its rule and its uplink.
 
 A request enters its source node without a plan; :class:`SourceDecider` stamps one on it at arrival,
-with no network round trip, from the controller's decision rule (:mod:`monitor.rules`) and the
+with no network round trip, from the controller's decision rule (:mod:`adaptive.protocol.rules`) and the
 freshest estimate of the source's uplink — the wire time of the node's own recent transfers, or the
 monitor's probe when it sends nothing (a device-only plan moves no activations):
 
@@ -16,7 +16,7 @@ age, plan) so that benchmarks can say how old the information was.
 
 **Admission.** A table rule with a ``deadline_ms`` makes the source drop a request the model
 predicts later than that, as the environment does (seed 004's frame drop): the bin's predicted
-latency, its transfer rescaled to the estimate (:meth:`monitor.rules.RulePlan.latency_at`), plus
+latency, its transfer rescaled to the estimate (:meth:`adaptive.protocol.rules.RulePlan.latency_at`), plus
 the work this source admitted before it and has not finished, on its own compute and on its uplink.
 That backlog is kept as the model keeps it, not measured (a kernel's send buffer is out of sight):
 each admitted request adds its bin's ``edge_ms`` to the compute, which drains in real time, and
@@ -39,12 +39,12 @@ from typing import NamedTuple
 import numpy as np
 
 from adaptive.errors import AdaptiveError
-from adaptive.mlp import MlpPolicyNet
-from adaptive.observation import ObservationSpec
+from adaptive.model.mlp import MlpPolicyNet
+from adaptive.model.observation import ObservationSpec
+from adaptive.protocol.messages import PlanMessage
+from adaptive.protocol.rules import RuleMessage, RulePlan
 from adaptive.runtime.wire import Frame
 from monitor.presence import Presence
-from monitor.rules import RuleMessage, RulePlan
-from monitor.schema import PlanMessage
 
 __all__ = ["ActorRunner", "Decided", "SourceDecider", "SourceDecision", "check_rule"]
 
@@ -215,7 +215,7 @@ class ActorRunner:
     """A ``policy`` rule made ready to evaluate per request (construction validates the network).
 
     Per request it fills the prefilled observation's fast entries the way the environment does
-    (:class:`adaptive.observation.ObservationSpec`):
+    (:class:`adaptive.model.observation.ObservationSpec`):
 
     * the uplink's history: the newest estimate at or before each of the last ``history`` steps of
       ``step_s``, oldest first (the oldest estimate known stands in before the first);

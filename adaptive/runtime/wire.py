@@ -2,7 +2,7 @@
 
 A frame is a ZeroMQ multipart message of exactly two parts: the UTF-8 JSON header (at most
 :data:`MAX_HEADER_BYTES`) and the payload (the activation encoded by a codec of
-:mod:`adaptive.codecs`, at most the receiver's limit). Everything in the header is type- and
+:mod:`adaptive.model.codecs`, at most the receiver's limit). Everything in the header is type- and
 range-checked, and the payload size must equal what the header's shape, dtype and codec imply; a
 frame that fails is rejected with a :class:`WireError` naming the problem, before any tensor is
 built.
@@ -23,7 +23,7 @@ request at admission, predicted past its deadline; final), ``trace`` (per-node t
 Every work frame carries its own plan, and every node validates it and runs its stage of it: any
 node runs any valid plan with no handshake, and a switch changes nothing for requests in flight. A
 request may enter its source node (``hop`` 0, ``position`` 0) without a plan: the source then picks
-one from its decision rule (:mod:`monitor.rules`) and stamps it on the request.
+one from its decision rule (:mod:`adaptive.protocol.rules`) and stamps it on the request.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from adaptive import codecs
 from adaptive.errors import AdaptiveError
+from adaptive.model import codecs
 
 __all__ = ["MAX_HEADER_BYTES", "Frame", "WireError", "decode_frame", "encode_frame", "tensor_frame"]
 

@@ -134,7 +134,7 @@ def test_evaluate_cli_on_the_multi_client_env(tmp_path):
 def test_train_then_evaluate_ppo_on_the_multi_client_env(tmp_path):
     import json
 
-    from adaptive.observation import MULTI_ENV, PolicySpec
+    from adaptive.model.observation import MULTI_ENV, PolicySpec
     from tests.agents.test_policies import run_cli
 
     hyper = tmp_path / "ppo.yml"
@@ -161,7 +161,7 @@ def test_train_then_evaluate_ppo_on_the_multi_client_env(tmp_path):
 def test_the_shipped_multi_client_policy_matches_the_default_env():
     from importlib import resources
 
-    from adaptive.observation import MULTI_ENV
+    from adaptive.model.observation import MULTI_ENV
     from agents.multi_policies import MultiActor
     from agents.ppo import load_actor
 

@@ -155,9 +155,9 @@ def test_maskable_ppo_trains_on_the_batched_env():
 
 def test_environments_on_one_model_and_chain_share_their_candidate_plans(tmp_path):
     """The grid search behind the action set runs once per profile, chain and limits."""
-    from adaptive.latency import SplitModel
-    from adaptive.observation import candidate_plans, env_candidate_plans
-    from adaptive.profiles import resolve_device, resolve_model
+    from adaptive.model.latency import SplitModel
+    from adaptive.model.observation import candidate_plans, env_candidate_plans
+    from adaptive.model.profiles import resolve_device, resolve_model
 
     a = MultiClientEnv()
     cfg = a.unwrapped.config

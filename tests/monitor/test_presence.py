@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from adaptive.protocol.messages import Message, Status
 from monitor.presence import Presence
-from monitor.schema import Message, Status
 from monitor.transport import MqttTransport, parse_broker_url
-from tests.monitor.conftest import Mosquitto
+from tests.brokers import Mosquitto
 
 
 class Clock:

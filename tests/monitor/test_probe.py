@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from adaptive.netns import ShapedLink, netns_available
+from adaptive.lab.netns import ShapedLink, netns_available
 from monitor.agent import AgentConfig, MonitorAgent
 from monitor.probe import HEADER, MAGIC, ProbeClient, ProbeError, ProbeServer, parse_hostport
 from monitor.transport import BrokerAddress

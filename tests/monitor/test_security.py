@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from monitor.collector import Collector
-from monitor.schema import Message, PlanMessage, plan_topic, stats_topic, status_topic, telemetry_topic
+from adaptive.control.telemetry import Collector
+from adaptive.lab.ports import free_port
+from adaptive.protocol.messages import (
+    Message,
+    PlanMessage,
+    plan_topic,
+    stats_topic,
+    status_topic,
+    telemetry_topic,
+)
 from monitor.transport import BrokerAddress, MqttTransport
-from tests.monitor.conftest import free_port, wait_port
+from tests.brokers import wait_port
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (shutil.which("mosquitto") and shutil.which("openssl")

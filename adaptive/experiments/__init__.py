@@ -1,0 +1,1 @@
+"""Experiments: scenario files, run in simulation or on real processes, and their reports."""

@@ -1,0 +1,107 @@
+"""Field checks shared by every message of the MQTT contract: ids, numbers, strings, JSON.
+
+Standard library only (the monitor runs on a bare Raspberry Pi). Each check either returns the
+value or raises :class:`SchemaError` with one line naming the field and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+__all__ = ["MAX_PAYLOAD_BYTES", "VERSION", "SchemaError", "check_id", "check_version", "devices_field",
+           "dump_payload", "integer", "json_object", "load_payload", "number", "string"]
+
+VERSION = 1
+MAX_PAYLOAD_BYTES = 64 * 1024
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class SchemaError(ValueError):
+    """A message or topic does not follow the v1 contract."""
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is a valid cluster or node id (no MQTT wildcards or slashes)."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise SchemaError(f"{what} must match {_ID.pattern} (letters, digits, . _ -), found {value!r}")
+    return value
+
+
+def number(obj: dict[str, Any], key: str, where: str, *, lo: float | None = None,
+         hi: float | None = None, optional: bool = False, allow_null: bool = False) -> float | None:
+    """The number at ``obj[key]``, finite and within ``[lo, hi]``; None if optional and absent."""
+    if key not in obj:
+        if optional:
+            return None
+        raise SchemaError(f"{where}: field '{key}' is required")
+    value = obj[key]
+    if value is None and allow_null:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SchemaError(f"{where}: field '{key}': expected a finite number, found {value!r}"[:200])
+    if lo is not None and value < lo:
+        raise SchemaError(f"{where}: field '{key}': expected >= {lo}, found {value}")
+    if hi is not None and value > hi:
+        raise SchemaError(f"{where}: field '{key}': expected <= {hi}, found {value}")
+    return float(value)
+
+
+def json_object(obj: Any, where: str) -> dict[str, Any]:
+    """``obj`` if it is a JSON object (a dict)."""
+    if not isinstance(obj, dict):
+        raise SchemaError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def string(obj: dict[str, Any], key: str, where: str, *, optional: bool = False) -> str | None:
+    """The string at ``obj[key]`` (at most 256 characters); None if optional and absent."""
+    if key not in obj and optional:
+        return None
+    value = obj.get(key)
+    if not isinstance(value, str) or len(value) > 256:
+        raise SchemaError(f"{where}: field '{key}': expected a string, found {value!r}"[:200])
+    return value
+
+
+def integer(obj: dict[str, Any], key: str, where: str, lo: int = 0) -> int:
+    """The integer at ``obj[key]``, at least ``lo`` (booleans are not integers)."""
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise SchemaError(f"{where}: field '{key}': expected an integer >= {lo}, found {value!r}"[:200])
+    return value
+
+
+def devices_field(obj: dict[str, Any], where: str, limit: int) -> list[str]:
+    """The ``devices`` field: 1..``limit`` distinct node ids."""
+    devices = obj.get("devices")
+    if not isinstance(devices, list) or not 1 <= len(devices) <= limit:
+        raise SchemaError(f"{where}: field 'devices': expected a list of 1..{limit} node ids")
+    devices = [check_id(d, f"{where}: device") for d in devices]
+    if len(set(devices)) != len(devices):
+        raise SchemaError(f"{where}: field 'devices': node ids must be distinct")
+    return devices
+
+
+def check_version(obj: dict[str, Any], where: str) -> None:
+    """Refuse a message whose ``v`` is not this contract's version."""
+    if obj.get("v") != VERSION:
+        raise SchemaError(f"{where}: field 'v': expected {VERSION}, found {obj.get('v')!r}"[:200])
+
+
+def load_payload(payload: bytes | str, where: str, limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    """Parse a JSON object from the network, at most ``limit`` bytes."""
+    if len(payload) > limit:
+        raise SchemaError(f"{where}: payload of {len(payload)} bytes exceeds {limit}")
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{where}: invalid JSON ({exc.__class__.__name__})") from None
+    return json_object(obj, where)
+
+
+def dump_payload(obj: dict[str, Any]) -> bytes:
+    """Compact JSON bytes; refuses NaN and infinities."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
