@@ -91,11 +91,15 @@ class MonitorAgent:
         transport: Pre-built transport (tests); default builds one for ``broker``.
         limiters: Per peer, a ``limiter(nbytes)`` pacing probe traffic (application-level link
             emulation in one-machine clusters; shared with the runtime's data traffic).
+        ca_file: CA bundle for an ``mqtts://`` broker.
+        keepalive_s: MQTT keep-alive, s: the broker publishes the Last Will (``offline``) after
+            1.5 times this without a word from the agent.
     """
 
     def __init__(self, config: AgentConfig, broker: BrokerAddress, *, sampler: Sampler | None = None,
                  transport: MqttTransport | None = None,
-                 limiters: dict[str, Callable[[int], object]] | None = None) -> None:
+                 limiters: dict[str, Callable[[int], object]] | None = None, ca_file: str | None = None,
+                 keepalive_s: int = 10) -> None:
         self.config = config
         self.sampler = sampler or PsutilSampler()
         self.limiters = dict(limiters or {})
@@ -113,7 +117,8 @@ class MonitorAgent:
         self._memory_mb = 0.0
         self.transport = transport or MqttTransport(
             broker, client_id=f"monitor-{config.cluster}-{config.node}",
-            on_connect_messages=lambda: [self._status("online")], buffer_size=config.buffer_size)
+            on_connect_messages=lambda: [self._status("online")], buffer_size=config.buffer_size,
+            ca_file=ca_file, keepalive_s=keepalive_s)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -87,10 +87,8 @@ def run(args: argparse.Namespace) -> int:
             data_endpoint=args.data_endpoint, buffer_size=args.buffer)
         if args.keepalive < 1:
             raise ValueError(f"--keepalive must be >= 1 s, found {args.keepalive}")
-        agent = MonitorAgent(config, broker)
-        agent.transport.keepalive_s = args.keepalive
-        if broker.tls:
-            agent.transport.ca_file = args.ca_file
+        agent = MonitorAgent(config, broker, ca_file=args.ca_file if broker.tls else None,
+                             keepalive_s=args.keepalive)
         agent.start()
     except (ValueError, SchemaError, ConnectionError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from adaptive.protocol.messages import Status
+from adaptive.protocol.messages import SchemaError, Status
 
 __all__ = ["Presence"]
 
@@ -50,6 +50,17 @@ class Presence:
                 return
             self._held.pop(node, None)
             self._apply(status)
+
+    def receive(self, node: str, payload: bytes) -> None:
+        """Decode and record the status published on ``node``'s status topic.
+
+        Raises:
+            SchemaError: An invalid status, or one that names another node (nobody speaks for others).
+        """
+        status = Status.decode(payload)
+        if status.node != node:
+            raise SchemaError(f"status names node '{status.node}' on the topic of '{node}'")
+        self.update(status)
 
     def disconnected(self) -> None:
         """Our broker session dropped: the ``offline`` statuses still held may be the broker's own doing."""

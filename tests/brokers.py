@@ -5,23 +5,10 @@ Shared by every test folder; the ``broker`` fixture over both kinds is in ``test
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from adaptive.lab.ports import free_port
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
+from adaptive.lab.ports import free_port, wait_port
 
 
 class Mosquitto:

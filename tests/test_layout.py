@@ -1,4 +1,4 @@
-"""The house rules, read from the source (AST, nothing imported): floors, circles, privacy.
+"""The house rules, read from the source (AST, nothing imported): floors, circles, privacy, size.
 
 Each module lives on a floor and imports only from its own floor or the floors below. The table
 is the rule; README's layout table and ARCHITECTURE draw the same picture.
@@ -38,6 +38,8 @@ ONLY: dict[str, tuple[str, ...]] = {
 # The package roots: ``adaptive/__init__`` installs the moved paths, the others import it for that.
 ROOTS = {"adaptive", "agents", "envs", "monitor"}
 
+LIBRARY_FUNCTION_LINES = 80  # a function reads in one screen
+LIBRARY_CLASS_LINES = 350
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
 
 
@@ -182,6 +184,23 @@ def test_no_module_reaches_into_another_modules_private_names() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def _too_long(trees: dict[str, ast.AST]) -> list[str]:
+    wrong = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and lines > LIBRARY_FUNCTION_LINES:
+                wrong.append(f"{name}:{node.lineno} {node.name}(): {lines} lines")
+            if isinstance(node, ast.ClassDef) and lines > LIBRARY_CLASS_LINES:
+                wrong.append(f"{name}:{node.lineno} class {node.name}: {lines} lines")
+    return wrong
+
+
+def test_functions_and_classes_read_in_one_screen() -> None:
+    wrong = _too_long(TREES)
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_rules_catch_what_they_are_meant_to() -> None:
     """The checks above would fail on a forbidden edge (they are not vacuous)."""
     assert _floor("adaptive.model.latency")[0] < _floor("adaptive.control.controller")[0]
@@ -192,3 +211,5 @@ def test_the_rules_catch_what_they_are_meant_to() -> None:
     trees = {"a": ast.parse("class A:\n    def __init__(self):\n        self._stop = 1\n"),
              "b": ast.parse("from a import _helper\ndef f(c):\n    return c._stop, c._replace(), c._other\n")}
     assert _reaches(trees) == ["b:1 imports _helper", "b:3 c._stop"]
+    body = "\n".join(f"    x = {i}" for i in range(LIBRARY_FUNCTION_LINES))
+    assert _too_long({"m": ast.parse(f"def f():\n{body}\n")}) == ["m:1 f(): 81 lines"]

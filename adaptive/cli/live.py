@@ -15,6 +15,16 @@ log = logging.getLogger(__name__)
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the live subcommands."""
+    for add in (_add_node, _add_controller, _add_demo, _add_client, _add_keys):
+        add(sub)
+
+
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
+
+
+def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="run a node runtime (executes model stages)",
                        description="Hold a model replica, run this node's stage of each request.")
     p.add_argument("--node", required=True, help="node id")
@@ -55,11 +65,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curve-keys", metavar="DIR",
                    help="CurveZMQ key directory (from 'adaptive keys'): authenticate and encrypt the data "
                         "plane, admitting only the public keys in DIR; needs DIR/<node>.key_secret")
-    p.add_argument("--metrics-port", type=int,
-                   help="serve Prometheus metrics on this port (default: off)")
-    p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
+    _add_metrics(p)
     p.set_defaults(func=_run_node)
 
+
+def _add_controller(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("controller", help="run the controller daemon (telemetry in, plans out)",
                        description="Choose and publish split plans from live telemetry.")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
@@ -69,11 +79,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "config (several clients) a joint policy: ppo[:PATH] | coordinated | greedy | "
                         "hysteresis | device-only (default coordinated)")
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
-    p.add_argument("--metrics-port", type=int,
-                   help="serve Prometheus metrics on this port (default: off)")
-    p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
+    _add_metrics(p)
     p.set_defaults(func=_run_controller)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole system on one machine in about three minutes",
                        description="Broker, three emulated nodes with monitors, the controller and a client; "
                                    "adaptive (decided per request at the pi) vs static plans chosen in "
@@ -96,6 +106,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=3.0, help="with --clients: frames/s per client (default 3)")
     p.set_defaults(func=_run_demo)
 
+
+def _add_client(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="send inference requests and record their latency",
                        description="Load generator: open loop (--rate) or closed loop (--concurrency).")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
@@ -121,11 +133,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
     p.add_argument("--curve-keys", metavar="DIR",
                    help="CurveZMQ key directory; needs DIR/<client>.key_secret and the nodes' public keys")
-    p.add_argument("--metrics-port", type=int,
-                   help="serve Prometheus metrics on this port (default: off)")
-    p.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint")
+    _add_metrics(p)
     p.set_defaults(func=_run_client)
 
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keys", help="make CurveZMQ key pairs for a secured data plane",
                        description="Write DIR/<ID>.key (public) and DIR/<ID>.key_secret for each id. Give "
                                    "every node and client all the .key files and only its own .key_secret.")

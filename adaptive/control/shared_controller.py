@@ -1,7 +1,7 @@
 """The controller of several clients sharing the accelerators: one joint decision, a rule per client.
 
 Each client is on its own edge device (a *source*: ``chain[0]`` and ``sources`` of the
-:class:`~adaptive.control.controller.ControllerConfig`) with its own uplink, and every source's requests
+:class:`~adaptive.control.config.ControllerConfig`) with its own uplink, and every source's requests
 run along ``[its edge, chain[1], …, chain[M]]``. Every ``interval_s`` the controller
 
 1. builds the cluster's observation with :class:`adaptive.model.shared_chain.ClusterObservation`, the
@@ -25,7 +25,10 @@ run along ``[its edge, chain[1], …, chain[M]]``. Every ``interval_s`` the cont
 
 Calibration works as on one chain, per node; the shared model
 (:class:`adaptive.model.shared_chain.SharedChain`) is rebuilt from the scaled profiles and handed to
-``on_shared`` (a heuristic that simulates with it).
+``on_shared`` (a heuristic that simulates with it). Telemetry and liveness, calibration, the rule
+sender and the heartbeat are the parts the one-chain :class:`~adaptive.control.controller.Controller`
+is built from too (:class:`~adaptive.control.session.ControlSession`); a rule's bins come from
+:func:`adaptive.model.decision.bandwidth_bins`, as a one-chain table's do.
 """
 
 from __future__ import annotations
@@ -40,14 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.control.controller import Controller, ControllerConfig
+from adaptive.control.config import ControllerConfig
+from adaptive.control.session import ControlSession
 from adaptive.errors import AdaptiveError
+from adaptive.model.decision import bandwidth_bins
 from adaptive.model.latency import SplitModel
 from adaptive.model.observation import CandidatePlans
-from adaptive.model.profiles import DeviceProfile, resolve_device, scaled_profiles
+from adaptive.model.profiles import DeviceProfile, resolve_device, resolve_model, scaled_profiles
 from adaptive.model.shared_chain import ClusterObservation, ClusterState, SharedChain
-from adaptive.protocol.messages import Ack, Message, version_of
-from adaptive.protocol.rules import RuleMessage, RulePlan, rule_topic
+from adaptive.protocol.rules import RuleMessage, RulePlan
 from monitor.transport import BrokerAddress
 
 __all__ = ["RULE_GRID_MBPS", "SharedController"]
@@ -57,7 +61,7 @@ log = logging.getLogger(__name__)
 RULE_GRID_MBPS = np.geomspace(0.1, 1000.0, 25)  # a source's uplink grid for its table: 6 points per decade
 
 
-class SharedController(Controller):
+class SharedController:
     """Joint plans for several sources sharing ``chain[1:]`` (see the module docstring).
 
     Args:
@@ -89,8 +93,13 @@ class SharedController(Controller):
                  ca_file: str | None = None, metrics: Any = None) -> None:
         if len(config.chain) < 2:
             raise AdaptiveError("several clients share accelerators: the chain needs at least one")
-        super().__init__(config, broker, policy, candidates=candidates, policy_name=policy_name,
-                         ca_file=ca_file, metrics=metrics)
+        self.config = config
+        self.policy = policy
+        self.policy_name = policy_name
+        self.metrics = metrics
+        self.profile = resolve_model(config.model_profile)
+        self.devices: list[DeviceProfile] = [resolve_device(c.device) for c in config.chain]
+        self.candidates = candidates
         self.clients = (config.chain[0], *config.sources)
         if len(self.clients) > spec.num_clients:
             raise AdaptiveError(f"the policy has {spec.num_clients} client slots; the cluster has "
@@ -106,28 +115,67 @@ class SharedController(Controller):
         self.accel_link_mbps = float(accel_link_mbps)
         self.link_delay_ms = tuple(float(x) for x in link_delay_ms)
         self.admission = dict(admission or {})
-        self._sources = tuple(c.node for c in self.clients)
         self._edge_devices = [resolve_device(c.device) for c in self.clients]
-        for c in self.clients:
-            self.scales.setdefault(c.node, 1.0)
-        self._model_scales = dict(self.scales)
-        self._edge_models = {c.node: SplitModel(self.profile, [dev, *self.devices[1:]])
-                             for c, dev in zip(self.clients, self._edge_devices, strict=True)}
+        self.num_blocks = self.profile.num_blocks
+        chain_model = SplitModel(self.profile, self.devices)
+        stage_models = {c.node: (SplitModel(self.profile, [dev, *self.devices[1:]]), 0)
+                        for c, dev in zip(self.clients, self._edge_devices, strict=True)}
+        stage_models |= {c.node: (chain_model, i) for i, c in enumerate(config.chain) if i > 0}
+        # sources ack rules, which the channel tracks (wait_rules); nothing else is acked here
+        self.session = ControlSession(config, broker, stage_models, [c.node for c in self.clients],
+                                      tick=self.step, rebuild=self.rebuild_model, on_ack=lambda ack: None,
+                                      ca_file=ca_file)
+        self.collector, self.channel = self.session.collector, self.session.channel
         self.shared = self._build_shared(self.scales)
-        self._retained_rules: dict[str, Message] = {}
-        self._rule_sent: dict[str, int] = {}  # per source, the newest rule version sent to it
-        self._rule_acked: dict[str, int] = {}  # ... and the newest it applied
-        self._acked = threading.Condition(self._lock)
-        # rules share the version counter with plans: learn the newest an earlier controller left
-        self.transport.subscriptions.append((f"adaptive/{config.cluster}/node/+/rule", 1))
         K = spec.num_clients
         self.joint = np.zeros(K, np.int64)  # the joint plan in force (slot order)
         self._uplinks: list[deque[tuple[float, float]]] = [deque(maxlen=256) for _ in range(K)]
         self._tables: dict[str, tuple[tuple[float, ...], tuple[int, ...]]] = {}
         self.rejected_actions = 0  # plans outside the mask the policy gave
         self.history: deque[dict[str, Any]] = deque(maxlen=10_000)  # each decision, for reports
+        self.observed: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, wait_s: float = 10.0) -> SharedController:
+        """Connect, learn the newest rule version from the retained topics, start deciding."""
+        self.session.start(wait_s)
+        return self
+
+    def close(self) -> None:
+        """Stop deciding and disconnect (the retained rules stay in force)."""
+        self.session.close()
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """Each node's calibrated compute scale (measured / profiled stage time)."""
+        return self.session.calibration.snapshot()
+
+    @property
+    def rules(self) -> deque[RuleMessage]:
+        """Every source's rules published, newest last."""
+        return self.channel.rules
+
+    def wait_rules(self, timeout_s: float = 5.0) -> list[str]:
+        """Wait until every source applied the newest rule sent to it; the sources that did not."""
+        return self.channel.wait_rules(timeout_s)
 
     # ------------------------------------------------------------------ model
+
+    def request_rate(self, now: float | None = None, source: str | None = None) -> float:
+        """A source's recent request rate, requests/s (0 after 3 s without stats); default: the first."""
+        return self.session.rates.rate(source or self.clients[0].node, now)
+
+    def adopt_scales(self, scales: Mapping[str, float]) -> None:
+        """Start from compute scales measured earlier (e.g. by a previous controller), per node."""
+        self.session.adopt_scales(scales)
+
+    def rebuild_model(self) -> None:
+        """Rebuild the shared model with every node's compute scaled by its fitted factor."""
+        self.shared = self._build_shared(self.session.calibration.built())
+        if self.on_shared is not None:
+            self.on_shared(self.shared)
 
     def _build_shared(self, scales: dict[str, float]) -> SharedChain:
         """The shared model with every node's compute scaled by its factor."""
@@ -140,19 +188,6 @@ class SharedController(Controller):
         return SharedChain(profile, edges, scaled[n:], self.candidates.plans,
                            accel_link_mbps=self.accel_link_mbps, link_delay_ms=self.link_delay_ms or 0.0)
 
-    def _stage_model(self, node: str) -> tuple[SplitModel, int] | None:
-        if node in self._edge_models:
-            return self._edge_models[node], 0
-        return super()._stage_model(node)
-
-    def _rebuild_model(self) -> None:
-        super()._rebuild_model()
-        with self._lock:
-            scales = dict(self.scales)
-        self.shared = self._build_shared(scales)
-        if self.on_shared is not None:
-            self.on_shared(self.shared)
-
     # ------------------------------------------------------------------ observation
 
     def observe_cluster(self, now: float | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -162,7 +197,7 @@ class SharedController(Controller):
         K, P, M, H = spec.num_clients, spec.num_plans, spec.num_accels, spec.history
         views = self.collector.nodes()
         accels = cfg.chain[1:]
-        dead = [c.node for c in accels if not self._alive(views.get(c.node), now)]
+        dead = [c.node for c in accels if not self.session.alive(views.get(c.node), now)]
         accel_load = np.zeros(M)
         for j, c in enumerate(accels):
             v = views.get(c.node)
@@ -174,43 +209,36 @@ class SharedController(Controller):
         ages: list[float | None] = [None] * K
         for k, c in enumerate(self.clients):
             v = views.get(c.node)
-            if not self._alive(v, now):
+            if not self.session.alive(v, now):
                 continue
-            assert v is not None and v.telemetry is not None
             alive[k] = True
             measured_rate = self.request_rate(now, c.node)
             active[k] = measured_rate > 0  # its client sends (an idle source is planned as if it began)
             rate[k] = max(measured_rate, 1.0)
             edge_load[k] = v.telemetry.cpu_percent / 100
-            est = v.telemetry.links.get(accels[0].node)
-            value = (est.passive_mbps or est.bandwidth_mbps) if est is not None else None
+            value, ages[k] = self.collector.uplink(v, accels[0].node, now)
             if value:
-                self._uplinks[k].append((now, float(value)))
-                measured = v.telemetry.ts if est.passive_mbps else (est.measured_at or v.telemetry.ts)
-                ages[k] = max(now - measured, 0.0)
+                self._uplinks[k].append((now, value))
             if self._uplinks[k]:
                 bw[k] = self._uplinks[k][-1][1]
                 hist[k] = self._history(self._uplinks[k], now, H)
         batch = (self.shared.uses[self.joint][:, 1:] & active[:, None]).sum(axis=0).astype(float)
         obs = self._assemble(active, rate, edge_load, hist, bw, accel_load, batch)[0]
-        mask = np.broadcast_to(self._alive_mask(dead), (K, P)).copy()
+        dead_at = [i for i, c in enumerate(cfg.chain) if c.node in dead]
+        mask = np.broadcast_to(self.candidates.avoiding(dead_at, self.num_blocks), (K, P)).copy()
         mask[~active] = True
         seen = {"active": active, "alive": alive, "rate_rps": rate, "edge_load": edge_load,
                 "bandwidth_mbps": bw, "history_mbps": hist, "accel_load": accel_load, "dead": dead,
                 "batch": batch}
         if self.metrics is not None:
-            first = accels[0].node
-            with self._lock:
-                scales = dict(self.scales)
             self.metrics.observed(
-                {f"{c.node}->{first}": (float(bw[k]), ages[k]) for k, c in enumerate(self.clients)},
-                {c.node: self._alive(views.get(c.node), now) for c in (*self.clients, *accels)}, scales,
-                self.connected())
+                {f"{c.node}->{accels[0].node}": (float(bw[k]), ages[k]) for k, c in enumerate(self.clients)},
+                {c.node: self.session.alive(views.get(c.node), now) for c in (*self.clients, *accels)},
+                self.scales, self.session.connected())
+        n = len(self.clients)
         with self._lock:
-            self.observed = {"dead": dead, "bandwidth_mbps": bw[: len(self.clients)].tolist(),
-                             "rate_rps": rate[: len(self.clients)].tolist(),
-                             "active": active[: len(self.clients)].tolist(),
-                             "alive": alive[: len(self.clients)].tolist()}
+            self.observed = {"dead": dead, "bandwidth_mbps": bw[:n].tolist(), "rate_rps": rate[:n].tolist(),
+                             "active": active[:n].tolist(), "alive": alive[:n].tolist()}
         return obs, mask, seen
 
     def _history(self, samples: deque[tuple[float, float]], now: float, H: int) -> np.ndarray:
@@ -263,7 +291,7 @@ class SharedController(Controller):
     def step(self, now: float | None = None) -> list[RuleMessage]:
         """Decide jointly once; publish the rules that changed. Returns them."""
         now = time.time() if now is None else now
-        if not self.connected():
+        if not self.session.connected():
             return []
         obs, mask, seen = self.observe_cluster(now)
         self.joint = self._joint(obs, mask, seen, warn=True)
@@ -307,40 +335,29 @@ class SharedController(Controller):
         joint = np.repeat(self.joint[None], G, axis=0)
         joint[:, k] = choice
         latency = self._predict(joint, seen, bw)[:, k]
-        change = np.flatnonzero(choice[1:] != choice[:-1])
-        starts = np.concatenate([[0], change + 1])
-        ends = np.concatenate([change + 1, [G]])
-        edges = tuple(round(float(np.sqrt(grid[i - 1] * grid[i])), 4) for i in change + 1)
-        actions = tuple(int(choice[s]) for s in starts)
+        bins = bandwidth_bins(grid, choice)
+        edges = tuple(round(e, 4) for e in bins.edges_mbps)
         now_ms = float(self._predict(self.joint[None], seen, seen["bandwidth_mbps"][None])[0, k])
         node = self.clients[k].node
-        if self._tables.get(node) == (edges, actions):
+        if self._tables.get(node) == (edges, bins.actions):
             return None, now_ms
         edge_ms, bits = self.shared.source_work(joint, np.repeat(seen["edge_load"][None], G, axis=0))
         rows = []
-        for s, e, a in zip(starts, ends, actions, strict=True):
+        for g, a in zip(bins.mids, bins.actions, strict=True):  # each bin at its representative grid point
             plan = self.candidates.plan(a)
-            g = (s + e - 1) // 2  # the bin's representative grid point
             ms = float(latency[g])
             known = np.isfinite(ms)
             rows.append(RulePlan(plan.splits, plan.codecs, round(ms, 3) if known else None,
                                  at_mbps=round(float(grid[g]), 4) if known else None,
                                  edge_ms=round(float(edge_ms[g, k]), 3),
                                  uplink_bits=round(float(bits[g, k]), 1)))
-        with self._lock:
-            self.version += 1
-            version = self.version
         devices = (node, *(c.node for c in self.config.chain[1:]))
-        rule = RuleMessage(version, node, self.profile.model, devices, self.model.num_blocks, round(now, 3),
-                           self.policy_name, edges, tuple(rows), deadline_ms=self.admission.get(node))
-        message = Message(rule_topic(self.config.cluster, node), rule.encode(), qos=1, retain=True)
-        with self._lock:
-            self._tables[node] = (edges, actions)
-            self.rules.append(rule)
-            self._retained_rules[node] = message
-            self._rule_sent[node] = version
-        self.transport.publish(message)
-        log.info("rule %d for %s: %d bins, edges %s Mbit/s", version, node, len(rows), list(edges))
+        rule = RuleMessage(self.channel.next_version(), node, self.profile.model, devices, self.num_blocks,
+                           round(now, 3), self.policy_name, edges, tuple(rows),
+                           deadline_ms=self.admission.get(node))
+        self._tables[node] = (edges, bins.actions)
+        self.channel.publish_rule(rule)
+        log.info("rule %d for %s: %d bins, edges %s Mbit/s", rule.version, node, len(rows), list(edges))
         return rule, now_ms
 
     def _predict(self, joint: np.ndarray, seen: dict[str, Any], bw: np.ndarray) -> np.ndarray:
@@ -358,37 +375,3 @@ class SharedController(Controller):
                                   tile(seen["rate_rps"]), bw, tile(seen["edge_load"]),
                                   tile(seen["accel_load"]), 1.0, np.inf)
         return out.service_ms
-
-    def _retained(self) -> list[Message]:
-        with self._lock:
-            return list(self._retained_rules.values())
-
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic.endswith("/rule"):
-            version = version_of(payload) if payload else None
-            if version is not None:
-                with self._lock:
-                    self.version = max(self.version, version)
-            return
-        super()._on_message(topic, payload)
-
-    def _on_ack(self, ack: Ack) -> None:
-        super()._on_ack(ack)
-        if ack.ok and ack.node in self._sources:
-            with self._acked:
-                self._rule_acked[ack.node] = max(self._rule_acked.get(ack.node, 0), ack.version)
-                self._acked.notify_all()
-
-    def wait_rules(self, timeout_s: float = 5.0) -> list[str]:
-        """Wait until every source applied the newest rule sent to it; the sources that did not."""
-        deadline = time.monotonic() + timeout_s
-        with self._acked:
-            while True:
-                behind = [n for n, v in self._rule_sent.items() if self._rule_acked.get(n, 0) < v]
-                left = deadline - time.monotonic()
-                if not behind or left <= 0:
-                    return behind
-                self._acked.wait(left)
-
-    def check_acks(self, now: float | None = None) -> None:
-        """Rules are retained: a source that was away gets its own when it reconnects."""

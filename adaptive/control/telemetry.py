@@ -138,6 +138,31 @@ class Collector:
         """Unix time our broker session last came back after a loss (0 if it never dropped)."""
         return self.transport.connected_at if self.transport.connects > 1 else 0.0
 
+    def alive(self, view: NodeView | None, now: float, stale_after_s: float,
+              reconnect_grace_s: float) -> bool:
+        """A node's view shows it online with fresh telemetry.
+
+        After our own broker session comes back, nodes get ``stale_after_s + reconnect_grace_s``
+        to reconnect before they can look stale (the broker's outage is not theirs).
+        """
+        grace = now < self.reconnected_at() + stale_after_s + reconnect_grace_s
+        return (view is not None and view.online() and view.telemetry is not None
+                and (grace or view.fresh(now, stale_after_s)))
+
+    @staticmethod
+    def uplink(view: NodeView | None, peer: str, now: float) -> tuple[float | None, float | None]:
+        """``(Mbit/s, age in s)`` of a node's newest estimate of its link to ``peer`` (None, None if none).
+
+        Passive estimates (from the node's own transfers) win over probes; a passive one is as old
+        as the telemetry that carried it, a probe as old as its measurement.
+        """
+        est = view.telemetry.links.get(peer) if view is not None and view.telemetry is not None else None
+        value = (est.passive_mbps or est.bandwidth_mbps) if est is not None else None
+        if not value:
+            return None, None
+        measured = view.telemetry.ts if est.passive_mbps else (est.measured_at or view.telemetry.ts)
+        return float(value), max(now - measured, 0.0)
+
     def live_nodes(self, stale_after_s: float = 3.0, now: float | None = None) -> list[str]:
         """Nodes online with fresh telemetry."""
         now = time.time() if now is None else now

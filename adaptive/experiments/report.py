@@ -343,6 +343,26 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{_fmt(100 * p['drop_rate'] if p['drop_rate'] is not None else None, '.2f')}% | "
             f"{_fmt(p['edge_share'], '.2f')} | {_fmt(p['switches_per_min'], '.1f')} | `{p['main_plan']}` |"
         )
+    lines += _segments_markdown(pol)
+    lines += _live_markdown(summary)
+    lines += _published_markdown(summary)
+    lines += [
+        "",
+        "![latency](latency.png)",
+        "",
+        "![cdf](cdf.png)",
+        "",
+        "![plans](plans.png)",
+        "",
+        "![drops](drops.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _segments_markdown(pol: dict[str, Any]) -> list[str]:
+    """Per segment of the schedule, each policy's mean, edge share and drop rate."""
+    lines: list[str] = []
     segs = next(iter(pol.values()))["segments"]
     if len(segs) > 1:
         lines += [
@@ -365,7 +385,13 @@ def _markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {seg['start_s']:g}–{seg['end_s']:g} s: {seg['label']} | " + " | ".join(cells) + " |"
             )
-    lines += _live_markdown(summary)
+    return lines
+
+
+def _published_markdown(summary: dict[str, Any]) -> list[str]:
+    """The published result the scenario reproduces, and whether it holds here."""
+    s, pol = summary["scenario"], summary["policies"]
+    lines: list[str] = []
     pub = s.get("published") or {}
     if pub:
         lines += ["", "## Published result", ""]
@@ -402,18 +428,7 @@ def _markdown(summary: dict[str, Any]) -> str:
                         f"| {seg['start_s']:g}–{seg['end_s']:g} s: {seg['label']} | `{seg['main_plan']}` | "
                         f"{_fmt(seg['mean_ms'])} | {_fmt(gain)}% lower |"
                     )
-    lines += [
-        "",
-        "![latency](latency.png)",
-        "",
-        "![cdf](cdf.png)",
-        "",
-        "![plans](plans.png)",
-        "",
-        "![drops](drops.png)",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _live_markdown(summary: dict[str, Any]) -> list[str]:
@@ -545,29 +560,38 @@ def _figures(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
     colors = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(policies)}
     s = summary["scenario"]
     title = f"{s['name']}: {s['model']}, {len(s['clients'])} client(s)"
-
     # live rows hold whole frames, fewer than one per step at a few frames/s: plot per second
     bin_s = max(float(s.get("dt_s", 0.25)), 1.0 if summary.get("mode") == "live" else 0.0)
+    _latency_figure(plt, out / "latency.png", rows, policies, colors, title, bin_s)
+    _cdf_figure(plt, out / "cdf.png", rows, policies, colors, title)
+    _plans_figure(plt, out / "plans.png", rows, policies, colors, title, bin_s)
+    _drops_figure(plt, out / "drops.png", summary, policies, colors, title)
 
-    def per_step(policy: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-        mine = [r for r in rows if r["policy"] == policy and r["repeat"] == 0]
-        bins: dict[float, list[dict[str, Any]]] = {}
-        for r in mine:
+
+def _per_step(rows: list[dict[str, Any]], policy: str, key: str,
+              bin_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """A policy's ``key`` per bin of ``bin_s`` (its first repeat), weighted by frames."""
+    bins: dict[float, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["policy"] == policy and r["repeat"] == 0:
             bins.setdefault(math.floor(r["time_s"] / bin_s + 1e-9) * bin_s, []).append(r)
-        times = sorted(bins)
-        out_v = []
-        for t in times:
-            at = bins[t]
-            # latency over the frames served; the plan over the frames offered (all may be dropped)
-            w = np.array([r["offered"] - (r["dropped"] if key == "latency_ms" else 0.0) for r in at])
-            v = np.array([r[key] for r in at])
-            ok = np.isfinite(v) & (w > 0)
-            out_v.append(float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else math.nan)
-        return np.array(times), np.array(out_v)
+    times = sorted(bins)
+    out_v = []
+    for t in times:
+        at = bins[t]
+        # latency over the frames served; the plan over the frames offered (all may be dropped)
+        w = np.array([r["offered"] - (r["dropped"] if key == "latency_ms" else 0.0) for r in at])
+        v = np.array([r[key] for r in at])
+        ok = np.isfinite(v) & (w > 0)
+        out_v.append(float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else math.nan)
+    return np.array(times), np.array(out_v)
 
+
+def _latency_figure(plt: Any, path: Path, rows: list[dict[str, Any]], policies: list[str],
+                    colors: dict[str, Any], title: str, bin_s: float) -> None:
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[2, 1])
     for p in policies:
-        t, v = per_step(p, "latency_ms")
+        t, v = _per_step(rows, p, "latency_ms", bin_s)
         ax.plot(t, v, lw=1.2, color=colors[p], label=p)
     ax.set_ylabel("latency, ms (mean over clients)")
     ax.set_yscale("log")
@@ -582,9 +606,12 @@ def _figures(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
     bx.set_xlabel("time, s")
     bx.legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def _cdf_figure(plt: Any, path: Path, rows: list[dict[str, Any]], policies: list[str], colors: dict[str,
+                Any], title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p in policies:
         mine = [r for r in rows if r["policy"] == p]
@@ -602,12 +629,15 @@ def _figures(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "cdf.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def _plans_figure(plt: Any, path: Path, rows: list[dict[str, Any]], policies: list[str],
+                  colors: dict[str, Any], title: str, bin_s: float) -> None:
     fig, ax = plt.subplots(figsize=(10, 3.8))
     for p in policies:
-        t, v = per_step(p, "edge_share")
+        t, v = _per_step(rows, p, "edge_share", bin_s)
         ax.step(t, v, where="post", color=colors[p], label=p)
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("share of the model on the edge")
@@ -615,9 +645,12 @@ def _figures(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=min(len(policies), 4))
     fig.tight_layout()
-    fig.savefig(out / "plans.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def _drops_figure(plt: Any, path: Path, summary: dict[str, Any], policies: list[str], colors: dict[str,
+                  Any], title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     rates = [100 * (summary["policies"][p]["drop_rate"] or 0.0) for p in policies]
     ax.bar(range(len(policies)), rates, color=[colors[p] for p in policies])
@@ -627,5 +660,5 @@ def _figures(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
     for i, r in enumerate(rates):
         ax.text(i, r, f"{r:.1f}%", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "drops.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

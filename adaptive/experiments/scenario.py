@@ -295,108 +295,15 @@ class Scenario:
         edge = doc.get("edge_device", "raspberry-pi-4")
         if not isinstance(edge, str) or not edge:
             raise _fail(f"{source}.edge_device", "expected a device profile name or path")
-        accs = doc.get("accelerators")
-        if not isinstance(accs, list) or not 1 <= len(accs) <= 4:
-            raise _fail(f"{source}.accelerators", "expected a list of 1 to 4 accelerators")
-        accelerators = []
-        for i, a in enumerate(accs):
-            w = f"{source}.accelerators[{i}]"
-            a = _keys(a, w, {"name", "device", "load"})
-            if not isinstance(a.get("device"), str) or not a["device"]:
-                raise _fail(f"{w}.device", "expected a device profile name or path")
-            load = Schedule.parse(a.get("load", {"fixed": 0.0}), f"{w}.load", link=False, duration_s=duration)
-            name = _name(a.get("name", f"accel{i + 1}"), f"{w}.name")
-            accelerators.append(AcceleratorSpec(name, a["device"], load))
-        cls_ = doc.get("clients")
-        if not isinstance(cls_, list) or not 1 <= len(cls_) <= 16:
-            raise _fail(f"{source}.clients", "expected a list of 1 to 16 clients")
-        clients = []
-        for i, c in enumerate(cls_):
-            w = f"{source}.clients[{i}]"
-            c = _keys(c, w, {"name", "rate_rps", "deadline_ms", "join_s", "leave_s", "uplink", "load"})
-            join = _number(c, "join_s", w, lo=0.0, default=0.0, unit="s")
-            leave = _number(c, "leave_s", w, above=0.0, default=None, unit="s")
-            if join >= duration:
-                raise _fail(f"{w}.join_s", f"{join:g} s is not before the end ({duration:g} s)")
-            if leave is not None and leave <= join:
-                raise _fail(f"{w}.leave_s", f"{leave:g} s is not after join_s ({join:g} s)")
-            if "uplink" not in c:
-                raise _fail(f"{w}.uplink", "required")
-            clients.append(
-                ClientSpec(
-                    _name(c.get("name", f"client{i + 1}"), f"{w}.name"),
-                    _number(c, "rate_rps", w, above=0.0, hi=1000.0, unit="frames/s"),
-                    _number(c, "deadline_ms", w, above=0.0, default=1000.0, unit="ms"),
-                    join,
-                    leave,
-                    Schedule.parse(c["uplink"], f"{w}.uplink", link=True, duration_s=duration),
-                    Schedule.parse(
-                        c.get("load", {"fixed": 0.0}), f"{w}.load", link=False, duration_s=duration
-                    ),
-                )
-            )
+        accelerators = _accelerators(doc, source, duration)
+        clients = _clients(doc, source, duration)
         names = [x.name for x in (*clients, *accelerators)]
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup is not None:
             raise _fail(f"{source}: name", f"'{dup}' names two nodes")
-        policies = doc.get("policies")
-        if (
-            not isinstance(policies, list)
-            or not policies
-            or not all(isinstance(p, str) and p for p in policies)
-            or len(set(policies)) != len(policies)
-        ):
-            raise _fail(f"{source}.policies", "expected a list of distinct policy names")
-        repeats = doc.get("repeats", 1)
-        seed = doc.get("seed", 0)
-        for key, value, lo in (("repeats", repeats, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise _fail(f"{source}.{key}", f"expected an integer >= {lo}, found {value!r}")
-        scales = doc.get("device_scales", [])
-        if (
-            not isinstance(scales, list)
-            or (scales and len(scales) != 1 + len(accelerators))
-            or not all(not isinstance(x, bool) and isinstance(x, int | float) and x > 0 for x in scales)
-        ):
-            raise _fail(
-                f"{source}.device_scales",
-                f"expected {1 + len(accelerators)} positive numbers "
-                "(the edge, then each accelerator) or none",
-            )
-        delays = doc.get("link_delay_ms", [])
-        if (
-            not isinstance(delays, list)
-            or (delays and len(delays) != len(accelerators))
-            or not all(
-                not isinstance(x, bool) and isinstance(x, int | float) and 0 <= x < 60_000 for x in delays
-            )
-        ):
-            raise _fail(
-                f"{source}.link_delay_ms",
-                f"expected {len(accelerators)} numbers of ms >= 0 (every "
-                f"client's uplink, then each link between accelerators) or none, found {delays!r}"[:200],
-            )
-        plans = _keys(doc.get("plans", {}), f"{source}.plans", {"min_edge_blocks", "codecs", "include"})
-        min_edge = plans.get("min_edge_blocks", 0)
-        if isinstance(min_edge, bool) or not isinstance(min_edge, int) or min_edge < 0:
-            raise _fail(f"{source}.plans.min_edge_blocks", f"expected an integer >= 0, found {min_edge!r}")
-        codecs = plans.get("codecs", [])
-        if not isinstance(codecs, list) or not all(c in ("none", "fp16", "int8") for c in codecs):
-            raise _fail(
-                f"{source}.plans.codecs", f"expected a list of none, fp16, int8, found {codecs!r}"[:160]
-            )
-        include = plans.get("include", [])
-        if not isinstance(include, list) or not all(isinstance(x, str) and _LABEL.match(x) for x in include):
-            raise _fail(
-                f"{source}.plans.include",
-                f"expected plan labels such as '1,8' or '3,7/int8,none', found {include!r}"[:160],
-            )
-        for p in policies:
-            if p.startswith("plan:"):
-                if not _LABEL.match(p[5:]):
-                    raise _fail(f"{source}.policies", f"'{p}': expected plan:SPLITS, e.g. plan:1,8")
-                if p[5:] not in include:
-                    include = [*include, p[5:]]
+        policies, repeats, seed = _policies(doc, source)
+        scales, delays = _chain_numbers(doc, source, len(accelerators))
+        min_edge, codecs, include = _plans(doc, source, policies)
         published = doc.get("published", {})
         if not isinstance(published, dict):
             raise _fail(f"{source}.published", "expected a mapping")
@@ -408,28 +315,10 @@ class Scenario:
         live = _keys(doc.get("live", {}), f"{source}.live", cls.TOP - {"schema", "name", "live", "published"})
         if live:  # the live variant must be a valid scenario too: fail now, not minutes into a run
             cls.from_dict({**doc, **live, "live": {}}, f"{source} (live)")
-        return cls(
-            name,
-            model,
-            edge,
-            tuple(accelerators),
-            tuple(clients),
-            duration,
-            tuple(policies),
-            dt,
-            _number(doc, "accel_link_mbps", source, above=0.0, default=1000.0, unit="Mbit/s"),
-            repeats,
-            seed,
-            description.strip(),
-            tuple(float(x) for x in scales),
-            min_edge,
-            tuple(codecs),
-            tuple(include),
-            tuple(float(x) for x in delays),
-            published,
-            source,
-            live,
-        )
+        accel_link = _number(doc, "accel_link_mbps", source, above=0.0, default=1000.0, unit="Mbit/s")
+        return cls(name, model, edge, tuple(accelerators), tuple(clients), duration, tuple(policies), dt,
+                   accel_link, repeats, seed, description.strip(), scales, min_edge, tuple(codecs),
+                   tuple(include), delays, published, source, live)
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
@@ -540,3 +429,98 @@ def shipped_scenarios() -> dict[str, Path]:
     """The scenarios shipped with the package, by name."""
     folder = resources.files("adaptive.data").joinpath("scenarios")
     return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def _accelerators(doc: dict[str, Any], source: str, duration: float) -> list[AcceleratorSpec]:
+    accs = doc.get("accelerators")
+    if not isinstance(accs, list) or not 1 <= len(accs) <= 4:
+        raise _fail(f"{source}.accelerators", "expected a list of 1 to 4 accelerators")
+    accelerators = []
+    for i, a in enumerate(accs):
+        w = f"{source}.accelerators[{i}]"
+        a = _keys(a, w, {"name", "device", "load"})
+        if not isinstance(a.get("device"), str) or not a["device"]:
+            raise _fail(f"{w}.device", "expected a device profile name or path")
+        load = Schedule.parse(a.get("load", {"fixed": 0.0}), f"{w}.load", link=False, duration_s=duration)
+        name = _name(a.get("name", f"accel{i + 1}"), f"{w}.name")
+        accelerators.append(AcceleratorSpec(name, a["device"], load))
+    return accelerators
+
+
+def _clients(doc: dict[str, Any], source: str, duration: float) -> list[ClientSpec]:
+    entries = doc.get("clients")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= 16:
+        raise _fail(f"{source}.clients", "expected a list of 1 to 16 clients")
+    clients = []
+    for i, c in enumerate(entries):
+        w = f"{source}.clients[{i}]"
+        c = _keys(c, w, {"name", "rate_rps", "deadline_ms", "join_s", "leave_s", "uplink", "load"})
+        join = _number(c, "join_s", w, lo=0.0, default=0.0, unit="s")
+        leave = _number(c, "leave_s", w, above=0.0, default=None, unit="s")
+        if join >= duration:
+            raise _fail(f"{w}.join_s", f"{join:g} s is not before the end ({duration:g} s)")
+        if leave is not None and leave <= join:
+            raise _fail(f"{w}.leave_s", f"{leave:g} s is not after join_s ({join:g} s)")
+        if "uplink" not in c:
+            raise _fail(f"{w}.uplink", "required")
+        clients.append(ClientSpec(
+            _name(c.get("name", f"client{i + 1}"), f"{w}.name"),
+            _number(c, "rate_rps", w, above=0.0, hi=1000.0, unit="frames/s"),
+            _number(c, "deadline_ms", w, above=0.0, default=1000.0, unit="ms"),
+            join, leave,
+            Schedule.parse(c["uplink"], f"{w}.uplink", link=True, duration_s=duration),
+            Schedule.parse(c.get("load", {"fixed": 0.0}), f"{w}.load", link=False, duration_s=duration)))
+    return clients
+
+
+def _policies(doc: dict[str, Any], source: str) -> tuple[list[str], int, int]:
+    policies = doc.get("policies")
+    if (not isinstance(policies, list) or not policies or not all(isinstance(p, str) and p for p in policies)
+            or len(set(policies)) != len(policies)):
+        raise _fail(f"{source}.policies", "expected a list of distinct policy names")
+    repeats = doc.get("repeats", 1)
+    seed = doc.get("seed", 0)
+    for key, value, lo in (("repeats", repeats, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise _fail(f"{source}.{key}", f"expected an integer >= {lo}, found {value!r}")
+    return policies, repeats, seed
+
+
+def _chain_numbers(doc: dict[str, Any], source: str,
+                   accels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``device_scales`` (the edge, then each accelerator) and ``link_delay_ms`` (one per link)."""
+    scales = doc.get("device_scales", [])
+    if (not isinstance(scales, list) or (scales and len(scales) != 1 + accels)
+            or not all(not isinstance(x, bool) and isinstance(x, int | float) and x > 0 for x in scales)):
+        raise _fail(f"{source}.device_scales",
+                    f"expected {1 + accels} positive numbers (the edge, then each accelerator) or none")
+    delays = doc.get("link_delay_ms", [])
+    if (not isinstance(delays, list) or (delays and len(delays) != accels)
+            or not all(not isinstance(x, bool) and isinstance(x, int | float) and 0 <= x < 60_000
+                       for x in delays)):
+        raise _fail(f"{source}.link_delay_ms",
+                    f"expected {accels} numbers of ms >= 0 (every client's uplink, then each link between "
+                    f"accelerators) or none, found {delays!r}"[:200])
+    return tuple(float(x) for x in scales), tuple(float(x) for x in delays)
+
+
+def _plans(doc: dict[str, Any], source: str, policies: list[str]) -> tuple[int, list[str], list[str]]:
+    """``plans``: min_edge_blocks, codecs, and the labels to include (every ``plan:`` policy's too)."""
+    plans = _keys(doc.get("plans", {}), f"{source}.plans", {"min_edge_blocks", "codecs", "include"})
+    min_edge = plans.get("min_edge_blocks", 0)
+    if isinstance(min_edge, bool) or not isinstance(min_edge, int) or min_edge < 0:
+        raise _fail(f"{source}.plans.min_edge_blocks", f"expected an integer >= 0, found {min_edge!r}")
+    codecs = plans.get("codecs", [])
+    if not isinstance(codecs, list) or not all(c in ("none", "fp16", "int8") for c in codecs):
+        raise _fail(f"{source}.plans.codecs", f"expected a list of none, fp16, int8, found {codecs!r}"[:160])
+    include = plans.get("include", [])
+    if not isinstance(include, list) or not all(isinstance(x, str) and _LABEL.match(x) for x in include):
+        raise _fail(f"{source}.plans.include",
+                    f"expected plan labels such as '1,8' or '3,7/int8,none', found {include!r}"[:160])
+    for p in policies:
+        if p.startswith("plan:"):
+            if not _LABEL.match(p[5:]):
+                raise _fail(f"{source}.policies", f"'{p}': expected plan:SPLITS, e.g. plan:1,8")
+            if p[5:] not in include:
+                include = [*include, p[5:]]
+    return min_edge, codecs, include

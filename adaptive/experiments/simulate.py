@@ -99,44 +99,7 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         "link_delay_ms": list(scenario.link_delay_ms),
     }
     if name == "ppo":
-        from importlib import resources
-        from pathlib import Path
-
-        from adaptive.model.observation import MULTI_ENV
-        from agents.multi_policies import MultiActor
-        from agents.ppo import load_actor
-
-        net, sidecar = load_actor(
-            path or Path(str(resources.files("agents.trained").joinpath("ppo_multi_client.zip")))
-        )
-        trained = dict(sidecar.env)
-        if sidecar.env_id != MULTI_ENV:
-            raise AdaptiveError(f"policy {spec}: trained on {sidecar.env_id}, not {MULTI_ENV}")
-        if list(sidecar.devices) != devices or sidecar.model_profile != scenario.model:
-            raise AdaptiveError(
-                f"policy {spec}: trained for {sidecar.model_profile} on "
-                f"{list(sidecar.devices)}; the scenario runs {scenario.model} on {devices}"
-            )
-        if scenario.min_edge_blocks or scenario.codecs or scenario.include_plans:
-            raise AdaptiveError(
-                f"policy {spec}: its plans were fixed in training; the scenario restricts them "
-                "(plans: min_edge_blocks, codecs, include)"
-            )
-        if sidecar.observation.num_clients < K or float(trained.get("dt_s", 0.25)) != scenario.dt_s:
-            raise AdaptiveError(
-                f"policy {spec}: {sidecar.observation.num_clients} client slots and "
-                f"{trained.get('dt_s')} s steps; the scenario has {K} clients and "
-                f"{scenario.dt_s:g} s steps"
-            )
-        trained.update(
-            max_steps=scenario.steps,
-            accel_link_mbps=scenario.accel_link_mbps,
-            device_scales=list(scenario.device_scales),
-            deadline_ms=scenario.clients[0].deadline_ms,
-            link_delay_ms=list(scenario.link_delay_ms),
-        )
-        env = MultiClientEnv(trained)
-        return env, MultiActor(net, env.num_clients), env.num_clients
+        return _ppo_env(spec, path, scenario, devices)
     if name == "plan":
         from adaptive.model.plans import parse_plan_label
         from agents.multi_policies import FixedPlan
@@ -155,6 +118,51 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
 
     env = MultiClientEnv(base)
     return env, make_multi_heuristic(name, env), K
+
+
+def _ppo_env(spec: str, path: str, scenario: Scenario, devices: list[str]) -> tuple[Any, Any, int]:
+    """The trained multi-client policy and its own environment, refused if it does not fit ``scenario``."""
+    from envs.multi_client import MultiClientEnv
+
+    K = len(scenario.clients)
+    from importlib import resources
+    from pathlib import Path
+
+    from adaptive.model.observation import MULTI_ENV
+    from agents.multi_policies import MultiActor
+    from agents.ppo import load_actor
+
+    net, sidecar = load_actor(
+        path or Path(str(resources.files("agents.trained").joinpath("ppo_multi_client.zip")))
+    )
+    trained = dict(sidecar.env)
+    if sidecar.env_id != MULTI_ENV:
+        raise AdaptiveError(f"policy {spec}: trained on {sidecar.env_id}, not {MULTI_ENV}")
+    if list(sidecar.devices) != devices or sidecar.model_profile != scenario.model:
+        raise AdaptiveError(
+            f"policy {spec}: trained for {sidecar.model_profile} on "
+            f"{list(sidecar.devices)}; the scenario runs {scenario.model} on {devices}"
+        )
+    if scenario.min_edge_blocks or scenario.codecs or scenario.include_plans:
+        raise AdaptiveError(
+            f"policy {spec}: its plans were fixed in training; the scenario restricts them "
+            "(plans: min_edge_blocks, codecs, include)"
+        )
+    if sidecar.observation.num_clients < K or float(trained.get("dt_s", 0.25)) != scenario.dt_s:
+        raise AdaptiveError(
+            f"policy {spec}: {sidecar.observation.num_clients} client slots and "
+            f"{trained.get('dt_s')} s steps; the scenario has {K} clients and "
+            f"{scenario.dt_s:g} s steps"
+        )
+    trained.update(
+        max_steps=scenario.steps,
+        accel_link_mbps=scenario.accel_link_mbps,
+        device_scales=list(scenario.device_scales),
+        deadline_ms=scenario.clients[0].deadline_ms,
+        link_delay_ms=list(scenario.link_delay_ms),
+    )
+    env = MultiClientEnv(trained)
+    return env, MultiActor(net, env.num_clients), env.num_clients
 
 
 def _run(

@@ -34,7 +34,7 @@ from typing import IO, Any
 import numpy as np
 
 from adaptive.errors import AdaptiveError
-from adaptive.lab.ports import free_port
+from adaptive.lab.ports import free_port, wait_port
 
 __all__ = ["EDGE_PROBE_INTERVAL_S", "Cluster", "NodeSpec", "ResultCheck", "stop_processes"]
 
@@ -203,20 +203,10 @@ class Cluster:
         conf = folder / "mosquitto.conf"
         conf.write_text(f"listener {self.port} {self.broker_bind}\nallow_anonymous true\npersistence false\n")
         self._broker = _ProcessBroker(self._popen("broker", ["mosquitto", "-c", str(conf)]))
-        self._wait_port(self.port)
-
-    @staticmethod
-    def _wait_port(port: int, timeout_s: float = 10.0) -> None:
-        import socket
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AdaptiveError(f"the broker did not listen on port {port} within {timeout_s:g} s")
+        try:
+            wait_port(self.port)
+        except TimeoutError as exc:
+            raise AdaptiveError(f"broker mosquitto: {exc}") from None
 
     # ------------------------------------------------------------------ processes
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from pathlib import Path
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "wait_port"]
 
 _FLOOR = 10_000
 
@@ -42,3 +43,15 @@ def free_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
                 continue
             return s.getsockname()[1]
     raise OSError(f"no free TCP port below {top} on {host}")
+
+
+def wait_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Wait until something accepts connections on ``host:port``; ``TimeoutError`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:g} s")

@@ -23,7 +23,7 @@ from adaptive.model.latency import ConditionBatch, Prediction, SplitModel
 from adaptive.model.observation import CandidatePlans, ObservationSpec
 from adaptive.protocol.rules import OBSERVATION_KEYS, ActorRule
 
-__all__ = ["DecisionTable", "actor_rule", "decision_table", "grid_choices"]
+__all__ = ["Bins", "DecisionTable", "actor_rule", "bandwidth_bins", "decision_table", "grid_choices"]
 
 GRID_MBPS = np.geomspace(0.05, 5000.0, 97)  # 20 points per decade
 
@@ -42,6 +42,31 @@ class DecisionTable(NamedTuple):
     actions: tuple[int, ...]
     predicted_ms: tuple[float, ...]
     throughput_rps: tuple[float, ...]
+
+
+class Bins(NamedTuple):
+    """Runs of equal choices over an ascending bandwidth grid.
+
+    Attributes:
+        edges_mbps: ``K - 1`` bin edges, halfway in log scale between the grid points where the
+            choice changes, Mbit/s.
+        actions: ``K`` choices, one per bin.
+        mids: ``K`` grid indices, each bin's middle point (where its figures are read).
+    """
+
+    edges_mbps: tuple[float, ...]
+    actions: tuple[int, ...]
+    mids: tuple[int, ...]
+
+
+def bandwidth_bins(grid_mbps: np.ndarray, choice: np.ndarray) -> Bins:
+    """Merge neighbouring grid points with the same choice into bins (``choice``: one per grid point)."""
+    choice = np.asarray(choice)
+    change = np.flatnonzero(choice[1:] != choice[:-1])  # a new bin starts at change + 1
+    starts = np.concatenate([[0], change + 1])
+    ends = np.concatenate([change + 1, [len(choice)]])
+    return Bins(tuple(float(np.sqrt(grid_mbps[i - 1] * grid_mbps[i])) for i in change + 1),
+                tuple(int(choice[s]) for s in starts), tuple(int(m) for m in (starts + ends - 1) // 2))
 
 
 def grid_choices(model: SplitModel, candidates: CandidatePlans, conditions: ConditionBatch,
@@ -103,14 +128,10 @@ def decision_table(model: SplitModel, candidates: CandidatePlans, conditions: Co
         kept = np.asarray(incumbent.actions)[np.searchsorted(incumbent.edges_mbps, grid_mbps, side="right")]
         if np.all(latency[rows, kept] <= (1 + margin) * latency[rows, best]):  # inf where not allowed
             return incumbent
-    change = np.flatnonzero(best[1:] != best[:-1])  # a new bin starts at change + 1
-    starts = np.concatenate([[0], change + 1])
-    ends = np.concatenate([change + 1, [G]])
-    edges = tuple(float(np.sqrt(grid_mbps[i - 1] * grid_mbps[i])) for i in change + 1)
-    mids = (starts + ends - 1) // 2
-    return DecisionTable(edges, tuple(int(best[s]) for s in starts),
-                         tuple(float(latency[rows, best][m]) for m in mids),
-                         tuple(float(pred.throughput_rps[m, best[m]]) for m in mids))
+    bins = bandwidth_bins(grid_mbps, best)
+    return DecisionTable(bins.edges_mbps, bins.actions,
+                         tuple(float(latency[rows, best][m]) for m in bins.mids),
+                         tuple(float(pred.throughput_rps[m, best[m]]) for m in bins.mids))
 
 
 def actor_rule(latency_ms: np.ndarray, allowed: np.ndarray, spec: ObservationSpec, template: np.ndarray,

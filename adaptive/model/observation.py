@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,19 @@ class CandidatePlans:
         splits = tuple(int(x) for x in self.plans.splits[index])
         codecs = tuple(self.codec_names[int(c)] for c in self.plans.codecs[index])
         return Plan(splits, codecs if any(c != "none" for c in codecs) else ())
+
+    def avoiding(self, positions: Iterable[int], num_blocks: int) -> np.ndarray:
+        """``(P,)`` which plans give no blocks to the chain positions ``positions`` (e.g. dead nodes).
+
+        Position 0, where the input is, is never avoided: every plan starts there.
+        """
+        splits = self.plans.splits
+        bounds = np.column_stack([np.zeros(len(splits), np.int64), splits, np.full(len(splits), num_blocks)])
+        ok = np.ones(len(splits), bool)
+        for i in positions:
+            if i > 0:
+                ok &= bounds[:, i + 1] == bounds[:, i]
+        return ok
 
     def index(self, plan: Plan) -> int:
         """Action index of ``plan``; raises :class:`AdaptiveError` if it is not a candidate."""

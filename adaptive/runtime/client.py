@@ -42,7 +42,7 @@ import zmq
 
 from adaptive.errors import AdaptiveError
 from adaptive.model.plans import plan_label
-from adaptive.protocol.messages import PlanMessage, SchemaError, Status, check_id, parse_topic, plan_topic
+from adaptive.protocol.messages import PlanMessage, SchemaError, check_id, parse_topic, plan_topic
 from adaptive.runtime.wire import (
     DEFAULT_MAX_PAYLOAD,
     Frame,
@@ -114,6 +114,60 @@ class _Request:
         return [self.rid, *(f"{self.rid}.{k}" for k in range(1, self.attempts))]
 
 
+class AttemptTimer:
+    """How long an attempt gets before it is sent again: TCP's retransmission timeout on answer times.
+
+    The deadline is the largest of ``min_s``, ``factor`` times the plan's predicted latency, and
+    the smoothed answer time plus four deviations (RFC 6298's estimator, on answered attempts).
+    """
+
+    def __init__(self, min_s: float, factor: float) -> None:
+        self.min_s = min_s
+        self.factor = factor
+        self.srtt: float | None = None  # smoothed answer time of ok attempts, s
+        self.rttvar = 0.0
+
+    def sample(self, seconds: float) -> None:
+        """An attempt answered ``ok`` after ``seconds``."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = seconds, seconds / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
+            self.srtt = 0.875 * self.srtt + 0.125 * seconds
+
+    def deadline_s(self, predicted_ms: float | None) -> float:
+        """The next attempt's deadline, s after it goes out."""
+        measured = self.srtt + 4 * self.rttvar if self.srtt is not None else 0.0
+        return max(self.min_s, self.factor * (predicted_ms or 0.0) / 1e3, measured)
+
+
+class _PushSockets:
+    """One PUSH socket per node endpoint: no connection, no queueing (a request waits in the client)."""
+
+    def __init__(self, context: zmq.Context, curve: Any) -> None:
+        self.context = context
+        self.curve = curve
+        self.sockets: dict[str, zmq.Socket] = {}
+
+    def get(self, endpoint: str, node: str) -> zmq.Socket:
+        """The socket to ``node`` at ``endpoint``, connected on first use."""
+        sock = self.sockets.get(endpoint)
+        if sock is None:
+            sock = self.sockets[endpoint] = self.context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            if self.curve is not None:
+                self.curve.connect_to(sock, node)
+            sock.connect(endpoint)
+        return sock
+
+    def close(self) -> None:
+        """Close every socket."""
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.sockets.clear()
+
+
 class InferenceClient:
     """Sends requests under the current plan and records what comes back (see the module docstring).
 
@@ -178,8 +232,7 @@ class InferenceClient:
         self.requests = 0  # requests accepted by send(); each ends as exactly one record
         self._pending: dict[str, _Request] = {}
         self._wire: dict[str, str] = {}  # wire id of an attempt -> request id
-        self._srtt: float | None = None  # smoothed answer time of ok attempts, s
-        self._rttvar = 0.0
+        self._timer = AttemptTimer(min_deadline_s, deadline_factor)
         self._lock = threading.RLock()
         self._answered = threading.Condition(self._lock)
         self._ids = itertools.count()
@@ -190,7 +243,7 @@ class InferenceClient:
             curve.serve(self._pull)
         port = self._pull.bind_to_random_port(f"tcp://{bind}")
         self.reply_to = f"tcp://{advertise}:{port}"
-        self._push: dict[str, zmq.Socket] = {}
+        self._push = _PushSockets(self._context, curve)
         self._stop = threading.Event()
         self._halt = threading.Event()
         self.transport = MqttTransport(broker, client_id=f"client-{cluster}-{client_id}",
@@ -237,9 +290,7 @@ class InferenceClient:
                              "" if req.sent_at is not None else f"never sent: {req.reason}")
         self.transport.close()
         with self._lock:
-            for sock in self._push.values():
-                sock.close(linger=0)
-            self._push.clear()
+            self._push.close()
         self._pull.close(linger=0)
         if self.curve is not None:
             self.curve.stop_authenticator()
@@ -260,10 +311,7 @@ class InferenceClient:
                     if self.plan is None or plan.version > self.plan.version:
                         self.plan = plan
             elif kind == "status" and node is not None:
-                status = Status.decode(payload)
-                if status.node != node:
-                    raise SchemaError(f"status names node '{status.node}' on the topic of '{node}'")
-                self.presence.update(status)
+                self.presence.receive(node, payload)
         except SchemaError as exc:
             log.warning("dropped message on %s: %s", topic[:120], exc)
 
@@ -311,11 +359,6 @@ class InferenceClient:
             self._dispatch(req)
         return rid
 
-    def _deadline_s(self, plan: PlanMessage) -> float:
-        predicted = (plan.predicted_ms or 0.0) / 1e3
-        measured = self._srtt + 4 * self._rttvar if self._srtt is not None else 0.0
-        return max(self.min_deadline_s, self.deadline_factor * predicted, measured)
-
     def _dispatch(self, req: _Request) -> None:
         """Send ``req``'s next attempt if a route exists (caller holds the lock)."""
         plan, endpoint, reason = self._route(req.fixed)
@@ -332,16 +375,8 @@ class InferenceClient:
             base = replace(base, model=plan.model, devices=plan.devices, splits=plan.splits,
                            codecs=plan.codecs)
         parts = encode_frame(tensor_frame(base, req.array, self.codec))
-        sock = self._push.get(endpoint)
-        if sock is None:
-            sock = self._push[endpoint] = self._context.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # no connection, no queueing: the request waits here instead
-            if self.curve is not None:
-                self.curve.connect_to(sock, plan.devices[0])
-            sock.connect(endpoint)
         try:
-            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            self._push.get(endpoint, plan.devices[0]).send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
             req.in_flight, req.reason = False, f"cannot send to '{plan.devices[0]}': {exc}"
             return
@@ -352,7 +387,7 @@ class InferenceClient:
         req.version, req.nodes = plan.version, (plan.devices[:1] if auto else plan.working_nodes())
         req.plan = "" if auto else plan_label(plan.splits, plan.codecs)
         req.attempt_sent = time.monotonic()
-        req.deadline = req.attempt_sent + self._deadline_s(plan)
+        req.deadline = req.attempt_sent + self._timer.deadline_s(plan.predicted_ms)
         req.in_flight = True
 
     def _retry(self, req: _Request, reason: str, backoff: bool = False) -> bool:
@@ -403,13 +438,8 @@ class InferenceClient:
                 self._finish(req, "dropped" if frame.dropped else "error",
                              round((now - (req.sent_at or now)) * 1e3, 3), frame.error, _hops(frame))
                 return
-            sample = time.monotonic() - req.attempt_sent
             if frame.request_id == req.wire_id:
-                if self._srtt is None:
-                    self._srtt, self._rttvar = sample, sample / 2
-                else:
-                    self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
-                    self._srtt = 0.875 * self._srtt + 0.125 * sample
+                self._timer.sample(time.monotonic() - req.attempt_sent)
             if frame.devices:  # the plan it really ran under (the source's choice)
                 req.version, req.plan = frame.version, plan_label(frame.splits, frame.codecs)
             if self.on_result is not None:

@@ -1,19 +1,26 @@
 """The node runtime: holds a full model replica, runs its stage of each request, forwards the rest.
 
+Control has two levels (seed 001 Sec. 3.2): the controller (:mod:`adaptive.control`, slow,
+central) publishes a decision rule per source node, and the source node — the edge device where a
+client's input enters — picks each request's plan from that rule and its own fresh uplink estimate
+(:mod:`adaptive.runtime.source`, the fast level) as the request arrives. Every node runs this
+runtime; a node is a source for the requests that enter at it.
+
 Control plane (MQTT): the node announces itself on its retained status topic (with its data
-endpoint) and learns its peers' endpoints from theirs; it validates every default plan the
-controller publishes and answers on its ack topic (the audit trail). Data plane (ZeroMQ): frames
-(:mod:`adaptive.runtime.wire`) arrive on a PULL socket, each carrying its request's own plan; the
-node validates that plan (its model, splits in range and non-decreasing, every node known and every
-node with work online), runs blocks ``[s_m, s_{m+1})`` of it, then pushes the activation to the
-next node with a non-empty stage, or the result back to the client. Any node runs any valid plan
-with no handshake, so a switch costs nothing and requests in flight are unaffected by construction.
+endpoint) and learns its peers' endpoints from theirs; it validates the rule the controller
+publishes for it and every default plan, and answers each on its ack topic (the audit trail).
+Data plane (ZeroMQ): frames (:mod:`adaptive.runtime.wire`) arrive on a PULL socket, each carrying
+its request's own plan (stamped at its source); the node validates that plan (its model, splits in
+range and non-decreasing, every node known and every node with work online), runs blocks
+``[s_m, s_{m+1})`` of it, then pushes the activation to the next node with a non-empty stage, or
+the result back to the client. Any node runs any valid plan with no handshake, so a switch costs
+nothing and requests in flight are unaffected by construction.
 Malformed, truncated or oversized frames, and frames with an invalid plan, are answered with an
 error frame when the client can be identified, and dropped; nothing a peer sends can stop the node.
 
 Emulation for one-machine clusters: torch threads, a compute slowdown (``slowdown``) or padding to
 a device profile's predicted stage time (``emulate``), and an uplink shaper whose rate can replay a
-bandwidth trace. Imports torch; import lazily.
+bandwidth trace (:mod:`adaptive.runtime.emulation`). Imports torch; import lazily.
 """
 
 from __future__ import annotations
@@ -21,14 +28,13 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import queue
 import statistics
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +63,7 @@ from adaptive.protocol.messages import (
     version_of,
 )
 from adaptive.protocol.rules import RuleMessage, rule_topic
+from adaptive.runtime.emulation import ComputeEmulation, UplinkEmulation
 from adaptive.runtime.links import Outbox
 from adaptive.runtime.shaping import LinkShaper
 from adaptive.runtime.source import ActorRunner, SourceDecider, check_rule
@@ -166,10 +173,60 @@ def check_plan(plan: PlanMessage, model: str, num_blocks: int, known: set[str],
     return check_route(plan.model, plan.devices, plan.splits, model, num_blocks, known, online)[0]
 
 
-@dataclass
-class _Stats:
-    stages: dict[tuple[int, int, int, int], list[float]] = field(default_factory=lambda: defaultdict(list))
-    transfers: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
+class NodeStats:
+    """Stage and transfer times since the last stats message (the controller calibrates on them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stages: dict[tuple[int, int, int, int], list[float]] = defaultdict(list)
+        self._transfers: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    def stage(self, versions: set[int], start: int, stop: int, batch: int, ms: float) -> None:
+        """Blocks ``[start, stop)`` of a batch took ``ms`` (filed under each plan version in it)."""
+        with self._lock:
+            for version in versions:
+                self._stages[(version, start, stop, batch)].append(ms)
+
+    def transfer(self, peer: str, nbytes: int, ms: float) -> None:
+        """``nbytes`` went to ``peer`` in ``ms``."""
+        with self._lock:
+            self._transfers[peer].append((nbytes, ms))
+
+    def take(self, node: str) -> StatsMessage | None:
+        """The medians since the last call, as a message (None if nothing happened); starts afresh."""
+        with self._lock:
+            stages, self._stages = self._stages, defaultdict(list)
+            transfers, self._transfers = self._transfers, defaultdict(list)
+        if not stages and not transfers:
+            return None
+        timings = tuple(StageTiming(v, a, b, n, len(ms), round(statistics.median(ms), 3))
+                        for (v, a, b, n), ms in list(stages.items())[:64])
+        sent = tuple(TransferTiming(peer, len(x), int(statistics.median(b for b, _ in x)),
+                                    round(statistics.median(m for _, m in x), 3))
+                     for peer, x in list(transfers.items())[:64] if peer != "unknown")
+        return StatsMessage(node, round(time.time(), 3), timings, sent)
+
+
+def bind_data_socket(context: zmq.Context, cfg: NodeConfig, curve: Any) -> tuple[zmq.Socket, int]:
+    """The node's PULL socket, bound where ``cfg`` says (CURVE-served if keys are given), and its port."""
+    pull = context.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1000)
+    if curve is not None:  # only authorised keys complete the handshake; others never reach us
+        curve.start_authenticator(context)
+        curve.serve(pull)
+    # hard guard against memory exhaustion; sizes below it are checked with an error reply
+    pull.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_payload_bytes + 8192)
+    try:
+        port = pull.bind_to_random_port(f"tcp://{cfg.bind}") if cfg.port == 0 else cfg.port
+        if cfg.port:
+            pull.bind(f"tcp://{cfg.bind}:{cfg.port}")
+    except zmq.ZMQError as exc:
+        pull.close(linger=0)
+        if curve is not None:
+            curve.stop_authenticator()
+        where = f"{cfg.bind}:{cfg.port or 'any port'}"
+        raise AdaptiveError(f"cannot bind the data socket on {where}: {exc}") from None
+    return pull, port
 
 
 class NodeRuntime:
@@ -205,9 +262,10 @@ class NodeRuntime:
         self._lock = threading.Lock()
         self._work: queue.Queue[tuple[float, Frame]] = queue.Queue(maxsize=1000)  # (arrival, frame)
         self._stop = threading.Event()
-        self._stats = _Stats()
-        self._trace_start = time.time()
-        self._pinned = False  # uplink rate pinned by an emulation message, trace replay paused
+        self.stats = NodeStats()
+        self.compute = ComputeEmulation(config.emulate, config.emulate_correction, config.emulate_batch,
+                                        config.slowdown)
+        self.uplink = UplinkEmulation(self.shaper, config.uplink_trace, config.trace_dt_s)
         self._threads: list[threading.Thread] = []
         self._context: zmq.Context | None = None
         self.transport: MqttTransport | None = None
@@ -224,25 +282,12 @@ class NodeRuntime:
             for x in self.part.activations(torch.zeros(shape)):
                 del x
         self._context = zmq.Context()
-        self._pull = self._context.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.RCVHWM, 1000)
-        if self.curve is not None:  # only authorised keys complete the handshake; others never reach us
-            self.curve.start_authenticator(self._context)
-            self.curve.serve(self._pull)
-        # hard guard against memory exhaustion; sizes below it are checked with an error reply
-        self._pull.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_payload_bytes + 8192)
         try:
-            port = self._pull.bind_to_random_port(f"tcp://{cfg.bind}") if cfg.port == 0 else cfg.port
-            if cfg.port:
-                self._pull.bind(f"tcp://{cfg.bind}:{cfg.port}")
-        except zmq.ZMQError as exc:
-            self._pull.close(linger=0)
-            if self.curve is not None:
-                self.curve.stop_authenticator()
+            self._pull, port = bind_data_socket(self._context, cfg, self.curve)
+        except AdaptiveError:
             self._context.term()
             self._context = None
-            raise AdaptiveError(f"cannot bind the data socket on {cfg.bind}:{cfg.port or 'any port'}: "
-                                f"{exc}") from None
+            raise
         self.endpoint = f"tcp://{cfg.advertise}:{port}"
         self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed, self.curve,
                              on_chunk=self._on_chunk, result_delay_ms=cfg.result_delay_ms)
@@ -280,23 +325,11 @@ class NodeRuntime:
             self._context.term()
 
     def _uplink(self, peer: str) -> tuple[float | None, float | None]:
-        """The freshest estimate of the link to ``peer``, capped by a transfer still crossing it.
-
-        The estimate is the in-process monitor's (passive from this node's own transfers, else its
-        probes). A frame of N bytes that has been on an emulated link for e seconds says the link is now at
-        most N/e fast: after a drop the source learns it while the first slow transfer is still
-        under way, not seconds later when it ends.
-        """
-        mbps, at = self.agent.uplink(peer) if self.agent is not None else (None, None)
+        """The in-process monitor's estimate of the link to ``peer`` (passive, else probes), capped."""
+        estimate = self.agent.uplink(peer) if self.agent is not None else (None, None)
         endpoint = self.presence.endpoint(peer)
         crossing = self.outbox.in_progress(endpoint) if endpoint and self._context is not None else None
-        if crossing is not None:
-            nbytes, started = crossing
-            elapsed = time.monotonic() - started
-            bound = nbytes * 8 / elapsed / 1e6 if elapsed > 0.005 else None
-            if bound is not None and (mbps is None or bound < mbps):
-                return bound, time.time()
-        return mbps, at
+        return capped_estimate(estimate, crossing)
 
     def _status(self, state: str) -> Message:
         cfg = self.config
@@ -313,10 +346,7 @@ class NodeRuntime:
         try:
             _, kind, node = parse_topic(topic)
             if kind == "status" and node is not None:
-                status = Status.decode(payload)
-                if status.node != node:
-                    raise SchemaError(f"status names node '{status.node}' on the topic of '{node}'")
-                self.presence.update(status)
+                self.presence.receive(node, payload)
             elif kind == "plan" and payload:
                 self._apply_plan(PlanMessage.decode(payload))
             elif kind == "rule" and node == self.config.node and payload:
@@ -333,31 +363,8 @@ class NodeRuntime:
             log.warning("dropped message on %s: %s", topic, exc)
 
     def _on_emulation(self, payload: bytes) -> None:
-        """Emulation control for one-machine clusters (demo, benchmarks), JSON ``{"v": 1, ...}``.
-
-        ``"trace_start": unix_s`` restarts the uplink trace replay from that time (a time to come
-        holds the trace's first rate until then);
-        ``"uplink_mbps": rate`` pins the emulated uplink to ``rate`` (pausing any replay until the
-        next ``trace_start``). Anything else is logged and dropped.
-        """
-        try:
-            msg = json.loads(payload) if len(payload) < 256 else None
-        except ValueError:
-            msg = None
-
-        def number(key: str) -> float | None:
-            x = msg.get(key) if isinstance(msg, dict) and msg.get("v") == 1 else None
-            ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-            return float(x) if ok else None
-
-        start, rate = number("trace_start"), number("uplink_mbps")
-        if start is not None:
-            self._pinned = False
-            self._trace_start = start
-        elif rate is not None and rate > 0 and self.shaper is not None:
-            self._pinned = True
-            self.shaper.set_rate(rate)
-        else:
+        """Emulation control for one-machine clusters (see :mod:`adaptive.runtime.emulation`)."""
+        if not self.uplink.handle(payload):
             self.rejected += 1
             log.warning("dropped emulation control message (expected trace_start or uplink_mbps > 0 "
                         "on a node with an emulated uplink)")
@@ -418,7 +425,7 @@ class NodeRuntime:
                 self.rejected += 1
                 if self.metrics is not None:
                     self.metrics.frame("rejected")
-                self._reply_to_malformed(buffers, str(exc))
+                reply_to_malformed(self.outbox, self.config.node, buffers, str(exc))
                 continue
             except Exception:  # a decoder bug must not stop the node: drop the frame, keep serving
                 self.rejected += 1
@@ -439,25 +446,6 @@ class NodeRuntime:
             except queue.Full:
                 self._reply(frame.error_reply(f"node {self.config.node} is overloaded", retry=True))
 
-    def _reply_to_malformed(self, parts: list[memoryview], message: str) -> None:
-        """Best effort: answer the client named in a header that parses, even if the frame is bad."""
-        log.warning("dropped frame: %s", message)
-        try:
-            h = json.loads(bytes(parts[0])) if parts and len(parts[0]) <= 4096 else None
-        except ValueError:
-            return
-        if not isinstance(h, dict) or not isinstance(h.get("reply_to"), str) or not h["reply_to"]:
-            return
-        try:
-            frame = Frame(kind="error", request_id=str(h.get("id", "?"))[:64],
-                          client=str(h.get("client", "?"))[:64], reply_to=h["reply_to"][:128],
-                          version=0, hop=0, position=0, shape=(0,),
-                          error=f"node {self.config.node} rejected a frame: {message}")
-            if h["reply_to"].startswith("tcp://"):
-                self.outbox.send(frame.reply_to, frame, frame.client)
-        except (TypeError, ValueError):
-            return
-
     def _reply(self, frame: Frame) -> None:
         if self.metrics is not None and frame.kind == "error":
             self.metrics.frame("error")
@@ -471,18 +459,15 @@ class NodeRuntime:
     def _on_sent(self, endpoint: str, frame: Frame, nbytes: int, seconds: float,
                  wire_s: float | None) -> None:
         peer = frame.client if frame.kind != "work" else self._node_at(endpoint)
-        with self._lock:
-            self._stats.transfers[peer].append((nbytes, seconds * 1e3))
+        self.stats.transfer(peer, nbytes, seconds * 1e3)
 
     def _on_chunk(self, endpoint: str, frame: Frame, nbytes: int, wire_s: float) -> None:
         """A chunk of an activation crossed the emulated uplink: a passive sample for the monitor."""
         if self.agent is None:
             return
         # the emulated uplink paces everything this node sends: credit it to the chain successor
-        chain = frame.devices
-        me = chain.index(self.config.node) if self.config.node in chain else -1
-        successor = chain[me + 1] if 0 <= me < len(chain) - 1 else self._node_at(endpoint)
-        self.agent.observe_transfer(successor, nbytes, wire_s, link_level=True)
+        peer = successor(frame, self.config.node) or self._node_at(endpoint)
+        self.agent.observe_transfer(peer, nbytes, wire_s, link_level=True)
 
     def _node_at(self, endpoint: str) -> str:
         return next((n for n, ep in self.presence.endpoints().items() if ep == endpoint), "unknown")
@@ -556,10 +541,9 @@ class NodeRuntime:
                 self._reply(f.error_reply(f"node {self.config.node} failed on blocks [{start}, {stop}): "
                                           f"{str(exc).splitlines()[0][:200]}"))
             return
-        spent = self._pad(start, stop, len(batch), compute)
+        spent = self.compute.pad(start, stop, len(batch), compute)
+        self.stats.stage({f.version for f in batch}, start, stop, len(batch), spent * 1e3)
         with self._lock:
-            for version in {f.version for f in batch}:  # calibration compares stages with predictions
-                self._stats.stages[(version, start, stop, len(batch))].append(spent * 1e3)
             self.processed += len(batch)
         for i, f in enumerate(batch):
             label = ",".join(str(s) for s in f.splits)
@@ -580,50 +564,62 @@ class NodeRuntime:
             if endpoint is None or not self.outbox.send(endpoint, frame, f.devices[nxt]):
                 self._reply(f.error_reply(f"next node {f.devices[nxt]} is unreachable", retry=True))
 
-    def _pad(self, start: int, stop: int, batch: int, compute_s: float) -> float:
-        """Sleep so the stage takes what the emulated device would; return the stage time, s."""
-        cfg = self.config
-        if cfg.emulate is not None and stop > start:
-            c0, c1 = cfg.emulate_correction
-            base = max(sum(cfg.emulate[start:stop]) - (c0 * (stop - start) + c1), 0.0)
-            target = base / 1e3 * (1 + cfg.emulate_batch * (batch - 1))
-            target *= max(cfg.slowdown, 1.0)
-        else:
-            target = compute_s * max(cfg.slowdown, 1.0)
-        if target > compute_s:
-            time.sleep(target - compute_s)
-            return target
-        return compute_s
-
     # ------------------------------------------------------------------ periodic
 
     def _stats_loop(self) -> None:
         cfg = self.config
         while not self._stop.wait(cfg.stats_interval_s):
-            with self._lock:
-                stats, self._stats = self._stats, _Stats()
-            if not stats.stages and not stats.transfers:
-                continue
-            stages = tuple(StageTiming(v, a, b, n, len(ms), round(statistics.median(ms), 3))
-                           for (v, a, b, n), ms in list(stats.stages.items())[:64])
-            transfers = tuple(TransferTiming(peer, len(x), int(statistics.median(b for b, _ in x)),
-                                             round(statistics.median(m for _, m in x), 3))
-                              for peer, x in list(stats.transfers.items())[:64] if peer != "unknown")
-            msg = StatsMessage(cfg.node, round(time.time(), 3), stages, transfers)
-            assert self.transport is not None
-            self.transport.publish(Message(stats_topic(cfg.cluster, cfg.node), msg.encode(), qos=1))
+            msg = self.stats.take(cfg.node)
+            if msg is not None and self.transport is not None:
+                self.transport.publish(Message(stats_topic(cfg.cluster, cfg.node), msg.encode(), qos=1))
 
     def _trace_loop(self) -> None:
-        cfg = self.config
-        if not cfg.uplink_trace or self.shaper is None:
-            return
-        n = len(cfg.uplink_trace)
-        while not self._stop.is_set():
-            if not self._pinned:
-                elapsed = time.time() - self._trace_start
-                step = int(elapsed // cfg.trace_dt_s) % n if elapsed > 0 else 0
-                self.shaper.set_rate(max(cfg.uplink_trace[step], 0.01))
-            self._stop.wait(min(0.1, cfg.trace_dt_s / 4))
+        self.uplink.replay(self._stop)
+
+
+def capped_estimate(estimate: tuple[float | None, float | None],
+                    crossing: tuple[int, float] | None) -> tuple[float | None, float | None]:
+    """A link estimate ``(Mbit/s, Unix time)`` capped by a transfer still crossing the link.
+
+    A frame of N bytes that has been on the link for e seconds (``crossing``: N and its
+    ``time.monotonic()`` start) says the link is now at most N/e fast: after a drop the source
+    learns it while the first slow transfer is still under way, not seconds later when it ends.
+    """
+    mbps, at = estimate
+    if crossing is not None:
+        nbytes, started = crossing
+        elapsed = time.monotonic() - started
+        bound = nbytes * 8 / elapsed / 1e6 if elapsed > 0.005 else None
+        if bound is not None and (mbps is None or bound < mbps):
+            return bound, time.time()
+    return mbps, at
+
+
+def successor(frame: Frame, node: str) -> str | None:
+    """The node after ``node`` on the frame's plan (None if it is the last or not on it)."""
+    chain = frame.devices
+    me = chain.index(node) if node in chain else -1
+    return chain[me + 1] if 0 <= me < len(chain) - 1 else None
+
+
+def reply_to_malformed(outbox: Outbox, node: str, parts: list[memoryview], message: str) -> None:
+    """Best effort: answer the client named in a header that parses, even if the frame is bad."""
+    log.warning("dropped frame: %s", message)
+    try:
+        h = json.loads(bytes(parts[0])) if parts and len(parts[0]) <= 4096 else None
+    except ValueError:
+        return
+    if not isinstance(h, dict) or not isinstance(h.get("reply_to"), str) or not h["reply_to"]:
+        return
+    try:
+        frame = Frame(kind="error", request_id=str(h.get("id", "?"))[:64],
+                      client=str(h.get("client", "?"))[:64], reply_to=h["reply_to"][:128],
+                      version=0, hop=0, position=0, shape=(0,),
+                      error=f"node {node} rejected a frame: {message}")
+        if h["reply_to"].startswith("tcp://"):
+            outbox.send(frame.reply_to, frame, frame.client)
+    except (TypeError, ValueError):
+        return
 
 
 def _bounds(frame: Frame, num_blocks: int) -> list[int]:
@@ -701,8 +697,7 @@ def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, prob
                                      probe_max_share=probe_max_share,
                                      device=cfg.device, data_endpoint=node.endpoint, passive=not emulated,
                                      **extra),
-                         node.broker, limiters=limiters, sampler=sampler)
-    agent.transport.ca_file = node.ca_file
+                         node.broker, limiters=limiters, sampler=sampler, ca_file=node.ca_file)
     agent.start()
     node.agent = agent
     return agent

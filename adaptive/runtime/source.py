@@ -1,5 +1,9 @@
 """The fast level of control: a source node picks each request's plan from its rule and its uplink.
 
+The slow level, the controller (:mod:`adaptive.control`), conditions a rule on what changes slowly
+(load, clients, calibration, dead nodes, request rates) and publishes it per source; this module
+applies it per request, where the input is, within a fraction of a second of a bandwidth change.
+
 A request enters its source node without a plan; :class:`SourceDecider` stamps one on it at arrival,
 with no network round trip, from the controller's decision rule (:mod:`adaptive.protocol.rules`) and the
 freshest estimate of the source's uplink — the wire time of the node's own recent transfers, or the

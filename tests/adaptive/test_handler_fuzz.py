@@ -83,7 +83,7 @@ def test_node_handler_never_raises(node, message):
 @given(messages())
 def test_controller_handler_never_raises(message):
     ctl = _controller()
-    ctl._on_message(*message)
+    ctl.channel.handle(*message)
     assert all(k > 0 for k in ctl.scales.values())
 
 

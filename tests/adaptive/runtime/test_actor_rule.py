@@ -198,17 +198,17 @@ def test_the_controller_publishes_the_actor_and_only_when_its_basis_moves():
                           mem[None])
     obs = np.zeros(spec.size, np.float32)
     mask = np.ones(spec.num_plans, bool)
-    rule = ctl._publish_actor_rule(100.0, obs, mask, cond)
-    sent = RuleMessage.decode(ctl.transport._buffer[-1].payload)
+    rule = ctl.publish_actor_rule(100.0, obs, mask, cond)
+    sent = RuleMessage.decode(ctl.channel.transport._buffer[-1].payload)
     assert sent == rule and sent.kind == "policy" and sent.actor.step_s == 0.25
     net = MlpPolicyNet.load(Path(str(resources.files("agents.trained").joinpath("ppo_default.mlp.json"))))
     assert MlpPolicyNet.from_json(sent.actor.network).act(np.ones(spec.size)) == net.act(np.ones(spec.size))
     ActorRunner(sent)  # the source can load it
-    assert ctl._publish_actor_rule(101.0, obs + 0.01, mask, cond) is None  # within the slack: kept
+    assert ctl.publish_actor_rule(101.0, obs + 0.01, mask, cond) is None  # within the slack: kept
     busier = obs.copy()
     busier[0] = 0.5  # the pi's CPU load
-    assert ctl._publish_actor_rule(102.0, busier, mask, cond) is not None
+    assert ctl.publish_actor_rule(102.0, busier, mask, cond) is not None
     dead = mask.copy()
     dead[1:] = False  # only device-only left
-    again = ctl._publish_actor_rule(103.0, busier, dead, cond)
+    again = ctl.publish_actor_rule(103.0, busier, dead, cond)
     assert again is not None and set(again.actor.allowed) == {"1" + "0" * (spec.num_plans - 1)}
