@@ -109,6 +109,9 @@ class Cluster:
         names = [n.name for n in nodes]
         if len(set(names)) != len(names):
             raise AdaptiveError(f"node names must be distinct, found {names}")
+        unknown = [n.next for n in nodes if n.next is not None and n.next not in names]
+        if unknown:
+            raise AdaptiveError(f"a node probes '{unknown[0]}', which is not a node of the cluster {names}")
         self.model = model
         self.nodes = {n.name: n for n in nodes}
         self.cluster = cluster
@@ -246,11 +249,18 @@ class Cluster:
 
     def _popen(self, name: str, args: list[str], spawn: Any = subprocess.Popen,
                **kwargs: Any) -> subprocess.Popen:
-        if self.logs is None:
+        log_path = self.log_path(name)
+        if log_path is None:
             return spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
-        log = (self.logs / f"{'node-' if name in self.nodes else ''}{name}.log").open("a")
+        log = log_path.open("a")
         self._files.append(log)
         return spawn(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+
+    def log_path(self, name: str) -> Path | None:
+        """Where process ``name`` logs (``node-<name>.log`` for a node), or None without ``logs``."""
+        if self.logs is None:
+            return None
+        return self.logs / f"{'node-' if name in self.nodes else ''}{name}.log"
 
     def wait_online(self, timeout_s: float = 120.0) -> None:
         """Wait until every node announced its data endpoint (and telemetry, if it monitors)."""
@@ -258,7 +268,7 @@ class Cluster:
         while time.monotonic() < deadline:
             for name, p in self.processes.items():
                 if p.poll() is not None:
-                    where = f" (see {self.logs / f'node-{name}.log'})" if self.logs is not None else ""
+                    where = f" (see {self.log_path(name)})" if self.logs is not None else ""
                     raise AdaptiveError(f"process {name} exited with code {p.returncode}{where}")
             views = self.collector.nodes()
             if all(self._online(views.get(name), n.monitor) for name, n in self.nodes.items()):
