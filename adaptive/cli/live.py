@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -157,11 +158,14 @@ def _broker(url: str) -> Any:
         raise AdaptiveError(str(exc)) from None
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
+def _wait_for_signal(failed: threading.Event | None = None) -> bool:
+    """Wait for SIGTERM or SIGINT, or until ``failed`` is set; whether it was ``failed``."""
+    stop = failed or threading.Event()
+    signalled = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: (signalled.set(), stop.set()))
     stop.wait()
+    return not signalled.is_set()
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -231,10 +235,14 @@ def _run_node(args: argparse.Namespace) -> int:
                                probe_interval_s=args.probe_interval, interval_s=args.interval,
                                probe_max_share=args.probe_max_share)
     print(f"node {args.node} serving {args.model} on {node.endpoint}", flush=True)
-    _wait_for_signal()
+    failed = _wait_for_signal(node.failed)
     if agent is not None:
         agent.close()
     node.close()
+    if failed:  # a loop died: exit non-zero so the supervisor (systemd: Restart=on-failure) restarts it
+        print(f"adaptive node: error: node {args.node} stopped serving (a runtime thread died; see the log)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -82,13 +82,13 @@ class OutLink:
         # waiting in ZeroMQ's buffer for a process that may never come back
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
-        if curve is not None:
-            try:
+        try:
+            if curve is not None:
                 curve.connect_to(self._socket, peer)  # AdaptiveError when the peer has no key: nothing sent
-            except AdaptiveError:
-                self._socket.close(linger=0)
-                raise
-        self._socket.connect(endpoint)
+            self._socket.connect(endpoint)
+        except (AdaptiveError, zmq.ZMQError) as exc:  # no key, or not an endpoint ("tcp://x")
+            self._socket.close(linger=0)
+            raise AdaptiveError(f"cannot connect to {endpoint[:140]!r}: {exc}") from None
         # frames in propagation, by due time (the counter keeps equal times in order)
         self._flight: list[tuple[float, int, Frame | None, list[bytes], int, float, float | None]] = []
         self._count = itertools.count()

@@ -8,7 +8,8 @@ runtime; a node is a source for the requests that enter at it.
 
 Control plane (MQTT): the node announces itself on its retained status topic (with its data
 endpoint) and learns its peers' endpoints from theirs; it validates the rule the controller
-publishes for it and every default plan, and answers each on its ack topic (the audit trail).
+publishes for it and every default plan, and answers each on its ack topic (the audit trail):
+:mod:`adaptive.runtime.node_control`.
 Data plane (ZeroMQ): frames (:mod:`adaptive.runtime.wire`) arrive on a PULL socket, each carrying
 its request's own plan (stamped at its source); the node validates that plan (its model, splits in
 range and non-decreasing, every node known and every node with work online), runs blocks
@@ -25,7 +26,6 @@ bandwidth trace (:mod:`adaptive.runtime.emulation`). Imports torch; import lazil
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -47,29 +47,22 @@ from adaptive.model.profiles import ModelProfile
 from adaptive.nn.partition import partition
 from adaptive.nn.zoo import build_model, default_input_shape
 from adaptive.protocol.messages import (
-    Ack,
     Message,
     PlanMessage,
-    SchemaError,
     StageTiming,
     StatsMessage,
-    Status,
     TransferTiming,
-    ack_topic,
-    parse_topic,
-    plan_topic,
     stats_topic,
-    status_topic,
-    version_of,
 )
-from adaptive.protocol.rules import RuleMessage, rule_topic
 from adaptive.runtime.emulation import ComputeEmulation, UplinkEmulation
 from adaptive.runtime.links import Outbox
+from adaptive.runtime.node_control import NodeControlPlane
+from adaptive.runtime.route import check_plan, check_route
 from adaptive.runtime.shaping import LinkShaper
-from adaptive.runtime.source import ActorRunner, SourceDecider, check_rule
+from adaptive.runtime.source import SourceDecider
 from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
 from monitor.presence import Presence
-from monitor.transport import BrokerAddress, MqttTransport
+from monitor.transport import BrokerAddress
 
 __all__ = ["NodeConfig", "NodeRuntime", "attach_monitor", "check_plan", "check_route"]
 
@@ -134,43 +127,6 @@ class NodeConfig:
     trace_dt_s: float = 1.0
     result_delay_ms: float = 0.0
     stats_interval_s: float = 1.0
-
-
-def check_route(model: str, devices: tuple[str, ...], splits: tuple[int, ...], my_model: str, num_blocks: int,
-                known: set[str], online: set[str] | None = None) -> tuple[str, bool]:
-    """Why a plan cannot run here, and whether that may pass (``("", False)`` if it can run).
-
-    Wrong model, a split out of range or not non-decreasing (permanent), work for a node never seen
-    in the cluster (``known``) or for a node that is not online (``online``; default: every known
-    node) — these two may pass, as peers announce themselves or the client re-plans. A plan may name
-    an offline or unknown node that it gives no blocks to: that is how a dead node is planned around
-    while the chain keeps its shape.
-    """
-    online = known if online is None else online
-    if model != my_model:
-        return f"plan is for model '{model}' but this node holds '{my_model}'", False
-    for i, s in enumerate(splits):
-        if not 0 <= s <= num_blocks:
-            return f"split {i + 1} = {s} is out of range 0..{num_blocks}", False
-    bounds = [0, *splits, num_blocks]
-    if any(b < a for a, b in itertools.pairwise(bounds)):
-        return f"splits {list(splits)} are not non-decreasing", False
-    working = [n for i, n in enumerate(devices) if bounds[i + 1] > bounds[i] or i == 0]
-    for node in working:
-        if node not in known:
-            return f"plan names unknown node '{node}'", True
-    for node in working:
-        if node not in online:
-            return f"plan gives work to node '{node}', which is offline", True
-    return "", False
-
-
-def check_plan(plan: PlanMessage, model: str, num_blocks: int, known: set[str],
-               online: set[str] | None = None) -> str:
-    """Why a published plan cannot run here ("" if it can); see :func:`check_route`."""
-    if plan.num_blocks and plan.num_blocks != num_blocks:
-        return f"plan says the model has {plan.num_blocks} blocks but this node's has {num_blocks}"
-    return check_route(plan.model, plan.devices, plan.splits, model, num_blocks, known, online)[0]
 
 
 class NodeStats:
@@ -252,13 +208,12 @@ class NodeRuntime:
         self.agent = agent
         self.shaper = (LinkShaper(config.uplink_mbps or config.uplink_trace[0], config.uplink_delay_ms)
                        if (config.uplink_mbps or config.uplink_trace) else None)
-        self.plan: PlanMessage | None = None  # newest default plan accepted (audit; requests carry theirs)
         self.presence = Presence()  # peers' statuses and data endpoints
         self.source = SourceDecider(config.node, self.presence, self._uplink,
                                     on_decision=metrics.decided if metrics is not None else None)
         self.endpoint = ""
         self.processed = 0
-        self.rejected = 0
+        self.dropped_frames = 0  # frames refused on the data plane
         self._lock = threading.Lock()
         self._work: queue.Queue[tuple[float, Frame]] = queue.Queue(maxsize=1000)  # (arrival, frame)
         self._stop = threading.Event()
@@ -266,9 +221,12 @@ class NodeRuntime:
         self.compute = ComputeEmulation(config.emulate, config.emulate_correction, config.emulate_batch,
                                         config.slowdown)
         self.uplink = UplinkEmulation(self.shaper, config.uplink_trace, config.trace_dt_s)
-        self._threads: list[threading.Thread] = []
+        self.control = NodeControlPlane(config, broker, self.presence, self.source, self.uplink,
+                                        ca_file=ca_file, metrics=metrics)
+        self.threads: list[threading.Thread] = []  # the loops: the node has failed if one ends
+        self.failed = threading.Event()
+        self.unanswerable = 0  # answers dropped: their reply_to was no endpoint, or its queue was full
         self._context: zmq.Context | None = None
-        self.transport: MqttTransport | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -291,32 +249,41 @@ class NodeRuntime:
         self.endpoint = f"tcp://{cfg.advertise}:{port}"
         self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed, self.curve,
                              on_chunk=self._on_chunk, result_delay_ms=cfg.result_delay_ms)
-        base = f"adaptive/{cfg.cluster}"
-        self.transport = MqttTransport(
-            self.broker, client_id=f"node-{cfg.cluster}-{cfg.node}", will=self._status("offline"),
-            on_connect_messages=lambda: [self._status("online")],
-            subscriptions=[(plan_topic(cfg.cluster), 1), (f"{base}/node/+/status", 1),
-                           (f"{base}/emulation", 1), (rule_topic(cfg.cluster, cfg.node), 1)],
-            on_message=self._on_mqtt, ca_file=self.ca_file, on_disconnect=self.presence.disconnected)
-        self.transport.start(wait_s)
+        self.control.start(self.endpoint, self.part.num_blocks, wait_s)
         if self.metrics is not None:
             shaper = self.shaper
             self.metrics.watch(self._work.qsize, lambda: len(self.presence.endpoints()),
                                (lambda: shaper.rate_mbps) if shaper is not None else None)
-        for target, name in ((self._receive_loop, "receive"), (self._work_loop, "work"),
-                             (self._stats_loop, "stats"), (self._trace_loop, "trace")):
+        loops = [(self._receive_loop, "receive"), (self._work_loop, "work"), (self._stats_loop, "stats")]
+        if self.uplink.trace_mbps and self.shaper is not None:
+            loops.append((self._trace_loop, "trace"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"{cfg.node}-{name}", daemon=True)
             t.start()
-            self._threads.append(t)
+            self.threads.append(t)
+        threading.Thread(target=self._watchdog, name=f"{cfg.node}-watchdog", daemon=True).start()
         return self
+
+    def _watchdog(self) -> None:
+        """A loop that ends while the node runs would leave it online and deaf: declare it failed instead.
+
+        Sets :attr:`failed` and publishes ``offline``; ``adaptive node`` then exits non-zero so its
+        supervisor (systemd) restarts it.
+        """
+        while not self._stop.wait(0.5):
+            dead = [t.name for t in self.threads if not t.is_alive()]
+            if dead and not self._stop.is_set():
+                log.critical("node %s: the %s thread died; going offline", self.config.node, ", ".join(dead))
+                self.failed.set()
+                self.control.publish(self.control.status("offline"))
+                return
 
     def close(self) -> None:
         """Stop, publish ``offline``, close sockets."""
         self._stop.set()
-        for t in self._threads:
+        for t in self.threads:
             t.join(timeout=5)
-        if self.transport is not None:
-            self.transport.close(final=[self._status("offline")])
+        self.control.close()
         if self._context is not None:
             self.outbox.close()
             self._pull.close(linger=0)
@@ -331,83 +298,15 @@ class NodeRuntime:
         crossing = self.outbox.in_progress(endpoint) if endpoint and self._context is not None else None
         return capped_estimate(estimate, crossing)
 
-    def _status(self, state: str) -> Message:
-        cfg = self.config
-        msg = Status(node=cfg.node, state=state, ts=time.time(), device=cfg.device,
-                     accelerator="cpu", memory_mb=0.0, data_endpoint=self.endpoint)
-        return Message(status_topic(cfg.cluster, cfg.node), msg.encode(), qos=1, retain=True)
+    @property
+    def plan(self) -> PlanMessage | None:
+        """The newest default plan accepted (the audit trail; requests carry their own)."""
+        return self.control.plan
 
-    # ------------------------------------------------------------------ control plane
-
-    def _on_mqtt(self, topic: str, payload: bytes) -> None:
-        if topic.endswith("/emulation"):
-            self._on_emulation(payload)
-            return
-        try:
-            _, kind, node = parse_topic(topic)
-            if kind == "status" and node is not None:
-                self.presence.receive(node, payload)
-            elif kind == "plan" and payload:
-                self._apply_plan(PlanMessage.decode(payload))
-            elif kind == "rule" and node == self.config.node and payload:
-                try:
-                    rule = RuleMessage.decode(payload)
-                except SchemaError as exc:  # refused on the ack when it says which version it was
-                    version = version_of(payload)
-                    if version is not None:
-                        self._ack(version, str(exc))
-                    raise
-                self._apply_rule(rule)
-        except SchemaError as exc:
-            self.rejected += 1
-            log.warning("dropped message on %s: %s", topic, exc)
-
-    def _on_emulation(self, payload: bytes) -> None:
-        """Emulation control for one-machine clusters (see :mod:`adaptive.runtime.emulation`)."""
-        if not self.uplink.handle(payload):
-            self.rejected += 1
-            log.warning("dropped emulation control message (expected trace_start or uplink_mbps > 0 "
-                        "on a node with an emulated uplink)")
-
-    def _apply_plan(self, plan: PlanMessage) -> None:
-        cfg = self.config
-        online = set(self.presence.endpoints()) | {cfg.node}
-        known = self.presence.seen() | online
-        error = check_plan(plan, cfg.model, self.part.num_blocks, known, online)
-        if not error:
-            with self._lock:
-                if self.plan is None or plan.version >= self.plan.version:
-                    self.plan = plan
-            if plan.devices[0] == cfg.node:
-                self.source.set_default(plan)
-        else:
-            log.warning("rejected plan %d: %s", plan.version, error)
-        self._ack(plan.version, error)
-
-    def _apply_rule(self, rule: RuleMessage) -> None:
-        """Adopt a decision rule for requests entering here, or refuse it (the last good one stays)."""
-        cfg = self.config
-        error = check_rule(rule, cfg.node, cfg.model, self.part.num_blocks)
-        runner = None
-        if not error and rule.kind == "policy":
-            try:
-                runner = ActorRunner(rule)
-            except AdaptiveError as exc:
-                error = str(exc)
-        if not error:
-            self.source.set_rule(rule, runner)
-        else:
-            log.warning("rejected rule %d: %s", rule.version, error)
-        self._ack(rule.version, error)
-
-    def _ack(self, version: int, error: str) -> None:
-        """Answer a plan or rule on this node's ack topic (and count it)."""
-        cfg = self.config
-        if self.metrics is not None:
-            self.metrics.plan(version, not error)
-        ack = Ack(node=cfg.node, version=version, ok=not error, ts=time.time(), error=error)
-        assert self.transport is not None
-        self.transport.publish(Message(ack_topic(cfg.cluster, cfg.node), ack.encode(), qos=1))
+    @property
+    def rejected(self) -> int:
+        """Frames and control messages refused."""
+        return self.dropped_frames + self.control.rejected
 
     # ------------------------------------------------------------------ data plane
 
@@ -422,35 +321,52 @@ class NodeRuntime:
             try:
                 frame = decode_frame(buffers, self.config.max_payload_bytes)
             except WireError as exc:
-                self.rejected += 1
+                self.dropped_frames += 1
                 if self.metrics is not None:
                     self.metrics.frame("rejected")
                 reply_to_malformed(self.outbox, self.config.node, buffers, str(exc))
                 continue
             except Exception:  # a decoder bug must not stop the node: drop the frame, keep serving
-                self.rejected += 1
+                self.dropped_frames += 1
                 log.exception("dropped a frame that broke the decoder")
                 continue
-            if frame.kind != "work":
-                self.rejected += 1
-                continue
-            if not frame.devices:  # entering at its source without a plan: decide it here, now
-                decided = self.source.decide(frame)
-                if decided.frame is None:  # dropped at admission (final), or no rule yet (transient)
-                    self._reply(frame.error_reply(decided.why, retry=not decided.dropped,
-                                                  dropped=decided.dropped))
-                    continue
-                frame = decided.frame
             try:
-                self._work.put_nowait((time.monotonic(), frame))
-            except queue.Full:
-                self._reply(frame.error_reply(f"node {self.config.node} is overloaded", retry=True))
+                self._admit(frame)
+            except Exception:
+                self.dropped_frames += 1
+                log.exception("dropped a frame that could not be admitted")
+
+    def _admit(self, frame: Frame) -> None:
+        """Queue a decoded frame for the work loop (deciding its plan first if it enters here)."""
+        if frame.kind != "work":
+            self.dropped_frames += 1
+            return
+        if not frame.devices:  # entering at its source without a plan: decide it here, now
+            decided = self.source.decide(frame)
+            if decided.frame is None:  # dropped at admission (final), or no rule yet (transient)
+                self._reply(frame.error_reply(decided.why, retry=not decided.dropped,
+                                              dropped=decided.dropped))
+                return
+            frame = decided.frame
+        try:
+            self._work.put_nowait((time.monotonic(), frame))
+        except queue.Full:
+            self._reply(frame.error_reply(f"node {self.config.node} is overloaded", retry=True))
 
     def _reply(self, frame: Frame) -> None:
+        """Answer a client, or drop the answer and count it: never raises (the loops call it last)."""
         if self.metrics is not None and frame.kind == "error":
             self.metrics.frame("error")
-        if not self.outbox.send(frame.reply_to, frame, frame.client):
-            log.warning("cannot answer %s: queue full", frame.reply_to)
+        try:
+            sent = (frame.reply_to.startswith("tcp://")
+                    and self.outbox.send(frame.reply_to, frame, frame.client))
+        except Exception:
+            log.exception("answering %r failed", frame.reply_to[:140])
+            sent = False
+        if not sent:
+            self.unanswerable += 1
+            log.warning("dropped the answer to %r: not a reachable endpoint, or its queue is full",
+                        frame.reply_to[:140])
 
     def _on_send_failed(self, frame: Frame, reason: str) -> None:
         if frame.kind == "work":
@@ -570,8 +486,8 @@ class NodeRuntime:
         cfg = self.config
         while not self._stop.wait(cfg.stats_interval_s):
             msg = self.stats.take(cfg.node)
-            if msg is not None and self.transport is not None:
-                self.transport.publish(Message(stats_topic(cfg.cluster, cfg.node), msg.encode(), qos=1))
+            if msg is not None:
+                self.control.publish(Message(stats_topic(cfg.cluster, cfg.node), msg.encode(), qos=1))
 
     def _trace_loop(self) -> None:
         self.uplink.replay(self._stop)

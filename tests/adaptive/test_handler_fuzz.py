@@ -63,7 +63,7 @@ def node():
     n.part = partition(build_model(MODEL), (1, 3, 32, 32), name=MODEL)  # what start() would load
     from monitor.transport import MqttTransport
 
-    n.transport = MqttTransport(NOWHERE, "fuzz-node")  # not started: acks wait in its buffer
+    n.control.bind("tcp://127.0.0.1:1", n.part.num_blocks, MqttTransport(NOWHERE, "fuzz-node"))  # acks wait
     return n
 
 
@@ -75,7 +75,7 @@ def quiet(caplog):
 @FUZZ
 @given(messages())
 def test_node_handler_never_raises(node, message):
-    node._on_mqtt(*message)
+    node.control.handle(*message)
     assert node.shaper.rate_mbps > 0
 
 
@@ -119,11 +119,11 @@ def test_collector_handler_never_raises(message):
 
 def test_handlers_still_work_after_the_fuzz(node, client):
     status = Status("jetson", "online", time.time(), data_endpoint="tcp://127.0.0.1:5999")
-    for handler in (node._on_mqtt, client._on_mqtt):
+    for handler in (node.control.handle, client._on_mqtt):
         handler(status_topic(CLUSTER, "jetson"), status.encode())
     assert node.presence.endpoint("jetson") == "tcp://127.0.0.1:5999"
     assert client.presence.endpoint("jetson") == "tcp://127.0.0.1:5999"
-    node._on_mqtt(TOPICS["emulation"], b'{"v": 1, "uplink_mbps": 12.5}')
+    node.control.handle(TOPICS["emulation"], b'{"v": 1, "uplink_mbps": 12.5}')
     assert node.shaper.rate_mbps == 12.5
 
 
@@ -134,13 +134,13 @@ def test_a_bad_rule_is_refused_on_the_ack_and_the_last_good_one_stays(node):
     topic = rule_topic(CLUSTER, "pi")
     good = RuleMessage(7, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "table", (3.0,),
                        (RulePlan((11,)), RulePlan((0,))))
-    node._on_mqtt(topic, good.encode())
+    node.control.handle(topic, good.encode())
     assert node.source.rule == good
     doc = json.loads(good.encode())
     for bad in ({**doc, "version": 8, "edges_mbps": [3.0, 1.0]},       # fails validation
                 {**doc, "version": 9, "model": "vgg16"},                # valid, but not this node's model
                 {**doc, "version": 10, "plans": [{"splits": [99]}, {"splits": [0]}]}):
-        node._on_mqtt(topic, json.dumps(bad).encode())
+        node.control.handle(topic, json.dumps(bad).encode())
     # a policy rule whose network does not take the observation it describes: refused where loaded
     import numpy as np
 
@@ -151,9 +151,9 @@ def test_a_bad_rule_is_refused_on_the_ack_and_the_last_good_one_stays(node):
     net = MlpPolicyNet([(np.ones((2, 12)), np.zeros(2))])  # the observation has 11 entries
     actor = ActorRule((1.0, 10.0), ((200.0, 300.0), (200.0, 100.0)), ("11", "11"), spec, (0.0,) * 11, 0.25,
                       net.to_json())
-    node._on_mqtt(topic, RuleMessage(11, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "ppo", (), good.plans,
+    node.control.handle(topic, RuleMessage(11, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "ppo", (), good.plans,
                                      "policy", actor).encode())
-    sent = [m for m in node.transport._buffer if m.topic.endswith("/ack")]
+    sent = [m for m in node.control.transport._buffer if m.topic.endswith("/ack")]
     acks = {a.version: a for a in (Ack.decode(m.payload) for m in sent)}
     assert acks[7].ok and not any(acks[v].ok for v in (8, 9, 10, 11)), acks
     assert "edges_mbps" in acks[8].error and "vgg16" in acks[9].error and "0..11" in acks[10].error
