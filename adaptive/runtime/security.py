@@ -15,6 +15,7 @@ code, let alone a model stage. ``adaptive keys DIR ID...`` makes the files (:fun
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import zmq
@@ -48,10 +49,29 @@ def generate(directory: str | Path, ids: list[str], overwrite: bool = False) -> 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in ids:
-        _, secret = zmq.auth.create_certificates(str(folder), name)
-        Path(secret).chmod(0o600)
-        written.append(Path(secret))
+        public, secret = zmq.curve_keypair()
+        _write_certificate(folder / f"{name}.key", public, None)
+        _write_certificate(folder / f"{name}.key_secret", public, secret)
+        written.append(folder / f"{name}.key_secret")
     return written
+
+
+def _write_certificate(path: Path, public: bytes, secret: bytes | None) -> None:
+    """A ZeroMQ certificate file (ZPL, as ``zmq.auth.load_certificate`` reads it), replaced atomically.
+
+    A secret file is created 0600 from its first byte (never readable by others, not even until a
+    chmod), in a temporary file renamed over ``path``.
+    """
+    lines = ["# ZeroMQ CURVE certificate, written by 'adaptive keys'", "metadata", "curve",
+             f'    public-key = "{public.decode()}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret is not None else 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 class CurveKeys:

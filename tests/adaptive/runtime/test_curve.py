@@ -102,3 +102,29 @@ def test_keys_command_and_bad_key_directories(tmp_path):
         CurveKeys(tmp_path / "k", "ghost")
     with pytest.raises(AdaptiveError, match="no public key for peer 'nobody'"):
         CurveKeys(tmp_path / "k", "pi").server_key("nobody")
+
+
+def test_a_secret_key_is_never_readable_by_others_not_even_before_a_chmod(tmp_path, monkeypatch):
+    """'adaptive keys' used to write the secret 0644 and chmod it afterwards (issue 20)."""
+    import os
+
+    from adaptive.runtime import security
+
+    created = []
+    real_open = os.open
+
+    def recording_open(path, flags, mode=0o777, *args, **kwargs):
+        if flags & os.O_CREAT:
+            created.append((os.path.basename(path), mode))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(security.os, "open", recording_open)
+    monkeypatch.setattr(security.zmq.auth, "create_certificates", None)  # nothing else may write keys
+    generate(tmp_path, ["pi"])
+    generate(tmp_path, ["pi"], overwrite=True)  # replaced the same way
+    secrets = [mode for name, mode in created if "key_secret" in name]
+    assert secrets == [0o600, 0o600], created
+    assert (tmp_path / "pi.key_secret").stat().st_mode & 0o077 == 0
+    assert not list(tmp_path.glob(".*.tmp"))
+    keys = CurveKeys(tmp_path, "pi")  # the files load as ZeroMQ certificates
+    assert keys.server_key("pi") == keys.public
