@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -202,7 +203,8 @@ class Cluster:
             return
         if shutil.which("mosquitto") is None:
             raise AdaptiveError("broker mosquitto: the mosquitto binary is not installed")
-        folder = self.logs or Path(".")
+        # its config beside the logs, or in a folder of its own: never in the caller's working directory
+        folder = self.logs or Path(tempfile.mkdtemp(prefix="adaptive-lab-"))
         conf = folder / "mosquitto.conf"
         conf.write_text(f"listener {self.port} {self.broker_bind}\nallow_anonymous true\npersistence false\n")
         self._broker = _ProcessBroker(self._popen("broker", ["mosquitto", "-c", str(conf)]))

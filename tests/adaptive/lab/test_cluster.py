@@ -33,3 +33,15 @@ def test_each_node_gets_its_device_monitor_and_its_successors_probe_sink(tmp_pat
 def test_a_cluster_that_cannot_work_is_refused_before_anything_starts(nodes, kwargs, message):
     with pytest.raises(AdaptiveError, match=message):
         Cluster("resnet20_cifar", nodes, **kwargs)
+
+
+@pytest.mark.skipif(__import__("shutil").which("mosquitto") is None, reason="needs mosquitto")
+def test_a_mosquitto_broker_without_logs_writes_nothing_where_the_caller_stands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lab = Cluster("resnet20_cifar", [NodeSpec("a", "x")], broker="mosquitto")
+    lab.start_broker()
+    try:
+        assert lab.broker_process is not None and lab.broker_process.poll() is None
+    finally:
+        lab.close()
+    assert list(tmp_path.iterdir()) == []  # it used to leave mosquitto.conf here
