@@ -131,7 +131,7 @@ class Controller:
 
     @property
     def version(self) -> int:
-        """The newest plan or rule version published (or left by an earlier controller)."""
+        """The newest plan or rule version published in this controller's epoch (0: none yet)."""
         return self.channel.version
 
     @property
@@ -157,7 +157,8 @@ class Controller:
         """
         devices = tuple(c.node for c in self.config.chain)
         return PlanMessage(self.channel.next_version(), self.profile.model, devices, splits,
-                           round(time.time(), 3), policy, None, codecs, self.model.num_blocks)
+                           round(time.time(), 3), policy, None, codecs, self.model.num_blocks,
+                           epoch=self.channel.epoch)
 
     def wait_rules(self, timeout_s: float = 5.0) -> list[str]:
         """Wait until the source applied its newest rule; the sources that did not (see the channel)."""
@@ -327,7 +328,7 @@ class Controller:
                                  round(rps, 3) if np.isfinite(rps) else None))
         rule = self._rule(now, "table", tuple(round(e, 4) for e in table.edges_mbps), tuple(rows))
         self._table = table
-        self.channel.publish_rule(rule)
+        rule = self.channel.publish_rule(rule)
         log.info("rule %d for %s: %d bins, edges %s Mbit/s", rule.version, rule.source, len(rows),
                  [round(e, 2) for e in table.edges_mbps])
         return rule
@@ -354,7 +355,7 @@ class Controller:
         actor = actor_rule(latency, ok, spec, obs, step_s, self.policy.to_json())
         rule = self._rule(now, self.policy_name, (), rows, kind="policy", actor=actor)
         self._basis = (ok, latency, slow)
-        self.channel.publish_rule(rule)
+        rule = self.channel.publish_rule(rule)
         log.info("rule %d for %s: the %s actor, %d plans allowed somewhere", rule.version, rule.source,
                  self.policy_name, int(ok.any(axis=0).sum()))
         return rule

@@ -356,7 +356,7 @@ class SharedController:
                            round(now, 3), self.policy_name, edges, tuple(rows),
                            deadline_ms=self.admission.get(node))
         self._tables[node] = (edges, bins.actions)
-        self.channel.publish_rule(rule)
+        rule = self.channel.publish_rule(rule)
         log.info("rule %d for %s: %d bins, edges %s Mbit/s", rule.version, node, len(rows), list(edges))
         return rule, now_ms
 

@@ -204,7 +204,7 @@ class _Demo:
             msg = self.controller.fixed_plan(plan[0], plan[1], phase)
             lab.control.publish(Message(plan_topic(self.cfg.cluster), msg.encode(), 1, True))
             deadline = time.monotonic() + 5
-            while (self.client.plan is None or self.client.plan.version < msg.version) \
+            while (self.client.plan is None or self.client.plan.rank < msg.rank) \
                     and time.monotonic() < deadline:
                 time.sleep(0.05)
         done = len(self.client.records)

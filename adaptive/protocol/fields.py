@@ -11,11 +11,15 @@ import math
 import re
 from typing import Any
 
-__all__ = ["MAX_PAYLOAD_BYTES", "VERSION", "SchemaError", "check_id", "check_version", "devices_field",
-           "dump_payload", "integer", "json_object", "load_payload", "number", "string"]
+__all__ = ["MAX_EPOCH", "MAX_PAYLOAD_BYTES", "MAX_RULE_BYTES", "MAX_VERSION", "VERSION", "SchemaError",
+           "check_id", "check_version", "devices_field",
+           "dump_payload", "epoch_field", "integer", "json_object", "load_payload", "number", "string"]
 
 VERSION = 1
+MAX_VERSION = 2**31 - 1  # a plan or rule counter, within one controller epoch
+MAX_EPOCH = 2**53 - 1  # a controller epoch: its start, Unix time in ms (exact in any JSON reader)
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_RULE_BYTES = 256 * 1024  # a policy rule carries its network
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -66,12 +70,18 @@ def string(obj: dict[str, Any], key: str, where: str, *, optional: bool = False)
     return value
 
 
-def integer(obj: dict[str, Any], key: str, where: str, lo: int = 0) -> int:
-    """The integer at ``obj[key]``, at least ``lo`` (booleans are not integers)."""
+def integer(obj: dict[str, Any], key: str, where: str, lo: int = 0, hi: int | None = None) -> int:
+    """The integer at ``obj[key]``, in ``[lo, hi]`` (booleans are not integers)."""
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise SchemaError(f"{where}: field '{key}': expected an integer >= {lo}, found {value!r}"[:200])
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise SchemaError(f"{where}: field '{key}': expected an integer {bound}, found {value!r}"[:200])
     return value
+
+
+def epoch_field(obj: dict[str, Any], where: str) -> int:
+    """The optional ``epoch`` of a plan, rule or ack (0 when absent: a sender before epochs)."""
+    return integer(obj, "epoch", where, 0, MAX_EPOCH) if "epoch" in obj else 0
 
 
 def devices_field(obj: dict[str, Any], where: str, limit: int) -> list[str]:

@@ -27,13 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adaptive.protocol.fields import (
+    MAX_EPOCH,
     MAX_PAYLOAD_BYTES,
+    MAX_RULE_BYTES,
+    MAX_VERSION,
     VERSION,
     SchemaError,
     check_id,
     check_version,
     devices_field,
     dump_payload,
+    epoch_field,
     integer,
     json_object,
     load_payload,
@@ -57,10 +61,10 @@ __all__ = [
     "check_id",
     "parse_topic",
     "plan_topic",
+    "rank_of",
     "stats_topic",
     "status_topic",
     "telemetry_topic",
-    "version_of",
 ]
 
 
@@ -309,7 +313,7 @@ class PlanMessage:
     """A versioned split plan (topic ``adaptive/<cluster>/plan``, retained).
 
     Attributes:
-        version: Plan version, increasing from 1.
+        version: Plan version: the controller's counter, from 1 in each epoch (shared with rules).
         model: Model name every node must hold.
         devices: Node ids in chain order (the first holds the input).
         splits: ``[s1, …, sM]``, one per node after the first, non-decreasing.
@@ -319,6 +323,8 @@ class PlanMessage:
         codecs: Codec per split (``none``, ``fp16``, ``int8``); empty means none.
         num_blocks: The model's block count ``L`` (0: not given), so a client can tell whether the
             last node has work (``s_M < L``) without loading the model.
+        epoch: The controller's epoch, its start in Unix ms (0: not given). Plans and rules are
+            ordered by ``(epoch, version)``: a restarted controller's counter starts again at 1.
     """
 
     version: int
@@ -330,6 +336,12 @@ class PlanMessage:
     predicted_ms: float | None = None
     codecs: tuple[str, ...] = ()
     num_blocks: int = 0
+    epoch: int = 0
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """``(epoch, version)``: the order in which plans and rules supersede each other."""
+        return self.epoch, self.version
 
     def working_nodes(self) -> tuple[str, ...]:
         """The nodes this plan gives blocks to, in chain order.
@@ -350,6 +362,8 @@ class PlanMessage:
             obj["codecs"] = list(self.codecs)
         if self.num_blocks:
             obj["num_blocks"] = self.num_blocks
+        if self.epoch:
+            obj["epoch"] = self.epoch
         return dump_payload(obj)
 
     @classmethod
@@ -372,24 +386,26 @@ class PlanMessage:
         num_blocks = integer(obj, "num_blocks", w, lo=0) if "num_blocks" in obj else 0
         if num_blocks and splits and splits[-1] > num_blocks:
             raise SchemaError(f"{w}: field 'splits': {splits[-1]} exceeds num_blocks {num_blocks}")
-        return cls(version=integer(obj, "version", w, lo=1), model=string(obj, "model", w) or "",
+        return cls(version=integer(obj, "version", w, 1, MAX_VERSION), model=string(obj, "model", w) or "",
                    devices=tuple(devices), splits=tuple(splits),
                    issued_at=float(number(obj, "issued_at", w, lo=0)),
                    policy=string(obj, "policy", w) or "",
                    predicted_ms=number(obj, "predicted_ms", w, lo=0, optional=True, allow_null=True),
-                   codecs=tuple(codecs), num_blocks=num_blocks)
+                   codecs=tuple(codecs), num_blocks=num_blocks, epoch=epoch_field(obj, w))
 
 
 @dataclass(frozen=True)
 class Ack:
-    """A node's answer to a plan (topic ``…/ack``).
+    """A node's answer to a plan or rule (topic ``…/ack``).
 
     Attributes:
         node: Node id.
-        version: Plan version acknowledged.
-        ok: Whether the node applied it.
+        version: Version of the plan or rule answered.
+        ok: Whether the node applied it (false: it refused it, and ``error`` says why).
         ts: Unix time, s.
         error: Why not, when ``ok`` is false.
+        epoch: Epoch of the plan or rule answered (0: none given).
+        kind: What was answered, ``plan`` or ``rule`` ("" when not said).
     """
 
     node: str
@@ -397,6 +413,8 @@ class Ack:
     ok: bool
     ts: float
     error: str = ""
+    epoch: int = 0
+    kind: str = ""
 
     def encode(self) -> bytes:
         """Compact JSON bytes."""
@@ -404,6 +422,10 @@ class Ack:
                                "ok": self.ok, "ts": self.ts}
         if self.error:
             obj["error"] = self.error[:256]
+        if self.epoch:
+            obj["epoch"] = self.epoch
+        if self.kind:
+            obj["kind"] = self.kind
         return dump_payload(obj)
 
     @classmethod
@@ -414,9 +436,13 @@ class Ack:
         check_version(obj, w)
         if not isinstance(obj.get("ok"), bool):
             raise SchemaError(f"{w}: field 'ok': expected true or false, found {obj.get('ok')!r}"[:200])
+        kind = string(obj, "kind", w, optional=True) or ""
+        if kind not in ("", "plan", "rule"):
+            raise SchemaError(f"{w}: field 'kind': expected 'plan' or 'rule', found {kind!r}"[:200])
         return cls(node=check_id(string(obj, "node", w) or "", "ack: node"),
-                   version=integer(obj, "version", w, lo=1), ok=obj["ok"],
-                   ts=float(number(obj, "ts", w, lo=0)), error=string(obj, "error", w, optional=True) or "")
+                   version=integer(obj, "version", w, 1, MAX_VERSION), ok=obj["ok"],
+                   ts=float(number(obj, "ts", w, lo=0)), error=string(obj, "error", w, optional=True) or "",
+                   epoch=epoch_field(obj, w), kind=kind)
 
 
 @dataclass(frozen=True)
@@ -495,7 +521,7 @@ class StatsMessage:
         st = []
         for item in stages:
             item = json_object(item, f"{w}.stages")
-            timing = StageTiming(integer(item, "version", w, 1), integer(item, "start", w),
+            timing = StageTiming(integer(item, "version", w, 1, MAX_VERSION), integer(item, "start", w),
                                  integer(item, "stop", w), integer(item, "batch", w, 1),
                                  integer(item, "count", w, 1),
                                  float(number(item, "exec_ms", w, lo=0)))
@@ -517,11 +543,18 @@ def stats_topic(cluster: str, node: str) -> str:
     return f"adaptive/{check_id(cluster, 'cluster')}/node/{check_id(node, 'node')}/stats"
 
 
-def version_of(payload: bytes) -> int | None:
-    """The ``version`` of a JSON message, valid or not, if it has a usable one (None otherwise)."""
+def rank_of(payload: bytes) -> tuple[int, int] | None:
+    """``(epoch, version)`` of a plan or rule, valid or not, if it has a usable version (None otherwise).
+
+    The epoch is 0 when absent or unusable; the version is within the contract's range.
+    """
     try:
-        obj = json.loads(payload) if len(payload) <= 65_536 else None
+        obj = json.loads(payload) if len(payload) <= MAX_RULE_BYTES else None
     except (ValueError, UnicodeDecodeError):
         return None
-    v = obj.get("version") if isinstance(obj, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 else None
+    if not isinstance(obj, dict):
+        return None
+    v, e = obj.get("version"), obj.get("epoch", 0)
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_VERSION:
+        return None
+    return (e if isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= MAX_EPOCH else 0), v

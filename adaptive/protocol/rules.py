@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from adaptive.protocol.fields import (
+    MAX_RULE_BYTES,
+    MAX_VERSION,
     VERSION,
     SchemaError,
     check_id,
     check_version,
     devices_field,
     dump_payload,
+    epoch_field,
     integer,
     load_payload,
     number,
@@ -40,7 +43,6 @@ from adaptive.protocol.messages import PlanMessage
 
 __all__ = ["ActorRule", "RuleMessage", "RulePlan", "rule_topic"]
 
-MAX_RULE_BYTES = 256 * 1024  # a policy rule carries its network
 OBSERVATION_KEYS = ("num_devices", "num_plans", "ref_latency_ms", "history", "max_clients", "bw_min_mbps",
                     "bw_max_mbps", "dwell_norm")
 INTEGER_KEYS = ("num_devices", "num_plans", "history", "max_clients", "dwell_norm")
@@ -183,6 +185,7 @@ class RuleMessage:
         actor: The network and observation of a ``policy`` rule (None for a table).
         deadline_ms: The source drops a request whose predicted latency, with the work it has
             queued ahead, exceeds this (None: it admits every request).
+        epoch: The controller's epoch (see :class:`~adaptive.protocol.messages.PlanMessage`).
     """
 
     version: int
@@ -197,6 +200,12 @@ class RuleMessage:
     kind: str = "table"
     actor: ActorRule | None = None
     deadline_ms: float | None = None
+    epoch: int = 0
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """``(epoch, version)``: the order in which plans and rules supersede each other."""
+        return self.epoch, self.version
 
     def index(self, bandwidth_mbps: float) -> int:
         """The bin of ``bandwidth_mbps`` (a NaN or unknown estimate falls in the lowest bin)."""
@@ -209,7 +218,7 @@ class RuleMessage:
         row = self.plans[k]
         return PlanMessage(version=self.version, model=self.model, devices=self.devices, splits=row.splits,
                            issued_at=self.issued_at, policy=self.policy, predicted_ms=row.predicted_ms,
-                           codecs=row.codecs, num_blocks=self.num_blocks)
+                           codecs=row.codecs, num_blocks=self.num_blocks, epoch=self.epoch)
 
     def encode(self) -> bytes:
         """Compact JSON bytes."""
@@ -232,6 +241,8 @@ class RuleMessage:
             doc["actor"] = self.actor.to_json()
         if self.deadline_ms is not None:
             doc["deadline_ms"] = self.deadline_ms
+        if self.epoch:
+            doc["epoch"] = self.epoch
         return dump_payload(doc)
 
     @classmethod
@@ -265,12 +276,13 @@ class RuleMessage:
         actor = ActorRule.from_json(obj.get("actor"), len(plans)) if kind == "policy" else None
         if kind == "table" and "actor" in obj:
             raise SchemaError(f"{w}: a table rule has no 'actor'")
-        return cls(version=integer(obj, "version", w, lo=1), source=source,
+        return cls(version=integer(obj, "version", w, 1, MAX_VERSION), source=source,
                    model=check_id(string(obj, "model", w) or "", "rule: model"), devices=tuple(devices),
                    num_blocks=num_blocks, issued_at=float(number(obj, "issued_at", w, lo=0)),
                    policy=string(obj, "policy", w) or "", edges_mbps=tuple(float(e) for e in edges),
                    plans=plans, kind=kind, actor=actor,
-                   deadline_ms=number(obj, "deadline_ms", w, lo=0, optional=True, allow_null=True))
+                   deadline_ms=number(obj, "deadline_ms", w, lo=0, optional=True, allow_null=True),
+                   epoch=epoch_field(obj, w))
 
 
 def _row(row: Any, i: int, m: int, num_blocks: int) -> RulePlan:

@@ -308,7 +308,7 @@ class InferenceClient:
             if kind == "plan" and payload:
                 plan = PlanMessage.decode(payload)
                 with self._lock:
-                    if self.plan is None or plan.version > self.plan.version:
+                    if self.plan is None or plan.rank > self.plan.rank:
                         self.plan = plan
             elif kind == "status" and node is not None:
                 self.presence.receive(node, payload)

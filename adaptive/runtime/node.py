@@ -196,10 +196,13 @@ class NodeRuntime:
         curve: CURVE keys (:class:`adaptive.runtime.security.CurveKeys`) for an authenticated,
             encrypted data plane; None for plain TCP.
         metrics: Prometheus metrics (:class:`adaptive.control.metrics.NodeMetrics`), or None.
+        verifier: What the node takes as the controller's word
+            (:class:`adaptive.runtime.signing.Verifier`; default: the unsigned lab mode).
     """
 
     def __init__(self, config: NodeConfig, broker: BrokerAddress, agent: Any = None,
-                 ca_file: str | None = None, curve: Any = None, metrics: Any = None) -> None:
+                 ca_file: str | None = None, curve: Any = None, metrics: Any = None,
+                 verifier: Any = None) -> None:
         self.config = config
         self.curve = curve
         self.metrics = metrics
@@ -222,7 +225,7 @@ class NodeRuntime:
                                         config.slowdown)
         self.uplink = UplinkEmulation(self.shaper, config.uplink_trace, config.trace_dt_s)
         self.control = NodeControlPlane(config, broker, self.presence, self.source, self.uplink,
-                                        ca_file=ca_file, metrics=metrics)
+                                        ca_file=ca_file, metrics=metrics, verifier=verifier)
         self.threads: list[threading.Thread] = []  # the loops: the node has failed if one ends
         self.failed = threading.Event()
         self.unanswerable = 0  # answers dropped: their reply_to was no endpoint, or its queue was full
@@ -427,8 +430,7 @@ class NodeRuntime:
         """
         started = time.monotonic()
         L = self.part.num_blocks
-        online = set(self.presence.endpoints()) | {self.config.node}
-        known = self.presence.seen() | online
+        known, online = self.control.route_view()
         runnable: list[tuple[float, Frame]] = []
         for arrival in arrivals:
             f = arrival[1]

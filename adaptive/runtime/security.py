@@ -15,7 +15,6 @@ code, let alone a model stage. ``adaptive keys DIR ID...`` makes the files (:fun
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import zmq
@@ -24,6 +23,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from adaptive.errors import AdaptiveError
 from adaptive.protocol.messages import SchemaError, check_id
+from adaptive.runtime.signing import write_private
 
 __all__ = ["CurveKeys", "generate"]
 
@@ -66,12 +66,7 @@ def _write_certificate(path: Path, public: bytes, secret: bytes | None) -> None:
              f'    public-key = "{public.decode()}"']
     if secret is not None:
         lines.append(f'    secret-key = "{secret.decode()}"')
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret is not None else 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_private(path, "\n".join(lines) + "\n", secret=secret is not None)
 
 
 class CurveKeys:

@@ -117,9 +117,9 @@ class SourceDecider:
         self._lock = threading.Lock()
 
     def set_rule(self, rule: RuleMessage, runner: ActorRunner | None = None) -> None:
-        """Adopt a validated rule (newer versions only); a ``policy`` rule comes with its runner."""
+        """Adopt a validated rule (newer ones only); a ``policy`` rule comes with its runner."""
         with self._lock:
-            if self.rule is None or rule.version >= self.rule.version:
+            if self.rule is None or rule.rank >= self.rule.rank:
                 if runner is not None and self.runner is not None:
                     runner.carry_over(self.runner)
                 self.rule, self.runner = rule, runner
@@ -127,7 +127,7 @@ class SourceDecider:
     def set_default(self, plan: PlanMessage) -> None:
         """Adopt the controller's default plan (used while no rule is known)."""
         with self._lock:
-            if self.default is None or plan.version >= self.default.version:
+            if self.default is None or plan.rank >= self.default.rank:
                 self.default = plan
 
     def decide(self, frame: Frame) -> Decided:

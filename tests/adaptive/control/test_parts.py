@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -60,18 +61,45 @@ def test_request_rates_follow_the_sources_and_go_stale():
     assert rates.rate("pi", now=104.0) == 0.0
 
 
-def test_the_channel_learns_versions_routes_acks_and_drops_forgeries():
+def test_the_channel_starts_an_epoch_past_any_left_on_the_broker_and_routes_only_its_own_acks():
     acks, seen = [], []
     ch = ControlChannel(NOWHERE, "c", on_ack=acks.append, on_stats=seen.append)
-    rule = RuleMessage(41, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "table", (), (RulePlan((3,), ()),))
-    ch.handle("adaptive/c/node/pi/rule", rule.encode())  # an earlier controller's retained rule
-    assert ch.next_version() == 42
-    ch.handle("adaptive/c/node/pi/ack", Ack("jetson", 42, True, 1.0).encode())  # speaks for another node
+    later = ch.epoch + 5_000  # an earlier controller whose clock ran 5 s ahead of ours
+    rule = RuleMessage(41, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "table", (), (RulePlan((3,), ()),),
+                       epoch=later)
+    ch.handle("adaptive/c/node/pi/rule", rule.encode())  # its retained rule
+    assert ch.epoch == later + 1 and ch.next_version() == 1
+    forged = RuleMessage(1, "pi", MODEL, ("pi", "jetson"), 11, 1.0, "table", (), (RulePlan((3,), ()),),
+                         epoch=int(time.time() * 1e3) + 10**12)  # from 30 years ahead: not learned
+    ch.handle("adaptive/c/node/pi/rule", forged.encode())
+    assert ch.epoch == later + 1
+    ch.handle("adaptive/c/node/pi/ack", Ack("jetson", 1, True, 1.0, epoch=ch.epoch).encode())  # another's
     ch.handle("adaptive/c/node/pi/ack", b"\xff not json")
+    ch.handle("adaptive/c/node/pi/ack", Ack("pi", 1, True, 1.0, epoch=later).encode())  # for the earlier one
     ch.handle("adaptive/c/node/pi/stats", stats("jetson", 0, 1, 1.0).encode())
     assert acks == [] and seen == []
-    ch.handle("adaptive/c/node/pi/ack", Ack("pi", 42, True, 1.0).encode())
-    assert [a.version for a in acks] == [42]
+    ch.handle("adaptive/c/node/pi/ack", Ack("pi", 1, True, 1.0, epoch=ch.epoch).encode())
+    assert [a.version for a in acks] == [1]
+
+
+def test_the_channel_stamps_signs_and_puts_its_own_back_over_a_foreign_message(tmp_path):
+    from adaptive.runtime.signing import Signer, Verifier, generate_signing_key
+
+    secret = generate_signing_key(tmp_path, "controller")
+    ch = ControlChannel(NOWHERE, "c", on_ack=lambda a: None, on_stats=lambda s: None, signer=Signer(secret))
+    sent = []
+    ch.transport.publish = sent.append  # what the channel hands to the broker session
+    rule = ch.publish_rule(RuleMessage(ch.next_version(), "pi", MODEL, ("pi", "j"), 11, 1.0, "t", (),
+                                       (RulePlan((3,), ()),)))
+    assert rule.epoch == ch.epoch and len(sent) == 1
+    body = Verifier(tmp_path / "controller.ed25519.pub").open(sent[0].topic, sent[0].payload)
+    assert RuleMessage.decode(body) == rule
+    ch.handle(sent[0].topic, sent[0].payload)  # the broker echoes ours: nothing to do
+    assert ch.foreign == 0 and len(sent) == 1
+    pinned = dataclasses.replace(rule, version=10**9)
+    ch.handle(sent[0].topic, pinned.encode())  # someone else's on our topic: ours goes back, once per 5 s
+    ch.handle(sent[0].topic, pinned.encode())
+    assert ch.foreign == 2 and [m.payload for m in sent] == [sent[0].payload] * 2
 
 
 def test_wait_rules_returns_the_sources_still_behind():

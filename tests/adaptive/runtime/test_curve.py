@@ -108,7 +108,7 @@ def test_a_secret_key_is_never_readable_by_others_not_even_before_a_chmod(tmp_pa
     """'adaptive keys' used to write the secret 0644 and chmod it afterwards (issue 20)."""
     import os
 
-    from adaptive.runtime import security
+    from adaptive.runtime import security, signing
 
     created = []
     real_open = os.open
@@ -118,7 +118,7 @@ def test_a_secret_key_is_never_readable_by_others_not_even_before_a_chmod(tmp_pa
             created.append((os.path.basename(path), mode))
         return real_open(path, flags, mode, *args, **kwargs)
 
-    monkeypatch.setattr(security.os, "open", recording_open)
+    monkeypatch.setattr(signing.os, "open", recording_open)
     monkeypatch.setattr(security.zmq.auth, "create_certificates", None)  # nothing else may write keys
     generate(tmp_path, ["pi"])
     generate(tmp_path, ["pi"], overwrite=True)  # replaced the same way
@@ -128,3 +128,9 @@ def test_a_secret_key_is_never_readable_by_others_not_even_before_a_chmod(tmp_pa
     assert not list(tmp_path.glob(".*.tmp"))
     keys = CurveKeys(tmp_path, "pi")  # the files load as ZeroMQ certificates
     assert keys.server_key("pi") == keys.public
+    created.clear()
+    signing.generate_signing_key(tmp_path, "controller")  # the controller's Ed25519 key, the same way
+    assert [mode for name, mode in created] == [0o600, 0o644], created
+    assert (tmp_path / "controller.ed25519").stat().st_mode & 0o077 == 0
+    signed = signing.Signer(tmp_path / "controller.ed25519").sign("t", b'{"a":1}')
+    assert signing.Verifier(tmp_path / "controller.ed25519.pub").open("t", signed) == b'{"a":1}'
