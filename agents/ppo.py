@@ -182,14 +182,21 @@ def _sidecar(path: Path) -> PolicySpec:
     return PolicySpec.load(sidecar)
 
 
-def load_actor(path: str | Path) -> tuple[MlpPolicyNet, PolicySpec]:
-    """The numpy actor of a trained policy and its sidecar, without torch when ``.mlp.json`` exists.
+def load_actor(path: str | Path, trust_zip: bool = False) -> tuple[MlpPolicyNet, PolicySpec]:
+    """The numpy actor of a trained policy and its sidecar: ``<name>.mlp.json`` beside ``path``.
 
-    Without that file (a policy trained before it existed) the model is loaded and exported.
+    Without that file (a policy trained before it existed), the stable-baselines3 zip itself is
+    loaded and exported only with ``trust_zip``: unpickling a zip runs whatever code it holds.
+
+    Raises:
+        AdaptiveError: No ``.mlp.json`` (and no ``trust_zip``), or a file that cannot be read.
     """
     path = Path(path)
     spec = _sidecar(path)
     actor = mlp_path(path)
+    if not actor.exists() and not trust_zip:
+        raise AdaptiveError(f"{path}: no {actor.name} beside it; loading the .zip itself would run any code "
+                            "it holds (pickle): pass --trust-policy-zip if you trust the file")
     net = MlpPolicyNet.load(actor) if actor.exists() else export_mlp(load_policy(path)[0])
     net.step_s = float(spec.env.get("dt_s", 1.0))
     if net.num_inputs != spec.observation.size or net.num_actions != spec.num_outputs:

@@ -15,8 +15,11 @@ __all__ = ["FirstChoice", "SharedWiring", "build_multi_policy", "build_policy", 
 LAN_MBPS = 1000.0
 
 
-def build_policy(spec: str, config: Any) -> tuple[Any, Any, Any, str, Any]:
-    """Wire a policy for the controller: ``(policy, candidates, obs_spec, name, on_model)``."""
+def build_policy(spec: str, config: Any, trust_zip: bool = False) -> tuple[Any, Any, Any, str, Any]:
+    """Wire a policy for the controller: ``(policy, candidates, obs_spec, name, on_model)``.
+
+    ``trust_zip`` lets ``ppo:PATH`` unpickle a stable-baselines3 zip with no ``.mlp.json`` beside it.
+    """
     from adaptive.errors import AdaptiveError
     from adaptive.model.latency import Conditions, SplitModel
     from adaptive.model.observation import ObservationSpec, candidate_plans
@@ -33,7 +36,7 @@ def build_policy(spec: str, config: Any) -> tuple[Any, Any, Any, str, Any]:
         # the actor as numpy (adaptive.model.mlp): the controller needs no torch, and it can ship the same
         # network to the source node in a decision rule
         model, sidecar = load_actor(path or Path(str(resources.files("agents.trained").joinpath(
-            "ppo_default.zip"))))
+            "ppo_default.zip"))), trust_zip=trust_zip)
         chain_devices = [c.device for c in config.chain]
         if list(sidecar.devices) != chain_devices or sidecar.model_profile != config.model_profile:
             raise AdaptiveError(f"the PPO policy was trained for {sidecar.model_profile} on "
@@ -155,8 +158,8 @@ MULTI_POLICIES = ("ppo[:PATH]", "coordinated", "greedy", "hysteresis", "device-o
                   "static")
 
 
-def build_multi_policy(spec: str, config: Any, slots: int | None = None,
-                       static_plan: int | None = None, env: dict[str, Any] | None = None) -> SharedWiring:
+def build_multi_policy(spec: str, config: Any, slots: int | None = None, static_plan: int | None = None,
+                       env: dict[str, Any] | None = None, trust_zip: bool = False) -> SharedWiring:
     """Wire a joint policy for a controller of several sources (``config.sources``).
 
     ``ppo[:PATH]`` is the trained actor (default: the shipped ``ppo_multi_client``); the
@@ -184,7 +187,7 @@ def build_multi_policy(spec: str, config: Any, slots: int | None = None,
         from agents.ppo import load_actor
 
         net, sidecar = load_actor(path or Path(str(resources.files("agents.trained").joinpath(
-            "ppo_multi_client.zip"))))
+            "ppo_multi_client.zip"))), trust_zip=trust_zip)
         if sidecar.env_id != MULTI_ENV:
             raise AdaptiveError(f"the PPO policy was trained on {sidecar.env_id}, not {MULTI_ENV}")
         if list(sidecar.devices) != devices or sidecar.model_profile != config.model_profile:

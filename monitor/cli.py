@@ -14,14 +14,24 @@ import socket
 import sys
 import threading
 
-__all__ = ["add_arguments", "main", "parse_peers", "run"]
+__all__ = ["add_arguments", "add_broker_arguments", "main", "parse_peers", "run"]
+
+
+def add_broker_arguments(p: argparse.ArgumentParser) -> None:
+    """``--broker``, ``--username``, ``--password-file``, ``--ca-file``: where the broker is, who we are."""
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                   help="mqtt://[user@]HOST:PORT or mqtts://… (default mqtt://127.0.0.1:1883); no password "
+                        "here")
+    p.add_argument("--username", help="MQTT user name (or user@ in the URL)")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file whose first line is the MQTT password (default: $ADAPTIVE_MQTT_PASSWORD)")
+    p.add_argument("--ca-file", help="CA bundle for mqtts:// (default: the system's)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the agent's options to a parser."""
     p.add_argument("--node", required=True, help="this node's id (letters, digits, . _ -)")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                   help="mqtt://[user:pass@]HOST:PORT or mqtts://… (default mqtt://127.0.0.1:1883)")
+    add_broker_arguments(p)
     p.add_argument("--cluster", default="default", help="cluster id (default 'default')")
     p.add_argument("--peers", default="", metavar="ID=HOST:PORT,..",
                    help="peers to probe: their ids and probe-sink addresses")
@@ -36,9 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="", help="device profile name announced in the status")
     p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--data-endpoint", default="", help="runtime data endpoint announced in the status")
-    p.add_argument("--username", help="MQTT user name (or in the URL)")
-    p.add_argument("--password", help="MQTT password (or in the URL)")
-    p.add_argument("--ca-file", help="CA bundle for mqtts:// (default: system)")
     p.add_argument("--buffer", type=int, default=600, help="samples kept while the broker is away")
     p.add_argument("--keepalive", type=int, default=10,
                    help="MQTT keep-alive, s; the broker announces 'offline' after 1.5x this (default 10)")
@@ -69,16 +76,12 @@ def parse_peers(text: str) -> dict[str, tuple[str, int]]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT; returns the exit code."""
-    from dataclasses import replace
-
     from adaptive.protocol.messages import SchemaError
     from monitor.agent import AgentConfig, MonitorAgent
-    from monitor.transport import parse_broker_url
+    from monitor.transport import broker_credentials
 
     try:
-        broker = parse_broker_url(args.broker)
-        if args.username:
-            broker = replace(broker, username=args.username, password=args.password)
+        broker = broker_credentials(args.broker, args.username, args.password_file)
         config = AgentConfig(
             node=args.node, cluster=args.cluster, interval_s=args.interval, peers=parse_peers(args.peers),
             probe_port=None if args.probe_port < 0 else args.probe_port,

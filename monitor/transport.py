@@ -6,19 +6,23 @@
   hand-rolled retry loop.
 * While the broker is away, :meth:`MqttTransport.publish` keeps messages in a bounded buffer
   (oldest dropped and counted) and flushes it, in order, on reconnect.
-* TLS (``mqtts://``) and username/password are options of the broker URL and constructor.
+* TLS (``mqtts://``) and username/password are options of the broker URL and constructor. The
+  command lines take the password from a file or ``ADAPTIVE_MQTT_PASSWORD``, never from their
+  arguments (:func:`broker_credentials`): every local user can read a command line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -26,7 +30,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from adaptive.protocol.messages import Message
 
-__all__ = ["BrokerAddress", "MqttTransport", "parse_broker_url"]
+__all__ = ["PASSWORD_ENV", "BrokerAddress", "MqttTransport", "broker_credentials", "parse_broker_url"]
+
+PASSWORD_ENV = "ADAPTIVE_MQTT_PASSWORD"
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,38 @@ def parse_broker_url(url: str) -> BrokerAddress:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
+
+
+def broker_credentials(url: str, username: str | None = None, password_file: str | None = None,
+                       environ: dict[str, str] | None = None) -> BrokerAddress:
+    """The broker of a command line: ``url`` (no password in it), a user name, a password kept off it.
+
+    The password is the first line of ``password_file``, or else ``$ADAPTIVE_MQTT_PASSWORD``; the
+    user name is ``username`` or the URL's.
+
+    Raises:
+        ValueError: A password in the URL, an unreadable password file, a password without a user.
+    """
+    address = parse_broker_url(url)
+    if address.password is not None:
+        raise ValueError(f"the broker URL carries a password, which every local user can read on the command "
+                         f"line; put it in --password-file or ${PASSWORD_ENV} instead")
+    password = (environ if environ is not None else os.environ).get(PASSWORD_ENV) or None
+    if password_file:
+        path = Path(password_file)
+        try:
+            text = path.read_bytes()[:4096].decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise ValueError(f"--password-file {password_file}: cannot read it ({why})") from None
+        password = text.splitlines()[0] if text.strip() else None
+        if password is None:
+            raise ValueError(f"--password-file {password_file}: the file is empty (expected the password "
+                             "on its first line)")
+    user = username or address.username
+    if password is not None and not user:
+        raise ValueError("a broker password needs a user name (--username, or user@ in the broker URL)")
+    return replace(address, username=user, password=password)
 
 
 class MqttTransport:

@@ -43,6 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    + f", oracle (default {DEFAULT_POLICIES[SINGLE]}); {MULTI}: ppo[:PATH], "
                    + ", ".join(MULTI_HEURISTICS)
                    + f" (default {DEFAULT_POLICIES[MULTI]})")
+    p.add_argument("--trust-policy-zip", action="store_true",
+                   help="let ppo:PATH load a stable-baselines3 .zip (which can run any code it holds) "
+                        "when no .mlp.json sits beside it (default: refuse)")
     p.add_argument("--episodes", type=int, default=20, help="episodes without --traces (default 20)")
     p.add_argument("--episodes-per-trace", type=int, default=3, help="episodes per trace (default 3)")
     p.add_argument("--seed", type=int, default=1000, help="first episode seed (default 1000)")
@@ -75,7 +78,7 @@ def _default_ppo(env_id: str = SINGLE) -> Path:
     return Path(str(resources.files("agents.trained").joinpath(name)))
 
 
-def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
+def _policy_factories(names: list[str], trust_zip: bool = False) -> tuple[dict[str, Any], Any]:
     from adaptive.errors import AdaptiveError
     from agents.oracle import OraclePolicy
     from agents.policies import make_heuristic
@@ -86,7 +89,7 @@ def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
     for item in names:
         name, _, path = item.partition(":")
         if name == "ppo":
-            model, spec = load_actor(path or _default_ppo())  # the numpy actor the controller runs
+            model, spec = load_actor(path or _default_ppo(), trust_zip)  # the numpy actor the controller runs
             factories["ppo"] = lambda env, m=model: m
         elif name in HEURISTICS:
             factories[name] = lambda env, n=name: make_heuristic(n, env)
@@ -98,7 +101,7 @@ def _policy_factories(names: list[str]) -> tuple[dict[str, Any], Any]:
     return factories, spec
 
 
-def _multi_factories(names: list[str]) -> dict[str, Any]:
+def _multi_factories(names: list[str], trust_zip: bool = False) -> dict[str, Any]:
     from adaptive.errors import AdaptiveError
     from agents.multi_policies import MultiActor, make_multi_heuristic
     from agents.ppo import load_actor
@@ -107,7 +110,7 @@ def _multi_factories(names: list[str]) -> dict[str, Any]:
     for item in names:
         name, _, path = item.partition(":")
         if name == "ppo":
-            net, spec = load_actor(path or _default_ppo(MULTI))
+            net, spec = load_actor(path or _default_ppo(MULTI), trust_zip)
             if spec.env_id != MULTI:
                 raise AdaptiveError(f"{path}: trained on {spec.env_id}, not {MULTI}")
             factories["ppo"] = lambda env, n=net, k=spec.observation.num_clients: MultiActor(n, k)
@@ -134,10 +137,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     multi = args.env == MULTI
     spec = None
     if multi:
-        factories, kind = _multi_factories(names), MultiClientConfig
+        factories, kind = _multi_factories(names, args.trust_policy_zip), MultiClientConfig
         config = MultiClientConfig.load(args.config)
     else:
-        (factories, spec), kind = _policy_factories(names), EnvConfig
+        (factories, spec), kind = _policy_factories(names, args.trust_policy_zip), EnvConfig
         if args.config:
             config = EnvConfig.load(args.config)
         elif spec is not None:

@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Any
 
+from monitor.cli import add_broker_arguments
+
 __all__ = ["add_parsers"]
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="run a node runtime (executes model stages)",
                        description="Hold a model replica, run this node's stage of each request.")
     p.add_argument("--node", required=True, help="node id")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    add_broker_arguments(p)
     p.add_argument("--cluster", default="default")
     p.add_argument("--model", required=True, help="zoo model name")
     p.add_argument("--input-shape", help="e.g. 1,3,224,224 (default: the model's)")
@@ -62,7 +64,9 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-max-share", type=float, default=0.05,
                    help="with --monitor: share of the link's capacity probing may use (default 0.05)")
     p.add_argument("--interval", type=float, default=1.0, help="with --monitor: telemetry period, s")
-    p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.add_argument("--controller-key", metavar="FILE",
+                   help="the controller's Ed25519 public key (DIR/controller.ed25519.pub from 'adaptive keys "
+                        "--sign'): take only plans and rules it signed (default: unsigned lab mode)")
     p.add_argument("--curve-keys", metavar="DIR",
                    help="CurveZMQ key directory (from 'adaptive keys'): authenticate and encrypt the data "
                         "plane, admitting only the public keys in DIR; needs DIR/<node>.key_secret")
@@ -73,13 +77,18 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
 def _add_controller(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("controller", help="run the controller daemon (telemetry in, plans out)",
                        description="Choose and publish split plans from live telemetry.")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    add_broker_arguments(p)
     p.add_argument("--config", required=True, help="controller config YAML")
     p.add_argument("--policy",
                    help="ppo[:PATH] | greedy | hysteresis | static (default hysteresis); with sources in the "
                         "config (several clients) a joint policy: ppo[:PATH] | coordinated | greedy | "
                         "hysteresis | device-only (default coordinated)")
-    p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.add_argument("--trust-policy-zip", action="store_true",
+                   help="let ppo:PATH load a stable-baselines3 .zip (which can run any code it holds) "
+                        "when no .mlp.json sits beside it (default: refuse)")
+    p.add_argument("--sign-key", metavar="FILE",
+                   help="sign plans and rules with this Ed25519 secret key (DIR/controller.ed25519 from "
+                        "'adaptive keys --sign'; default: unsigned lab mode)")
     _add_metrics(p)
     p.set_defaults(func=_run_controller)
 
@@ -111,7 +120,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_client(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="send inference requests and record their latency",
                        description="Load generator: open loop (--rate) or closed loop (--concurrency).")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    add_broker_arguments(p)
     p.add_argument("--cluster", default="default")
     p.add_argument("--client", default="client-1", help="client id")
     p.add_argument("--model", required=True, help="zoo model name (for the input shape)")
@@ -131,7 +140,6 @@ def _add_client(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait at start for a plan and its first node (default 30)")
     p.add_argument("--bind", default="127.0.0.1", help="address of the result socket")
     p.add_argument("--advertise", default="127.0.0.1", help="host name nodes use to reach this client")
-    p.add_argument("--ca-file", help="CA bundle for mqtts://")
     p.add_argument("--curve-keys", metavar="DIR",
                    help="CurveZMQ key directory; needs DIR/<client>.key_secret and the nodes' public keys")
     _add_metrics(p)
@@ -139,21 +147,25 @@ def _add_client(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("keys", help="make CurveZMQ key pairs for a secured data plane",
+    p = sub.add_parser("keys", help="make key pairs: CurveZMQ for the data plane, Ed25519 for the controller",
                        description="Write DIR/<ID>.key (public) and DIR/<ID>.key_secret for each id. Give "
-                                   "every node and client all the .key files and only its own .key_secret.")
+                                   "every node and client all the .key files and only its own .key_secret. "
+                                   "With --sign, write the controller's signing key instead: "
+                                   "DIR/<ID>.ed25519 (secret, for 'controller --sign-key') and "
+                                   "DIR/<ID>.ed25519.pub (for every node's --controller-key).")
     p.add_argument("dir", help="key directory (created if missing)")
-    p.add_argument("ids", nargs="+", metavar="ID", help="node and client ids")
+    p.add_argument("ids", nargs="+", metavar="ID", help="node and client ids (with --sign: the controller's)")
+    p.add_argument("--sign", action="store_true", help="make Ed25519 signing keys for plans and rules")
     p.add_argument("--overwrite", action="store_true", help="replace existing keys")
     p.set_defaults(func=_run_keys)
 
 
-def _broker(url: str) -> Any:
+def _broker(args: argparse.Namespace) -> Any:
     from adaptive.errors import AdaptiveError
-    from monitor.transport import parse_broker_url
+    from monitor.transport import broker_credentials
 
     try:
-        return parse_broker_url(url)
+        return broker_credentials(args.broker, args.username, args.password_file)
     except ValueError as exc:
         raise AdaptiveError(str(exc)) from None
 
@@ -185,7 +197,7 @@ def _run_node(args: argparse.Namespace) -> int:
         load_trace_series,
     )
 
-    broker = _broker(args.broker)
+    broker = _broker(args)
     emulate, correction, emulate_batch = None, (0.0, 0.0), 1.0
     if args.emulate:
         profile = resolve_model(args.model)
@@ -223,8 +235,11 @@ def _run_node(args: argparse.Namespace) -> int:
         raise AdaptiveError(str(exc)) from None
     curve = _curve(args.curve_keys, args.node)
     metrics = _metrics("node", args)
+    from adaptive.runtime.signing import Verifier
+
     node = NodeRuntime(config, broker, ca_file=args.ca_file, curve=curve,
-                       metrics=metrics.node(args.node) if metrics else None)
+                       metrics=metrics.node(args.node) if metrics else None,
+                       verifier=Verifier(args.controller_key))
     try:
         node.start()
     except ConnectionError as exc:
@@ -270,6 +285,13 @@ def _metrics(role: str, args: argparse.Namespace) -> Any:
 
 
 def _run_keys(args: argparse.Namespace) -> int:
+    if args.sign:
+        from adaptive.runtime.signing import generate_signing_key
+
+        for name in args.ids:
+            secret = generate_signing_key(args.dir, name, overwrite=args.overwrite)
+            print(f"wrote {secret} (keep it on the controller's host only) and {secret}.pub (for every node)")
+        return 0
     from adaptive.runtime.security import generate
 
     written = generate(args.dir, args.ids, overwrite=args.overwrite)
@@ -281,25 +303,31 @@ def _run_keys(args: argparse.Namespace) -> int:
 def _run_controller(args: argparse.Namespace) -> int:
     from adaptive.control.controller import Controller, ControllerConfig
     from adaptive.errors import AdaptiveError
+    from adaptive.runtime.signing import Signer
     from agents.wiring import build_policy
 
     config = ControllerConfig.load(args.config)
+    signer = Signer(args.sign_key) if args.sign_key else None
+    broker = _broker(args)
     metrics = _metrics("controller", args)
     controller: Controller
     if config.sources:  # several clients share the accelerators: one joint decision, a rule each
         from adaptive.control.shared_controller import SharedController
         from agents.wiring import build_multi_policy
 
-        w = build_multi_policy(args.policy or "coordinated", config)
+        w = build_multi_policy(args.policy or "coordinated", config, trust_zip=args.trust_policy_zip)
         candidates, name = w.candidates, w.name
-        controller = SharedController(config, _broker(args.broker), w.policy, spec=w.spec,
+        controller = SharedController(config, broker, w.policy, spec=w.spec,
                                       candidates=candidates, deadline_ms=w.deadline_ms, step_s=w.step_s,
                                       policy_name=name, on_shared=w.on_shared, ca_file=args.ca_file,
+                                      signer=signer,
                                       metrics=metrics.controller() if metrics else None)
     else:
-        policy, candidates, obs_spec, name, on_model = build_policy(args.policy or "hysteresis", config)
-        controller = Controller(config, _broker(args.broker), policy, candidates=candidates,
+        policy, candidates, obs_spec, name, on_model = build_policy(args.policy or "hysteresis", config,
+                                                                    trust_zip=args.trust_policy_zip)
+        controller = Controller(config, broker, policy, candidates=candidates,
                                 obs_spec=obs_spec, policy_name=name, on_model=on_model, ca_file=args.ca_file,
+                                signer=signer,
                                 metrics=metrics.controller() if metrics else None)
     try:
         controller.start()
@@ -326,7 +354,7 @@ def _run_client(args: argparse.Namespace) -> int:
         raise AdaptiveError("--duration and --rate must be > 0, --concurrency >= 1")
     if args.retries < 0 or args.wait < 0 or not args.timeout > 0:
         raise AdaptiveError("--retries and --wait must be >= 0, --timeout > 0")
-    broker = _broker(args.broker)
+    broker = _broker(args)
     curve = _curve(args.curve_keys, args.client)
     metrics = _metrics("client", args)
     writer = RecordWriter(args.out) if args.out else None

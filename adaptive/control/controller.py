@@ -68,13 +68,14 @@ class Controller:
         policy_name: Name published with each plan.
         on_model: Called with each new (calibrated) model, e.g. to update a heuristic policy.
         ca_file: CA bundle for an ``mqtts://`` broker.
+        signer: Signs plans and rules (:class:`adaptive.runtime.signing.Signer`); None: unsigned.
         metrics: Prometheus metrics (:class:`adaptive.control.metrics.ControllerMetrics`), or None.
     """
 
     def __init__(self, config: ControllerConfig, broker: BrokerAddress, policy: Any, *,
                  candidates: CandidatePlans | None = None, obs_spec: ObservationSpec | None = None,
                  policy_name: str = "policy", on_model: Callable[[SplitModel], None] | None = None,
-                 ca_file: str | None = None, metrics: Any = None) -> None:
+                 ca_file: str | None = None, metrics: Any = None, signer: Any = None) -> None:
         self.config = config
         self.metrics = metrics
         self.policy = policy
@@ -98,7 +99,8 @@ class Controller:
                                  maxlen=self.obs_spec.history)
         self.session = ControlSession(config, broker, {c.node: (base, i) for i, c in enumerate(config.chain)},
                                       [config.chain[0].node], tick=self._tick, rebuild=self.rebuild_model,
-                                      on_ack=self._on_ack, ca_file=ca_file)
+                                      on_ack=self._on_ack, ca_file=ca_file,
+                                      signer=signer)
         self.collector, self.channel = self.session.collector, self.session.channel
         self.current: int | None = None
         self.reissue: int | None = None  # a plan not applied, to publish again at the next step

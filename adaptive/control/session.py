@@ -38,12 +38,13 @@ class ControlSession:
         rebuild: Called when calibration has moved a scale enough to rebuild the model.
         on_ack: Called with every valid ack.
         ca_file: CA bundle for an ``mqtts://`` broker.
+        signer: Signs plans and rules (:class:`adaptive.runtime.signing.Signer`); None: unsigned.
     """
 
     def __init__(self, config: ControllerConfig, broker: BrokerAddress,
                  stage_models: Mapping[str, tuple[SplitModel, int]], sources: Iterable[str], *,
                  tick: Callable[[], Any], rebuild: Callable[[], None], on_ack: Callable[[Ack], None],
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, signer: Any = None) -> None:
         self.config = config
         self.rebuild = rebuild
         self.calibration = Calibration(stage_models, config.calibration_weight)
@@ -51,7 +52,7 @@ class ControlSession:
         self.collector = Collector(broker, config.cluster, client_id=f"controller-{config.cluster}-view",
                                    ca_file=ca_file)
         self.channel = ControlChannel(broker, config.cluster, on_ack=on_ack, on_stats=self._on_stats,
-                                      ca_file=ca_file)
+                                      ca_file=ca_file, signer=signer)
         self.loop = ControlLoop(tick, config.interval_s)
 
     def start(self, wait_s: float = 10.0) -> None:

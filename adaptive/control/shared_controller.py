@@ -82,6 +82,7 @@ class SharedController:
             model predicts later than that (seed 004's frame drop; the environment's admission).
             None: sources admit every request.
         ca_file: CA bundle for an ``mqtts://`` broker.
+        signer: Signs plans and rules (:class:`adaptive.runtime.signing.Signer`); None: unsigned.
         metrics: Prometheus metrics, or None.
     """
 
@@ -90,7 +91,7 @@ class SharedController:
                  step_s: float = 0.25, policy_name: str = "policy",
                  on_shared: Callable[[SharedChain], None] | None = None, accel_link_mbps: float = 1000.0,
                  link_delay_ms: Sequence[float] = (), admission: Mapping[str, float] | None = None,
-                 ca_file: str | None = None, metrics: Any = None) -> None:
+                 ca_file: str | None = None, metrics: Any = None, signer: Any = None) -> None:
         if len(config.chain) < 2:
             raise AdaptiveError("several clients share accelerators: the chain needs at least one")
         self.config = config
@@ -124,7 +125,7 @@ class SharedController:
         # sources ack rules, which the channel tracks (wait_rules); nothing else is acked here
         self.session = ControlSession(config, broker, stage_models, [c.node for c in self.clients],
                                       tick=self.step, rebuild=self.rebuild_model, on_ack=lambda ack: None,
-                                      ca_file=ca_file)
+                                      ca_file=ca_file, signer=signer)
         self.collector, self.channel = self.session.collector, self.session.channel
         self.shared = self._build_shared(self.scales)
         K = spec.num_clients

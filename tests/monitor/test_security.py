@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,11 +16,13 @@ from adaptive.lab.ports import free_port
 from adaptive.protocol.messages import (
     Message,
     PlanMessage,
+    ack_topic,
     plan_topic,
     stats_topic,
     status_topic,
     telemetry_topic,
 )
+from adaptive.protocol.rules import RuleMessage, RulePlan, rule_topic
 from monitor.transport import BrokerAddress, MqttTransport
 from tests.brokers import wait_port
 
@@ -28,7 +31,7 @@ pytestmark = [pytest.mark.integration,
                                       and shutil.which("mosquitto_passwd")),
                                  reason="needs mosquitto, mosquitto_passwd and openssl")]
 DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy"
-USERS = {"controller": "c-secret", "pi": "pi-secret", "jetson": "j-secret"}
+USERS = {"controller": "c-secret", "pi": "pi-secret", "jetson": "j-secret", "client-1": "cl-secret"}
 
 
 def run(*cmd):
@@ -78,9 +81,12 @@ def connect(broker, user, tls=True, **kw):
     return t.start(wait_s=5)
 
 
-def test_agent_connects_over_tls_with_password(secure_broker):
-    url = f"mqtts://pi:{USERS['pi']}@127.0.0.1:{secure_broker['tls']}"
+def test_agent_connects_over_tls_with_a_password_kept_off_its_command_line(secure_broker, tmp_path):
+    secret = tmp_path / "pi.password"
+    secret.write_text(USERS["pi"] + "\n")
+    url = f"mqtts://pi@127.0.0.1:{secure_broker['tls']}"
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "--node", "pi", "--broker", url,
+                             "--password-file", str(secret),
                              "--ca-file", secure_broker["ca"], "--probe-port", "-1", "--interval", "0.3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -96,13 +102,16 @@ def test_agent_connects_over_tls_with_password(secure_broker):
 
 
 def test_wrong_password_and_untrusted_tls_are_clear_errors(secure_broker):
+    env = {**os.environ, "ADAPTIVE_MQTT_PASSWORD": "nope"}
     bad = subprocess.run([sys.executable, "-m", "monitor", "--node", "pi", "--probe-port", "-1",
-                          "--broker", f"mqtts://pi:nope@127.0.0.1:{secure_broker['tls']}",
-                          "--ca-file", secure_broker["ca"]], capture_output=True, text=True, timeout=30)
+                          "--broker", f"mqtts://pi@127.0.0.1:{secure_broker['tls']}",
+                          "--ca-file", secure_broker["ca"]], capture_output=True, text=True, timeout=30,
+                         env=env)
     assert bad.returncode == 2 and "did not accept the session" in bad.stderr
+    env["ADAPTIVE_MQTT_PASSWORD"] = USERS["pi"]
     untrusted = subprocess.run([sys.executable, "-m", "monitor", "--node", "pi", "--probe-port", "-1",
-                                "--broker", f"mqtts://pi:{USERS['pi']}@127.0.0.1:{secure_broker['tls']}"],
-                               capture_output=True, text=True, timeout=30)
+                                "--broker", f"mqtts://pi@127.0.0.1:{secure_broker['tls']}"],
+                               capture_output=True, text=True, timeout=30, env=env)
     assert untrusted.returncode == 2 and "cannot reach broker" in untrusted.stderr
     assert len(untrusted.stderr.strip().splitlines()) == 1
 
@@ -136,3 +145,35 @@ def test_acl_node_publishes_only_as_itself_and_only_controller_plans(secure_brok
     assert stats_topic("lab", "jetson") not in got
     assert "adaptive/lab/emulation" not in got
     assert plan_topic("lab") not in got
+
+
+def test_acl_every_role_stays_in_its_lane_rules_included(secure_broker):
+    """Issue 20: the shipped ACL did not mention the rule topic; nodes could publish rules and fake nodes."""
+    got = []
+    watcher = connect(secure_broker, "controller", subscriptions=[("adaptive/#", 1)],
+                      on_message=lambda t, p: got.append(t))
+    rule = RuleMessage(1, "pi", "m", ("pi", "jetson"), 11, time.time(), "t", (), (RulePlan((3,), ()),))
+    rule = rule.encode()
+    pi, jetson, client = (connect(secure_broker, user) for user in ("pi", "jetson", "client-1"))
+    pi.publish(Message(rule_topic("lab", "pi"), rule, 1))                    # a node pins its rule: denied
+    jetson.publish(Message(rule_topic("lab", "pi"), rule, 1))                # or another's: denied
+    client.publish(Message(rule_topic("lab", "pi"), rule, 1))                # a client: denied
+    client.publish(Message(plan_topic("lab"), rule, 1))                      # denied
+    pi.publish(Message(status_topic("lab", "ghost"), b"fake node", 1))      # a node no account is: denied
+    pi.publish(Message(ack_topic("lab", "jetson"), b"ack for another", 1))   # denied
+    client.publish(Message(status_topic("lab", "jetson"), b"fake", 1))      # denied
+    pi.publish(Message(ack_topic("lab", "pi"), b"own ack", 1))              # allowed
+    controller = connect(secure_broker, "controller")
+    controller.publish(Message(rule_topic("lab", "pi2"), rule, 1))           # allowed: the controller
+    rules_seen = []
+    reader = connect(secure_broker, "jetson", subscriptions=[("adaptive/lab/node/+/rule", 1)],
+                     on_message=lambda t, p: rules_seen.append(t))             # nodes read every rule
+    controller.publish(Message(rule_topic("lab", "pi3"), rule, 1))
+    time.sleep(1.5)
+    for t in (watcher, pi, jetson, client, controller, reader):
+        t.close()
+    assert ack_topic("lab", "pi") in got and rule_topic("lab", "pi2") in got
+    assert rule_topic("lab", "pi3") in rules_seen
+    for denied in (rule_topic("lab", "pi"), plan_topic("lab"), status_topic("lab", "ghost"),
+                   ack_topic("lab", "jetson"), status_topic("lab", "jetson")):
+        assert denied not in got, denied
