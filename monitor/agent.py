@@ -14,11 +14,11 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from adaptive.protocol.messages import LinkEstimate, Message, Status, Telemetry, status_topic, telemetry_topic
-from monitor.probe import ProbeClient, ProbeError, ProbeServer
+from monitor.probe import ProbeClient, ProbeError, ProbeServer, host_addresses
 from monitor.sampler import PsutilSampler, ResourceSample, Sampler, passive_rates
 from monitor.transport import BrokerAddress, MqttTransport
 
@@ -56,6 +56,10 @@ class AgentConfig:
         data_endpoint: Runtime data endpoint announced in the status (may be empty).
         buffer_size: Telemetry messages kept while the broker is away.
         passive: Also read kernel delivery-rate estimates for connections to peers.
+        probe_bind: Address the probe sink binds.
+        probe_allow: Hosts that may probe this node, besides this machine and ``peers``; None lets
+            anyone who reaches the port probe it.
+        probe_max_bytes: Largest transfer the sink takes, bytes.
     """
 
     node: str
@@ -71,6 +75,9 @@ class AgentConfig:
     data_endpoint: str = ""
     buffer_size: int = 600
     passive: bool = True
+    probe_bind: str = "0.0.0.0"
+    probe_allow: tuple[str, ...] | None = ()
+    probe_max_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0 or not self.probe_interval_s > 0:
@@ -94,13 +101,16 @@ class MonitorAgent:
         ca_file: CA bundle for an ``mqtts://`` broker.
         keepalive_s: MQTT keep-alive, s: the broker publishes the Last Will (``offline``) after
             1.5 times this without a word from the agent.
+        known_hosts: Called when someone connects to the probe sink: more hosts allowed to probe
+            (e.g. those of the nodes that announced themselves on the broker).
     """
 
     def __init__(self, config: AgentConfig, broker: BrokerAddress, *, sampler: Sampler | None = None,
                  transport: MqttTransport | None = None,
                  limiters: dict[str, Callable[[int], object]] | None = None, ca_file: str | None = None,
-                 keepalive_s: int = 10) -> None:
+                 keepalive_s: int = 10, known_hosts: Callable[[], Iterable[str]] | None = None) -> None:
         self.config = config
+        self.known_hosts = known_hosts
         self.sampler = sampler or PsutilSampler()
         self.limiters = dict(limiters or {})
         self._topic = telemetry_topic(config.cluster, config.node)
@@ -124,8 +134,19 @@ class MonitorAgent:
 
     def start(self, wait_s: float | None = 10.0) -> MonitorAgent:
         """Start the probe sink, connect to the broker and start the loops."""
-        if self.config.probe_port is not None:
-            self._sink = ProbeServer("0.0.0.0", self.config.probe_port).start()
+        cfg = self.config
+        if cfg.probe_port is not None:
+            allow = None
+            if cfg.probe_allow is not None:
+                fixed = host_addresses(["127.0.0.1", "::1", socket.gethostname(), *cfg.probe_allow,
+                                        *(host for host, _ in cfg.peers.values())])
+                more = self.known_hosts
+
+                def allow(ip: str) -> bool:
+                    return ip in fixed or (more is not None and ip in host_addresses(more()))
+
+            self._sink = ProbeServer(cfg.probe_bind, cfg.probe_port, max_bytes=cfg.probe_max_bytes,
+                                     allow=allow).start()
         self._previous = self.sampler.sample()
         self._memory_mb = self._previous.total_mb
         self.transport.will = self._status("offline")  # set before connecting, as paho requires

@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=1.0, help="telemetry period, s (default 1)")
     p.add_argument("--probe-port", type=int, default=7300,
                    help="port of this node's probe sink (0: any free port, -1: no sink; default 7300)")
+    p.add_argument("--probe-bind", default="0.0.0.0", help="address of the probe sink (default all)")
+    p.add_argument("--probe-allow", default="", metavar="HOST,..|any",
+                   help="hosts that may probe this node besides this machine and --peers (the nodes "
+                        "before it in the chain); 'any': whoever reaches the port (default: none more)")
     p.add_argument("--probe-interval", type=float, default=10.0, help="period per peer probe, s")
     p.add_argument("--probe-bytes", type=int, default=1_000_000,
                    help="largest probe transfer, bytes (default 1000000)")
@@ -87,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
             probe_port=None if args.probe_port < 0 else args.probe_port,
             probe_interval_s=args.probe_interval, probe_bytes=args.probe_bytes,
             probe_max_share=args.probe_max_share, device=args.device, accelerator=args.accelerator,
-            data_endpoint=args.data_endpoint, buffer_size=args.buffer)
+            data_endpoint=args.data_endpoint, buffer_size=args.buffer, probe_bind=args.probe_bind,
+            probe_allow=None if args.probe_allow.strip() == "any" else tuple(
+                h.strip() for h in args.probe_allow.split(",") if h.strip()))
         if args.keepalive < 1:
             raise ValueError(f"--keepalive must be >= 1 s, found {args.keepalive}")
         agent = MonitorAgent(config, broker, ca_file=args.ca_file if broker.tls else None,

@@ -29,10 +29,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["ProbeClient", "ProbeError", "ProbeServer", "TransferResult", "parse_hostport"]
+__all__ = ["ProbeClient", "ProbeError", "ProbeServer", "TransferResult", "host_addresses", "parse_hostport"]
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,18 @@ class ProbeServer:
         host: Address to bind (``"0.0.0.0"`` for all interfaces).
         port: TCP port (0 picks a free one; see :attr:`port` after :meth:`start`).
         max_bytes: Largest transfer accepted; bigger requests close the connection.
+        max_connections: Connections served at once; more are closed at once.
+        allow: ``allow(ip)`` says whether a peer at that address may probe (None: anyone who can
+            reach the port); a refused connection is closed before a byte is read.
     """
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 0, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_connections: int = 8, allow: Callable[[str], bool] | None = None) -> None:
         self.host, self.port, self.max_bytes = host, port, max_bytes
+        self.max_connections = max_connections
+        self.allow = allow
+        self.refused = 0  # connections closed unserved: not allowed, or over the connection cap
+        self._slots = threading.BoundedSemaphore(max_connections)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -139,9 +147,23 @@ class ProbeServer:
                 continue
             except OSError:
                 return
+            ip = str(addr[0]) if isinstance(addr, tuple) else ""
+            allowed = self.allow is None or _allowed(self.allow, ip)
+            if not allowed or not self._slots.acquire(blocking=False):
+                self.refused += 1
+                log.warning("probe sink: closed a connection from %s (%s)", ip,
+                            "not a known peer" if not allowed else f"{self.max_connections} already open")
+                conn.close()
+                continue
             threading.Thread(target=self._handle, args=(conn, addr), daemon=True).start()
 
     def _handle(self, conn: socket.socket, addr: object) -> None:
+        try:
+            self._serve_one(conn, addr)
+        finally:
+            self._slots.release()
+
+    def _serve_one(self, conn: socket.socket, addr: object) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(30)
         with conn:
@@ -181,6 +203,25 @@ class ProbeServer:
         span = t_last - t_first if length else 0
         return RESULT.pack(RESULT_MAGIC, VERSION, 0, 0, received, span, t_last - t_header,
                            first_read)
+
+
+def _allowed(allow: Callable[[str], bool], ip: str) -> bool:
+    try:
+        return bool(allow(ip))
+    except Exception:  # a broken allow-list refuses; it never stops the sink
+        log.exception("probe sink: the allow-list failed on %s", ip)
+        return False
+
+
+def host_addresses(hosts: Iterable[str]) -> set[str]:
+    """The IP addresses of ``hosts`` (names resolved now; unknown ones left out, and logged)."""
+    found: set[str] = set()
+    for host in hosts:
+        try:
+            found |= {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            log.warning("probe sink: cannot resolve allowed host %r", host)
+    return found
 
 
 class ProbeClient:

@@ -57,6 +57,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         description="Serve timed transfers until interrupted.")
     p.add_argument("--bind", default="0.0.0.0", help="address to bind (default all)")
     p.add_argument("--port", type=int, default=7300, help="TCP port (default 7300)")
+    p.add_argument("--allow", default="", metavar="HOST,..|any",
+                   help="hosts that may profile the link to here (default: this machine only); 'any': "
+                        "whoever reaches the port")
     p.set_defaults(func=_run_link_server)
 
     p = psub.add_parser("derive", help="derive latency on Pi 4 / Jetson from published data",
@@ -232,9 +235,12 @@ def _run_profile_link(args: argparse.Namespace) -> int:
 def _run_link_server(args: argparse.Namespace) -> int:
     import time
 
-    from monitor.probe import ProbeServer
+    from monitor.probe import ProbeServer, host_addresses
 
-    with ProbeServer(args.bind, args.port) as server:
+    hosts = [h.strip() for h in args.allow.split(",") if h.strip()]
+    allowed = None if hosts == ["any"] else host_addresses(["127.0.0.1", "::1", *hosts])
+    with ProbeServer(args.bind, args.port, max_bytes=8 * 1024 * 1024,
+                     allow=None if allowed is None else allowed.__contains__) as server:
         print(f"probe sink listening on {args.bind}:{server.port} (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)

@@ -168,6 +168,19 @@ class _PushSockets:
         self.sockets.clear()
 
 
+def _receive(sock: zmq.Socket, curve: Any, presence: Presence) -> Frame | None:
+    """One answer from the result socket; None if malformed or, with CURVE, not from a node (logged)."""
+    parts = sock.recv_multipart(copy=False)
+    try:
+        frame = decode_frame([p.buffer for p in parts], DEFAULT_MAX_PAYLOAD)
+        if curve is not None and (why := curve.check_sender(parts[0], frame, presence.seen())):
+            raise WireError(why)
+    except WireError as exc:
+        log.warning("dropped frame: %s", exc)
+        return None
+    return frame
+
+
 class InferenceClient:
     """Sends requests under the current plan and records what comes back (see the module docstring).
 
@@ -409,13 +422,7 @@ class InferenceClient:
         poller = zmq.Poller()
         poller.register(self._pull, zmq.POLLIN)
         while not self._stop.is_set():
-            if poller.poll(50):
-                parts = self._pull.recv_multipart(copy=False)
-                try:
-                    frame = decode_frame([p.buffer for p in parts], DEFAULT_MAX_PAYLOAD)
-                except WireError as exc:
-                    log.warning("dropped frame: %s", exc)
-                    continue
+            if poller.poll(50) and (frame := _receive(self._pull, self.curve, self.presence)) is not None:
                 self._answer(frame)
             self._tick()
 

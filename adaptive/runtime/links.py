@@ -11,6 +11,11 @@ flight, and a carrier thread, the socket's only user, that hands each one over w
 propagation delay has passed (the link carries the next frame meanwhile). All of a node's links can share one
 :class:`~adaptive.runtime.shaping.LinkShaper` (the node's uplink), which paces the activations it
 sends to other nodes (results and errors to clients are not shaped).
+
+Links are bounded: an :class:`Outbox` holds at most ``max_links`` of them and closes one that has
+carried nothing for ``idle_s``; at the bound it closes the least recently used idle link to make
+room, or refuses the frame (its sender counts it). Frames naming endpoints that lead nowhere cannot
+grow a node's threads without end.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class OutLink:
         self.on_sent = on_sent
         self.on_failed = on_failed
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=max_queue)
+        self.last_used = time.monotonic()
+        self.closing = False
         self.in_progress: tuple[int, float] | None = None  # (bytes, monotonic start) of a chunk on the link
         self._socket = context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 1000)
@@ -100,17 +107,27 @@ class OutLink:
 
     def send(self, frame: Frame) -> bool:
         """Queue a frame; False if the queue is full (the caller answers the client)."""
+        self.last_used = time.monotonic()
         try:
             self._queue.put_nowait(frame)
             return True
         except queue.Full:
             return False
 
-    def close(self) -> None:
-        """Send what is queued, then close."""
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, on the link or in flight."""
+        with self._arrived:
+            flying = bool(self._flight)
+        return self._queue.empty() and not flying and self.in_progress is None
+
+    def close(self, wait: bool = True) -> None:
+        """Send what is queued, then close (``wait``: until the threads are done)."""
+        self.closing = True
         self._queue.put(None)
-        self._thread.join(timeout=10)
-        self._carrier.join(timeout=10)
+        if wait:
+            self._thread.join(timeout=10)
+            self._carrier.join(timeout=10)
 
     def _run(self) -> None:
         """Take frames in order, pace them through the shaper, and put them in flight."""
@@ -210,13 +227,20 @@ class OutLink:
 
 
 class Outbox:
-    """Lazily created :class:`OutLink` per endpoint, sharing one shaper, callbacks and CURVE keys."""
+    """Lazily created :class:`OutLink` per endpoint, sharing one shaper, callbacks and CURVE keys.
+
+    At most ``max_links`` links; one idle for ``idle_s`` is closed (see the module docstring).
+    """
 
     def __init__(self, context: zmq.Context, shaper: LinkShaper | None = None,
                  on_sent: SentCallback | None = None,
                  on_failed: Callable[[Frame, str], None] | None = None, curve: Any = None,
-                 on_chunk: ChunkCallback | None = None, result_delay_ms: float = 0.0) -> None:
+                 on_chunk: ChunkCallback | None = None, result_delay_ms: float = 0.0,
+                 max_links: int = 32, idle_s: float = 30.0) -> None:
         self.context = context
+        self.max_links = max_links
+        self.idle_s = idle_s
+        self.refused = 0  # frames refused because every link was busy at the bound
         self.result_delay_ms = result_delay_ms
         self.curve = curve
         self.on_chunk = on_chunk
@@ -229,8 +253,14 @@ class Outbox:
     def send(self, endpoint: str, frame: Frame, peer: str = "") -> bool:
         """Queue ``frame`` for ``endpoint``, where ``peer`` (a node or client id) listens."""
         with self._lock:
+            self._close_idle(time.monotonic())
             link = self._links.get(endpoint)
             if link is None:
+                if len(self._links) >= self.max_links and not self._evict():
+                    self.refused += 1
+                    log.warning("refused a frame for %s: %d links open, none idle", endpoint[:140],
+                                len(self._links))
+                    return False
                 try:
                     link = OutLink(self.context, endpoint, self.shaper, self.on_sent, self.on_failed,
                                    curve=self.curve, peer=peer, on_chunk=self.on_chunk,
@@ -240,6 +270,28 @@ class Outbox:
                     return False
                 self._links[endpoint] = link
         return link.send(frame)
+
+    def _close_idle(self, now: float) -> None:
+        """Close links idle for ``idle_s`` (with the lock held; they finish on their own threads)."""
+        for endpoint, link in list(self._links.items()):
+            if now - link.last_used > self.idle_s and link.idle:
+                del self._links[endpoint]
+                link.close(wait=False)
+
+    def _evict(self) -> bool:
+        """Close the least recently used idle link to make room; False if none is idle."""
+        idle = [(link.last_used, ep) for ep, link in self._links.items() if link.idle]
+        if not idle:
+            return False
+        endpoint = min(idle)[1]
+        self._links.pop(endpoint).close(wait=False)
+        return True
+
+    @property
+    def open_links(self) -> int:
+        """Links open now."""
+        with self._lock:
+            return len(self._links)
 
     def in_progress(self, endpoint: str) -> tuple[int, float] | None:
         """``(bytes, monotonic start)`` of the chunk crossing the emulated link to ``endpoint`` now."""

@@ -34,9 +34,11 @@ import statistics
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -102,6 +104,8 @@ class NodeConfig:
             links between this node and the source), ms: its link to the client delivers them this
             much later, in order, without holding back the ones behind.
         stats_interval_s: Period of stats messages, s.
+        max_links: Outbound links (to peers and clients) open at most.
+        link_idle_s: An outbound link that carried nothing this long is closed, s.
     """
 
     node: str
@@ -127,6 +131,8 @@ class NodeConfig:
     trace_dt_s: float = 1.0
     result_delay_ms: float = 0.0
     stats_interval_s: float = 1.0
+    max_links: int = 32
+    link_idle_s: float = 30.0
 
 
 class NodeStats:
@@ -251,7 +257,8 @@ class NodeRuntime:
             raise
         self.endpoint = f"tcp://{cfg.advertise}:{port}"
         self.outbox = Outbox(self._context, self.shaper, self._on_sent, self._on_send_failed, self.curve,
-                             on_chunk=self._on_chunk, result_delay_ms=cfg.result_delay_ms)
+                             on_chunk=self._on_chunk, result_delay_ms=cfg.result_delay_ms,
+                             max_links=cfg.max_links, idle_s=cfg.link_idle_s)
         self.control.start(self.endpoint, self.part.num_blocks, wait_s)
         if self.metrics is not None:
             shaper = self.shaper
@@ -333,6 +340,10 @@ class NodeRuntime:
                 self.dropped_frames += 1
                 log.exception("dropped a frame that broke the decoder")
                 continue
+            if self.curve is not None and (why := self.curve.check_sender(parts[0], frame)):
+                self.dropped_frames += 1  # no answer: whoever sent it is not who it claims
+                log.warning("dropped %s", why)
+                continue
             try:
                 self._admit(frame)
             except Exception:
@@ -374,6 +385,8 @@ class NodeRuntime:
     def _on_send_failed(self, frame: Frame, reason: str) -> None:
         if frame.kind == "work":
             self._reply(frame.error_reply(reason, retry=True))
+        else:  # an answer that could not be delivered
+            self.unanswerable += 1
 
     def _on_sent(self, endpoint: str, frame: Frame, nbytes: int, seconds: float,
                  wire_s: float | None) -> None:
@@ -594,7 +607,9 @@ def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, prob
                    probe_max_share: float = 0.05) -> Any:
     """Run a node's monitor agent in the node's process; returns the started agent.
 
-    Its status announces the runtime's data endpoint, and its ``cpu_percent`` leaves out this
+    Its probe sink binds where the data socket does and takes probes only from this machine, the
+    peers it probes and the nodes that announced themselves on the broker. Its status announces the
+    runtime's data endpoint, and its ``cpu_percent`` leaves out this
     process (the runtime's own inference is not background load). When the uplink is emulated,
     the agent's probes go through the node's shaper and the runtime reports every activation's wire
     time to it as a passive estimate (:meth:`monitor.agent.MonitorAgent.observe_transfer`); on a real
@@ -614,8 +629,14 @@ def attach_monitor(node: NodeRuntime, peers: dict[str, tuple[str, int]], *, prob
                                      probe_port=probe_port, probe_interval_s=probe_interval_s,
                                      probe_max_share=probe_max_share,
                                      device=cfg.device, data_endpoint=node.endpoint, passive=not emulated,
-                                     **extra),
-                         node.broker, limiters=limiters, sampler=sampler, ca_file=node.ca_file)
+                                     probe_bind=cfg.bind, **extra),
+                         node.broker, limiters=limiters, sampler=sampler, ca_file=node.ca_file,
+                         known_hosts=lambda: _hosts(node.presence.endpoints().values()))
     agent.start()
     node.agent = agent
     return agent
+
+
+def _hosts(endpoints: Iterable[str]) -> set[str]:
+    """The hosts of ``tcp://host:port`` endpoints."""
+    return {host for e in endpoints if (host := urlsplit(e).hostname)}

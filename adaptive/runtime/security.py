@@ -10,20 +10,28 @@ owner's key pair, and a ZAP handler admits only the public keys found in the dir
 socket that sends is a CURVE client that pins the receiver's public key, ``<receiver id>.key``: a peer
 without an authorised key never completes the handshake, so none of its frames reaches the node's
 code, let alone a model stage. ``adaptive keys DIR ID...`` makes the files (:func:`generate`).
+
+A key says who is speaking, and a frame may not claim otherwise: the ZAP handler names each
+connection by its key's id (the ZeroMQ ``User-Id``), and :meth:`CurveKeys.check_sender` holds a
+frame to it. A request entering the chain comes from the client it names; a request further down
+comes from a node earlier in its own chain; a result or error comes from a node of its chain.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from adaptive.errors import AdaptiveError
 from adaptive.protocol.messages import SchemaError, check_id
 from adaptive.runtime.signing import write_private
+from adaptive.runtime.wire import Frame
 
 __all__ = ["CurveKeys", "generate"]
 
@@ -97,6 +105,12 @@ class CurveKeys:
             raise AdaptiveError(f"{secret_file} holds no secret key")
         self.secret: bytes = secret
         self.authorised = sorted(p.stem for p in self.directory.glob("*.key"))
+        self._ids: dict[bytes, str] = {}  # z85 public key -> the id of its file
+        for name in self.authorised:
+            try:
+                self._ids[zmq.auth.load_certificate(str(self.directory / f"{name}.key"))[0]] = name
+            except (OSError, ValueError):
+                log.warning("skipped unreadable public key %s.key in %s", name, self.directory)
         self._auth: ThreadAuthenticator | None = None
 
     def start_authenticator(self, context: zmq.Context) -> None:
@@ -104,6 +118,7 @@ class CurveKeys:
         auth = ThreadAuthenticator(context, log=logging.getLogger("adaptive.zap"))
         auth.start()
         auth.configure_curve(domain="*", location=str(self.directory))
+        auth.curve_user_id = lambda key: self._ids.get(z85.encode(key), "")  # the key's id is the User-Id
         self._auth = auth
 
     def stop_authenticator(self) -> None:
@@ -111,6 +126,26 @@ class CurveKeys:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+
+    @staticmethod
+    def check_sender(part: zmq.Frame, frame: Frame, nodes: Collection[str] = ()) -> str:
+        """Why ``frame``, received as ``part`` on a CURVE server, may not come from its sender ("" if it may).
+
+        A ``work`` frame at hop 0 must come from the client it names, further on from a node before
+        its hop; a ``result`` or ``error`` from one of ``nodes`` (those that announced themselves).
+        """
+        try:
+            sender = part.get("User-Id") or ""
+        except (zmq.ZMQError, UnicodeDecodeError):
+            sender = ""
+        if frame.kind == "work":
+            ok = sender == frame.client if frame.hop == 0 else sender in frame.devices[:frame.hop]
+        else:
+            ok = sender in nodes
+        if ok:
+            return ""
+        return (f"a {frame.kind} frame at hop {frame.hop} claiming client '{frame.client[:64]}' came "
+                f"from key '{sender or '?'}'")
 
     def serve(self, sock: zmq.Socket) -> None:
         """Make ``sock`` a CURVE server with this identity (before it binds)."""
