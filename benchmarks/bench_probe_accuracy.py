@@ -52,7 +52,7 @@ def main() -> None:
     rows = []
     with ShapedLink("adpbench", rates[0]) as link:
         sink = link.popen([sys.executable, "-m", "adaptive", "profile", "link-server",
-                           "--bind", link.peer_ip, "--port", "7399"],
+                           "--bind", link.peer_ip, "--port", "7399", "--allow", link.host_ip],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_sink(link.peer_ip, 7399)

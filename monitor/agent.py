@@ -178,6 +178,11 @@ class MonitorAgent:
         self.close()
 
     @property
+    def sink(self) -> ProbeServer | None:
+        """The probe sink (after :meth:`start`; None without one)."""
+        return self._sink
+
+    @property
     def probe_port(self) -> int | None:
         """Port the probe sink listens on (after :meth:`start`)."""
         return self._sink.port if self._sink else None

@@ -7,7 +7,8 @@ namespace), which :meth:`ShapedLink.set_rate` changes live; :class:`RateSchedule
 schedule of rates on a link from a thread::
 
     with ShapedLink("adp-test", rate_mbps=50) as link:
-        link.popen(["python", "-m", "adaptive", "profile", "link-server", "--bind", link.peer_ip])
+        link.popen(["python", "-m", "adaptive", "profile", "link-server", "--bind", link.peer_ip,
+                    "--allow", link.host_ip])
         ...
         link.set_rate(10)
 """

@@ -80,7 +80,8 @@ class OutLink:
         self.on_failed = on_failed
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=max_queue)
         self.last_used = time.monotonic()
-        self.closing = False
+        self._pending = 0  # frames taken and not yet delivered or failed
+        self._pending_lock = threading.Lock()
         self.in_progress: tuple[int, float] | None = None  # (bytes, monotonic start) of a chunk on the link
         self._socket = context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 1000)
@@ -108,22 +109,26 @@ class OutLink:
     def send(self, frame: Frame) -> bool:
         """Queue a frame; False if the queue is full (the caller answers the client)."""
         self.last_used = time.monotonic()
-        try:
-            self._queue.put_nowait(frame)
+        with self._pending_lock:
+            try:
+                self._queue.put_nowait(frame)
+            except queue.Full:
+                return False
+            self._pending += 1
             return True
-        except queue.Full:
-            return False
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, on the link or in flight."""
-        with self._arrived:
-            flying = bool(self._flight)
-        return self._queue.empty() and not flying and self.in_progress is None
+        """Every frame taken has been handed to ZeroMQ or failed."""
+        with self._pending_lock:
+            return self._pending == 0
+
+    def _done(self, frames: int = 1) -> None:
+        with self._pending_lock:
+            self._pending -= frames
 
     def close(self, wait: bool = True) -> None:
         """Send what is queued, then close (``wait``: until the threads are done)."""
-        self.closing = True
         self._queue.put(None)
         if wait:
             self._thread.join(timeout=10)
@@ -181,6 +186,7 @@ class OutLink:
         except zmq.ZMQError as exc:
             log.warning("cannot send to %s: %s", self.endpoint, exc)
             return self._fail([frame], f"cannot reach {self.endpoint}: {exc}")
+        self._done()
         if self.on_sent is not None:
             self.on_sent(self.endpoint, frame, nbytes, time.monotonic() - started, wire_s)
         return True
@@ -220,6 +226,7 @@ class OutLink:
                 stop = True
             else:
                 frames.append(queued)
+        self._done(len(frames))
         if self.on_failed is not None:
             for f in frames:
                 self.on_failed(f, reason)
@@ -270,6 +277,11 @@ class Outbox:
                     return False
                 self._links[endpoint] = link
         return link.send(frame)
+
+    def sweep(self) -> None:
+        """Close the links idle for ``idle_s`` (call it now and then; :meth:`send` does too)."""
+        with self._lock:
+            self._close_idle(time.monotonic())
 
     def _close_idle(self, now: float) -> None:
         """Close links idle for ``idle_s`` (with the lock held; they finish on their own threads)."""

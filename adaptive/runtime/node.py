@@ -500,6 +500,7 @@ class NodeRuntime:
     def _stats_loop(self) -> None:
         cfg = self.config
         while not self._stop.wait(cfg.stats_interval_s):
+            self.outbox.sweep()  # close the links idle for long
             msg = self.stats.take(cfg.node)
             if msg is not None:
                 self.control.publish(Message(stats_topic(cfg.cluster, cfg.node), msg.encode(), qos=1))

@@ -60,7 +60,8 @@ def test_probe_accuracy_on_a_shaped_link():
     except OSError as exc:
         pytest.skip(f"network namespaces unavailable here: {exc}")
     sink = link.popen([sys.executable, "-m", "adaptive", "profile", "link-server",
-                       "--bind", link.peer_ip, "--port", "7398"], stdout=subprocess.DEVNULL,
+                       "--bind", link.peer_ip, "--port", "7398", "--allow", link.host_ip],
+                      stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
