@@ -7,7 +7,13 @@ The CLI prints the message and exits with code 2; library callers catch :class:`
 
 from __future__ import annotations
 
-__all__ = ["AdaptiveError", "PlanError", "ProfileError"]
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["MAX_INPUT_BYTES", "AdaptiveError", "PlanError", "ProfileError", "read_input"]
+
+MAX_INPUT_BYTES = 64 * 1024 * 1024  # no configuration, profile, scenario or trace is larger
 
 
 class AdaptiveError(ValueError):
@@ -33,3 +39,44 @@ class ProfileError(AdaptiveError):
 
 class PlanError(AdaptiveError):
     """A split plan or the conditions it is evaluated under are invalid."""
+
+
+def read_input(path: str | Path, what: str, max_bytes: int = MAX_INPUT_BYTES) -> str:
+    """The text of a file the user named, or one :class:`AdaptiveError` line saying why not.
+
+    Refused: a missing path, a directory, anything but a regular file (a FIFO would block, a
+    device never end), more than ``max_bytes``, bytes that are not UTF-8 text, an empty file.
+
+    Args:
+        path: The file.
+        what: What the file should be, for the message (``"scenario (YAML)"``, ``"trace (CSV)"``).
+        max_bytes: Largest file accepted.
+    """
+    p = Path(path)
+    try:
+        info = os.stat(p)
+    except FileNotFoundError:
+        raise AdaptiveError(f"{p}: no such file (expected a {what})") from None
+    except OSError as exc:
+        raise AdaptiveError(f"{p}: cannot read it ({exc.strerror}; expected a {what})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AdaptiveError(f"{p}: is a directory (expected a {what} file)")
+    if not stat.S_ISREG(info.st_mode):
+        raise AdaptiveError(f"{p}: not a regular file (expected a {what} file)")
+    if info.st_size > max_bytes:
+        raise AdaptiveError(f"{p}: {info.st_size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
+                            f"a {what} may be")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise AdaptiveError(f"{p}: cannot read it ({exc.strerror}; expected a {what})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AdaptiveError(f"{p}: not UTF-8 text (binary?); expected a {what}") from None
+    if "\x00" in text:
+        raise AdaptiveError(f"{p}: holds NUL bytes (binary?); expected a {what}")
+    if not text.strip():
+        raise AdaptiveError(f"{p}: empty (expected a {what})")
+    return text

@@ -174,8 +174,8 @@ def export_mlp(model: Any) -> MlpPolicyNet:
 
 
 def _sidecar(path: Path) -> PolicySpec:
-    if not path.exists():
-        raise AdaptiveError(f"{path}: policy file not found")
+    if not path.exists() and not mlp_path(path).exists():
+        raise AdaptiveError(f"{path}: policy file not found (nor {mlp_path(path).name} beside it)")
     sidecar = path.with_suffix(".json")
     if not sidecar.exists():
         sidecar = path.parent / "policy.json"
@@ -192,6 +192,8 @@ def load_actor(path: str | Path, trust_zip: bool = False) -> tuple[MlpPolicyNet,
         AdaptiveError: No ``.mlp.json`` (and no ``trust_zip``), or a file that cannot be read.
     """
     path = Path(path)
+    if path.name.endswith(".mlp.json"):  # named by its numpy actor
+        path = path.with_name(path.name.removesuffix(".mlp.json") + ".zip")
     spec = _sidecar(path)
     actor = mlp_path(path)
     if not actor.exists() and not trust_zip:

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adaptive.errors import AdaptiveError
+from adaptive.errors import AdaptiveError, read_input
 from envs.traces import TraceScaling
 
 __all__ = ["EnvConfig", "MultiClientConfig", "NodeProcess"]
@@ -140,9 +140,12 @@ class EnvConfig:
                                     f"(expected one of {', '.join(sorted(known))})")
             try:
                 kwargs[key] = _convert(key, value)
-            except (TypeError, ValueError) as exc:
-                raise AdaptiveError(f"{source}: env config key '{key}': {exc}") from None
-        return cls(**kwargs)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                raise AdaptiveError(f"{source}: env config key '{key}': {exc}"[:300]) from None
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a value of the wrong kind that the checks compare
+            raise AdaptiveError(f"{source}: env config: {exc}"[:300]) from None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> EnvConfig:
@@ -153,17 +156,17 @@ class EnvConfig:
             name = cls.default_file
             text, source = resources.files("envs.data").joinpath(name).read_text(), name
         else:
-            try:
-                text, source = Path(path).read_text(encoding="utf-8"), str(path)
-            except FileNotFoundError:
-                raise AdaptiveError(f"{path}: env config not found") from None
+            text, source = read_input(path, "env config (YAML)"), str(path)
         try:
             doc = yaml.safe_load(text) or {}
         except yaml.YAMLError:
             raise AdaptiveError(f"{source}: invalid YAML") from None
         if not isinstance(doc, dict):
             raise AdaptiveError(f"{source}: expected a mapping of env config keys")
-        return cls.from_dict(doc.get("env", doc), source)
+        section = doc.get("env", doc)
+        if not isinstance(section, dict):
+            raise AdaptiveError(f"{source}: 'env' must be a mapping of env config keys")
+        return cls.from_dict(section, source)
 
     @classmethod
     def resolve(cls, config: EnvConfig | Mapping[str, Any] | str | Path | None = None,

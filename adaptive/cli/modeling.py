@@ -260,10 +260,14 @@ def _run_profile_device(args: argparse.Namespace) -> int:
             "ref_bandwidth_mbps": 1000.0, "mtu_bytes": 1500}
     link_note = "link: default 1 Gbit/s placeholder (run 'adaptive profile link')"
     if args.link:
+        from adaptive.errors import read_input
+
         try:
-            with open(args.link, encoding="utf-8") as fh:
-                link = json.load(fh)["link"]
-        except (OSError, ValueError, KeyError) as exc:
+            text = read_input(args.link, "link profile (JSON from 'adaptive profile link --json')")
+            link = json.loads(text)["link"]
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, AdaptiveError):
+                raise
             raise AdaptiveError(f"{args.link}: expected JSON from 'adaptive profile link --json' "
                                 f"({exc.__class__.__name__})") from None
         link_note = f"link: measured, from {args.link}"

@@ -89,10 +89,10 @@ class ControlChannel:
 
     def start(self, wait_s: float = 10.0) -> ControlChannel:
         """Connect, then give a retained plan from an earlier run a moment to arrive."""
+        self.transport.start(wait_s)
         if self.signer is None:
             log.warning("controller for %s: plans and rules unsigned (lab mode); give it --sign-key and its "
                         "nodes --controller-key so that nodes can tell its word from anyone's", self.cluster)
-        self.transport.start(wait_s)
         self._retained_seen.wait(1.0)
         return self
 

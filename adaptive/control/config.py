@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adaptive.errors import AdaptiveError
+from adaptive.errors import AdaptiveError, read_input
 
 __all__ = ["ChainNode", "ControllerConfig", "Decision"]
 
@@ -90,7 +91,7 @@ class ControllerConfig:
         try:
             chain = tuple(ChainNode(str(c["node"]), str(c["device"])) for c in doc["chain"])
             sources = tuple(ChainNode(str(c["node"]), str(c["device"])) for c in doc.get("sources") or ())
-            kwargs = {k: v for k, v in doc.items() if k not in ("chain", "sources")}
+            kwargs = {k: _typed(cls, k, v, source) for k, v in doc.items() if k not in ("chain", "sources")}
             cfg = cls(chain=chain, sources=sources, **kwargs)
         except (KeyError, TypeError) as exc:
             raise AdaptiveError(f"{source}: controller config needs model_profile and a chain (and "
@@ -108,9 +109,14 @@ class ControllerConfig:
         if cfg.sources and len(cfg.chain) < 2:
             raise AdaptiveError(f"{source}: sources share the chain's accelerators; the chain has none")
         if (not cfg.interval_s > 0 or cfg.min_dwell_s < 0 or not cfg.stale_after_s > 0
-                or cfg.reconnect_grace_s < 0):
-            raise AdaptiveError(f"{source}: interval_s and stale_after_s must be > 0, min_dwell_s and "
-                                "reconnect_grace_s >= 0")
+                or cfg.reconnect_grace_s < 0 or not cfg.ack_timeout_s > 0
+                or not cfg.default_bandwidth_mbps > 0 or not cfg.rate_headroom >= 0):
+            raise AdaptiveError(f"{source}: interval_s, stale_after_s, ack_timeout_s and "
+                                "default_bandwidth_mbps must be > 0; min_dwell_s, reconnect_grace_s and "
+                                "rate_headroom >= 0")
+        if cfg.clients < 1 or cfg.max_plans < 2 or cfg.history < 1 or not 0 <= cfg.calibration_weight <= 1:
+            raise AdaptiveError(f"{source}: clients and history must be >= 1, max_plans >= 2, "
+                                "calibration_weight in [0, 1]")
         return cfg
 
     @classmethod
@@ -118,10 +124,9 @@ class ControllerConfig:
         """Read YAML."""
         import yaml
 
+        text = read_input(path, "controller config (YAML)")
         try:
-            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AdaptiveError(f"{path}: controller config not found") from None
+            doc = yaml.safe_load(text)
         except yaml.YAMLError:
             raise AdaptiveError(f"{path}: invalid YAML") from None
         if not isinstance(doc, dict):
@@ -154,3 +159,25 @@ class Decision:
     applied_at: float | None = None
     expected: frozenset[str] = frozenset()
     missing: tuple[str, ...] = ()
+
+
+def _typed(cls: type, key: str, value: Any, source: str) -> Any:
+    """``value`` for the scalar field ``key``, checked against the kind of its default."""
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+    if key == "source_rule" and isinstance(value, bool):
+        return value
+    if default is dataclasses.MISSING or isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int | float):
+        ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+              and (isinstance(default, float) or float(value).is_integer()))
+        value = type(default)(value) if ok else value
+    else:
+        ok = True
+    if not ok:
+        kind = "text" if default is dataclasses.MISSING else type(default).__name__
+        found = repr(value)[:80]
+        raise AdaptiveError(f"{source}: controller config key '{key}': expected a {kind}, found {found}")
+    return value

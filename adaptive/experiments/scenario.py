@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from adaptive.errors import AdaptiveError
+from adaptive.errors import AdaptiveError, read_input
 
 __all__ = ["AcceleratorSpec", "ClientSpec", "Scenario", "Schedule", "shipped_scenarios"]
 
@@ -334,8 +334,9 @@ class Scenario:
                     f"({', '.join(sorted(shipped_scenarios()))})"
                 )
             p = shipped
+        text = read_input(p, "scenario (YAML)")
         try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+            doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

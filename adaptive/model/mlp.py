@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.errors import AdaptiveError
+from adaptive.errors import AdaptiveError, read_input
 
 __all__ = ["MLP_SCHEMA", "MlpPolicyNet"]
 
@@ -123,11 +123,10 @@ class MlpPolicyNet:
     @classmethod
     def load(cls, path: str | Path) -> MlpPolicyNet:
         """Read a JSON document written by :meth:`save`."""
+        text = read_input(path, "policy network (.mlp.json)")
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AdaptiveError(f"{path}: policy network file not found") from None
-        except (OSError, ValueError) as exc:
+            doc = json.loads(text)
+        except ValueError as exc:
             raise AdaptiveError(f"{path}: cannot read policy network ({exc.__class__.__name__})") from None
         return cls.from_json(doc, str(path))
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.errors import AdaptiveError
+from adaptive.errors import AdaptiveError, read_input
 from adaptive.model.latency import ConditionBatch, SplitModel
 from adaptive.model.planner import Constraints, Planner
 from adaptive.model.plans import Plan, PlanArray
@@ -356,11 +356,10 @@ class PolicySpec:
     @classmethod
     def load(cls, path: str | Path) -> PolicySpec:
         """Read a sidecar; raises :class:`AdaptiveError` naming the file and problem."""
+        text = read_input(path, "policy sidecar (JSON)")
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AdaptiveError(f"{path}: policy sidecar not found") from None
-        except (OSError, ValueError) as exc:
+            doc = json.loads(text)
+        except ValueError as exc:
             raise AdaptiveError(f"{path}: cannot read policy sidecar ({exc.__class__.__name__})") from None
         if not isinstance(doc, dict) or doc.get("schema") != POLICY_SCHEMA:
             raise AdaptiveError(f"{path}: expected schema '{POLICY_SCHEMA}'")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.errors import ProfileError
+from adaptive.errors import AdaptiveError, ProfileError, read_input
 
 __all__ = [
     "Block",
@@ -294,11 +294,9 @@ def _describe(err: Any) -> str:
 def _read_document(path: Path) -> Any:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(source, "", "file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ProfileError(source, "", f"cannot read file ({exc.__class__.__name__})") from None
+        text = read_input(path, "profile (YAML or JSON)")
+    except AdaptiveError as exc:
+        raise ProfileError(source, "", str(exc).removeprefix(f"{source}: ")) from None
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)

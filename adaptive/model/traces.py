@@ -16,13 +16,14 @@ constant with random levels), ``random_walk`` (in log space), ``markov`` (two-st
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from adaptive.errors import AdaptiveError
+from adaptive.errors import AdaptiveError, read_input
 
 __all__ = ["Trace", "TraceScaling", "load_trace", "load_traces", "resample", "synthetic"]
 
@@ -52,25 +53,25 @@ def load_trace(path: str | Path) -> Trace:
     """Read one ``time_s,bandwidth_mbps`` CSV; raises :class:`AdaptiveError` naming the problem."""
     path = Path(path)
     times, values = [], []
+    reader = csv.reader(io.StringIO(read_input(path, "trace (CSV with time_s,bandwidth_mbps)"), newline=""))
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["time_s", "bandwidth_mbps"]:
-                raise AdaptiveError(f"{path}: expected header 'time_s,bandwidth_mbps'")
-            for lineno, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                try:
-                    t, b = float(row[0]), float(row[1])
-                except (ValueError, IndexError):
-                    raise AdaptiveError(f"{path}: line {lineno}: expected two numbers, found {row}") from None
-                if not (np.isfinite(t) and np.isfinite(b)) or b < 0:
-                    raise AdaptiveError(f"{path}: line {lineno}: expected finite time and bandwidth >= 0")
-                times.append(t)
-                values.append(b)
-    except FileNotFoundError:
-        raise AdaptiveError(f"{path}: trace file not found") from None
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["time_s", "bandwidth_mbps"]:
+            raise AdaptiveError(f"{path}: expected header 'time_s,bandwidth_mbps'")
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                t, b = float(row[0]), float(row[1])
+            except (ValueError, IndexError):
+                found = str(row)[:80]
+                raise AdaptiveError(f"{path}: line {lineno}: expected two numbers, found {found}") from None
+            if not (np.isfinite(t) and np.isfinite(b)) or b < 0:
+                raise AdaptiveError(f"{path}: line {lineno}: expected finite time and bandwidth >= 0")
+            times.append(t)
+            values.append(b)
+    except csv.Error as exc:
+        raise AdaptiveError(f"{path}: not a CSV trace ({exc})") from None
     if len(times) < 2:
         raise AdaptiveError(f"{path}: a trace needs at least 2 samples")
     t = np.asarray(times)

@@ -171,7 +171,13 @@ def list_models() -> list[str]:
 
 
 def default_input_shape(name: str) -> tuple[int, ...]:
-    """Usual input shape of a model (batch 1)."""
+    """Usual input shape of a model (batch 1).
+
+    Raises:
+        AdaptiveError: Unknown name (the message lists valid ones).
+    """
+    if name not in _CUSTOM and name not in _torchvision_names():
+        raise AdaptiveError(f"unknown model '{name}'; valid models: {', '.join(list_models())}")
     if name in _CUSTOM:
         return _CUSTOM[name].input_shape
     size = _TV_INPUT.get(name, 224)

@@ -102,11 +102,11 @@ class NodeControlPlane:
 
     def start(self, endpoint: str, num_blocks: int, wait_s: float | None = 10.0) -> None:
         """Join the control plane: announce ``online`` with ``endpoint``, subscribe, listen."""
+        self.bind(endpoint, num_blocks).start(wait_s)
         if not self.verifier.required:
             log.warning("node %s: control plane unsigned (lab mode): whoever can publish on the broker's "
                         "plan and rule topics steers this node; pass --controller-key to accept only "
                         "the controller's signed plans and rules", self.config.node)
-        self.bind(endpoint, num_blocks).start(wait_s)
 
     def close(self) -> None:
         """Publish ``offline`` and disconnect."""

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from importlib import resources
 
 import pytest
 
@@ -73,12 +74,19 @@ def test_demo_with_three_clients_loses_nothing_and_predicts_each_client(tmp_path
     [
         (["demo", "--duration", "5"], "--duration must be >= 15"),
         (["demo", "--policy", "nope"], "unknown policy 'nope'"),
-        (["demo", "--trace", "/nonexistent/trace.csv"], "trace file not found"),
+        (["demo", "--trace", "/nonexistent/trace.csv"], "no such file (expected a trace"),
         (["demo", "--model", "no_such_net"], "unknown model"),
         (["demo", "--clients", "9"], "--clients must be 1..8"),
         (["demo", "--clients", "3", "--policies", "ppo,nope"], "unknown multi-client policy 'nope'"),
         (["demo", "--clients", "3", "--trace", "x.csv"], "each pi replays its own shipped trace"),
-        (["controller", "--config", "/nonexistent/ctl.yaml"], "controller config not found"),
+        (["controller", "--config", "/nonexistent/ctl.yaml"], "no such file (expected a controller config"),
+        (["controller", "--config", "DIR"], "is a directory (expected a controller config"),
+        (["controller", "--config", "CONFIG", "--policy", "ppo:ZIP"], "pass --trust-policy-zip"),
+        (["controller", "--config", "CONFIG", "--broker", "mqtt://c:pw@127.0.0.1:1"], "--password-file"),
+        (["controller", "--config", "CONFIG", "--sign-key", "BINARY"], "not a PEM key"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--controller-key", "DIR"], "not a file"),
+        (["node", "--node", "a", "--model", "resnet20_cifar", "--uplink-trace", "BINARY"], "not UTF-8 text"),
+        (["client", "--model", "no_such_model"], "unknown model 'no_such_model'"),
         (["controller", "--config", "MULTI", "--policy", "nope"], "unknown multi-client policy 'nope'"),
         (["controller", "--config", "CONFIG", "--policy", "ppo"], "the PPO policy was trained for"),
         (["controller", "--config", "CONFIG", "--broker", "http://x"], "broker URL must start with"),
@@ -87,7 +95,7 @@ def test_demo_with_three_clients_loses_nothing_and_predicts_each_client(tmp_path
         (["node", "--node", "a", "--model", "resnet20_cifar", "--monitor", "--probe-max-share", "0"],
          "--probe-max-share must be in (0, 1]"),
         (["node", "--node", "a", "--model", "resnet20_cifar", "--uplink-trace", "/nonexistent.csv"],
-         "trace file not found"),
+         "no such file"),
         (["node", "--node", "a", "--model", "resnet20_cifar", "--broker", "mqtt://127.0.0.1:1"],
          "cannot reach broker"),
         (["client", "--model", "resnet20_cifar", "--duration", "0"], "--duration and --rate must be > 0"),
@@ -104,7 +112,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
                       "  - {node: jetson, device: jetson-nano}\n")
     multi = tmp_path / "multi.yaml"
     multi.write_text(config.read_text() + "sources:\n  - {node: pi2, device: raspberry-pi-4}\n")
-    proc = run(*[str(config) if a == "CONFIG" else str(multi) if a == "MULTI" else a for a in args])
+    (tmp_path / "p.zip").write_bytes(b"PK\x03\x04 a zip with no .mlp.json beside it")
+    sidecar = resources.files("agents.trained").joinpath("ppo_default.json")
+    (tmp_path / "p.json").write_bytes(sidecar.read_bytes())
+    (tmp_path / "binary").write_bytes(bytes(range(256)))
+    files = {"CONFIG": config, "MULTI": multi, "DIR": tmp_path, "ZIP": tmp_path / "p.zip",
+             "BINARY": tmp_path / "binary"}
+    args = [f"ppo:{files['ZIP']}" if a == "ppo:ZIP" else str(files.get(a, a)) for a in args]
+    proc = run(*args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
