@@ -44,7 +44,7 @@ _COMMANDS: dict[str, str] = {
 _EXTRAS: dict[str, str] = {
     "torch": "runtime", "torchvision": "runtime", "zmq": "runtime",
     "gymnasium": "train", "stable_baselines3": "train", "sb3_contrib": "train", "matplotlib": "train",
-    "tensorboard": "train", "tqdm": "train", "rich": "train",
+    "tensorboard": "train", "tqdm": "runtime", "rich": "train",
     "amqtt": "broker",
 }
 

@@ -95,8 +95,8 @@ class NodeMetrics:
                                       ["node"], registry=r)
         self.peers_online = Gauge("adaptive_node_peers_online", "Peers online with a data endpoint",
                                   ["node"], registry=r)
-        self.uplink = Gauge("adaptive_node_uplink_mbps", "Emulated uplink rate (emulated clusters only)",
-                            ["node"], registry=r)
+        self.uplink = Gauge("adaptive_node_uplink_bytes_per_second", "Emulated uplink rate (emulated "
+                            "clusters only)", ["node"], registry=r)
         self.estimate_age = Histogram("adaptive_node_estimate_age_seconds", "Age of the uplink estimate "
                                       "behind each plan this node picked as a source", ["node"],
                                       buckets=AGE_BUCKETS, registry=r)
@@ -112,7 +112,7 @@ class NodeMetrics:
         self.queue_depth.labels(self.node).set_function(queue_depth)
         self.peers_online.labels(self.node).set_function(peers)
         if uplink is not None:
-            self.uplink.labels(self.node).set_function(uplink)
+            self.uplink.labels(self.node).set_function(lambda: uplink() * 1e6 / 8)  # Mbit/s to bytes/s
 
     def frame(self, outcome: str, n: int = 1) -> None:
         """Count ``n`` frames with ``outcome``."""
@@ -154,8 +154,8 @@ class ControllerMetrics:
         self.predicted = Gauge("adaptive_controller_predicted_latency_seconds", "Predicted latency of the "
                                "plan in force when it was chosen", registry=r)
         self.decisions = Counter("adaptive_controller_decisions", "Decision rounds run", registry=r)
-        self.bandwidth = Gauge("adaptive_controller_bandwidth_mbps", "Bandwidth estimate the controller "
-                               "uses per link", ["link"], registry=r)
+        self.bandwidth = Gauge("adaptive_controller_bandwidth_bytes_per_second", "Bandwidth estimate the "
+                               "controller uses per link", ["link"], registry=r)
         self.bandwidth_age = Gauge("adaptive_controller_bandwidth_age_seconds", "Age of that estimate's "
                                    "newest measurement", ["link"], registry=r)
         self.node_up = Gauge("adaptive_controller_node_up", "1 if the node is online with fresh telemetry",
@@ -171,7 +171,7 @@ class ControllerMetrics:
         self.decisions.inc()
         self.connected.set(1 if connected else 0)
         for link, (mbps, age) in bandwidth.items():
-            self.bandwidth.labels(link).set(mbps)
+            self.bandwidth.labels(link).set(mbps * 1e6 / 8)
             if age is not None:
                 self.bandwidth_age.labels(link).set(age)
         for node, ok in up.items():

@@ -26,10 +26,11 @@ NODE_SERIES = ["adaptive_node_frames_total", "adaptive_node_stage_seconds", "ada
                "adaptive_node_queue_wait_seconds", "adaptive_node_batch_size", "adaptive_node_queue_depth",
                "adaptive_node_plan_version", "adaptive_node_plan_switches_total",
                "adaptive_node_plans_rejected_total", "adaptive_node_peers_online",
-               "adaptive_node_uplink_mbps", "adaptive_node_estimate_age_seconds"]
+               "adaptive_node_uplink_bytes_per_second", "adaptive_node_estimate_age_seconds"]
 CONTROLLER_SERIES = ["adaptive_controller_plan_switches_total", "adaptive_controller_plan_version",
                      "adaptive_controller_predicted_latency_seconds", "adaptive_controller_decisions_total",
-                     "adaptive_controller_bandwidth_mbps", "adaptive_controller_bandwidth_age_seconds",
+                     "adaptive_controller_bandwidth_bytes_per_second",
+                     "adaptive_controller_bandwidth_age_seconds",
                      "adaptive_controller_node_up", "adaptive_controller_calibration_scale",
                      "adaptive_controller_broker_connected"]
 CLIENT_SERIES = ["adaptive_client_request_seconds", "adaptive_client_requests_total",
@@ -89,7 +90,7 @@ def test_metrics_endpoints_expose_the_documented_series_during_a_run():
     assert records and all(r.outcome == "ok" for r in records)
     for node in ("pi", "jetson"):  # per-plan series appear once a plan is used; the uplink where emulated
         optional = {"adaptive_node_request_seconds", "adaptive_node_stage_seconds"}
-        optional |= {"adaptive_node_uplink_mbps"} if node == "jetson" else set()
+        optional |= {"adaptive_node_uplink_bytes_per_second"} if node == "jetson" else set()
         missing = set(NODE_SERIES) - names(scraped[node]) - optional
         assert not missing, (node, missing)
     assert "adaptive_node_request_seconds" in names(scraped["pi"]) | names(scraped["jetson"])
@@ -106,10 +107,10 @@ def test_metrics_endpoints_expose_the_documented_series_during_a_run():
     assert finished == len(records)  # the last working node of each request saw it finish
     assert {lab["node"]: v for lab, v in scraped["controller"]["adaptive_controller_node_up"]} == \
         {"pi": 1.0, "jetson": 1.0}
-    (bw,) = scraped["controller"]["adaptive_controller_bandwidth_mbps"]
-    assert bw[0]["link"] == "pi->jetson" and 20 < bw[1] < 200  # the emulated 100 Mbit/s, estimated
+    (bw,) = scraped["controller"]["adaptive_controller_bandwidth_bytes_per_second"]
+    assert bw[0]["link"] == "pi->jetson" and 20e6 / 8 < bw[1] < 200e6 / 8  # the emulated 100 Mbit/s
     assert scraped["controller"]["adaptive_controller_plan_switches_total"][0][1] >= 1
-    assert scraped["pi"]["adaptive_node_uplink_mbps"][0][1] == 100.0
+    assert scraped["pi"]["adaptive_node_uplink_bytes_per_second"][0][1] == 100e6 / 8  # base units
 
 
 def test_every_series_is_documented():
