@@ -49,34 +49,34 @@ def read_input(path: str | Path, what: str, max_bytes: int = MAX_INPUT_BYTES) ->
 
     Args:
         path: The file.
-        what: What the file should be, for the message (``"scenario (YAML)"``, ``"trace (CSV)"``).
+        what: What the file should be, with its article, for the message (``"a scenario (YAML)"``).
         max_bytes: Largest file accepted.
     """
     p = Path(path)
     try:
         info = os.stat(p)
     except FileNotFoundError:
-        raise AdaptiveError(f"{p}: no such file (expected a {what})") from None
+        raise AdaptiveError(f"{p}: no such file (expected {what})") from None
     except OSError as exc:
-        raise AdaptiveError(f"{p}: cannot read it ({exc.strerror}; expected a {what})") from None
+        raise AdaptiveError(f"{p}: cannot read it ({exc.strerror}; expected {what})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise AdaptiveError(f"{p}: is a directory (expected a {what} file)")
+        raise AdaptiveError(f"{p}: is a directory (expected {what})")
     if not stat.S_ISREG(info.st_mode):
-        raise AdaptiveError(f"{p}: not a regular file (expected a {what} file)")
+        raise AdaptiveError(f"{p}: not a regular file (expected {what})")
     if info.st_size > max_bytes:
         raise AdaptiveError(f"{p}: {info.st_size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
-                            f"a {what} may be")
+                            f"{what} may be")
     try:
         with open(p, "rb") as fh:
             data = fh.read(max_bytes + 1)
     except OSError as exc:
-        raise AdaptiveError(f"{p}: cannot read it ({exc.strerror}; expected a {what})") from None
+        raise AdaptiveError(f"{p}: cannot read it ({exc.strerror}; expected {what})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise AdaptiveError(f"{p}: not UTF-8 text (binary?); expected a {what}") from None
+        raise AdaptiveError(f"{p}: not UTF-8 text (binary?); expected {what}") from None
     if "\x00" in text:
-        raise AdaptiveError(f"{p}: holds NUL bytes (binary?); expected a {what}")
+        raise AdaptiveError(f"{p}: holds NUL bytes (binary?); expected {what}")
     if not text.strip():
-        raise AdaptiveError(f"{p}: empty (expected a {what})")
+        raise AdaptiveError(f"{p}: empty (expected {what})")
     return text

@@ -88,15 +88,14 @@ def start(args: argparse.Namespace, out: Path,
     nodes = [NodeSpec(name, device, CHAIN[i + 1][0] if i + 1 < len(CHAIN) else None,
                       extra=("--uplink-mbps", str(args.high) if i == 0 else "1000"))
              for i, (name, device) in enumerate(CHAIN)]
-    lab = Cluster(MODEL, nodes, cluster=CLUSTER, logs=out,
+    lab = Cluster(MODEL, nodes, cluster=CLUSTER, logs=out, signing=True,
                   broker="mosquitto" if shutil.which("mosquitto") else "embedded").start(120.0)
     config = out / "controller.yaml"
     config.write_text(
         f"model_profile: {MODEL}\ncluster: {CLUSTER}\ninterval_s: 0.5\nmin_dwell_s: 1\nsource_rule: true\n"
         "chain:\n" + "".join(f"  - {{node: {n}, device: {d}}}\n" for n, d in CHAIN)
     )
-    lab.spawn("controller", [sys.executable, "-m", "adaptive", "controller", "--broker", lab.url,
-                             "--config", str(config), "--policy", "greedy"])
+    lab.spawn("controller", lab.controller_args(config, "greedy"))  # it signs; the nodes take only that
     lab.spawn("client", [sys.executable, "-m", "adaptive", "client", "--broker", lab.url, "--cluster",
                          CLUSTER, "--model", MODEL, "--rate", str(args.rate), "--duration", str(duration),
                          "--out", str(out / "requests.csv"), "--timeout", "20", "--wait", "180"])

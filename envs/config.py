@@ -156,7 +156,7 @@ class EnvConfig:
             name = cls.default_file
             text, source = resources.files("envs.data").joinpath(name).read_text(), name
         else:
-            text, source = read_input(path, "env config (YAML)"), str(path)
+            text, source = read_input(path, "an env config (YAML)"), str(path)
         try:
             doc = yaml.safe_load(text) or {}
         except yaml.YAMLError:

@@ -263,7 +263,7 @@ def _run_profile_device(args: argparse.Namespace) -> int:
         from adaptive.errors import read_input
 
         try:
-            text = read_input(args.link, "link profile (JSON from 'adaptive profile link --json')")
+            text = read_input(args.link, "a link profile (JSON from 'adaptive profile link --json')")
             link = json.loads(text)["link"]
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, AdaptiveError):

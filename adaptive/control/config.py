@@ -124,7 +124,7 @@ class ControllerConfig:
         """Read YAML."""
         import yaml
 
-        text = read_input(path, "controller config (YAML)")
+        text = read_input(path, "a controller config (YAML)")
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError:

@@ -334,7 +334,7 @@ class Scenario:
                     f"({', '.join(sorted(shipped_scenarios()))})"
                 )
             p = shipped
-        text = read_input(p, "scenario (YAML)")
+        text = read_input(p, "a scenario (YAML)")
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -101,10 +101,13 @@ class Cluster:
         logs: Directory for each process's log (``node-<name>.log``); None discards output.
         broker: ``embedded`` (amqtt, in this process) or ``mosquitto`` (a process; needs it installed).
         broker_bind: Address the broker listens on (``0.0.0.0`` when nodes run in namespaces).
+        signing: The controller signs plans and rules and every node takes only signed ones: an
+            Ed25519 key pair is made for the run (:attr:`sign_key`, :attr:`controller_key`).
     """
 
     def __init__(self, model: str, nodes: Sequence[NodeSpec], *, cluster: str = "lab",
-                 logs: Path | None = None, broker: str = "embedded", broker_bind: str = "127.0.0.1") -> None:
+                 logs: Path | None = None, broker: str = "embedded", broker_bind: str = "127.0.0.1",
+                 signing: bool = False) -> None:
         if broker not in ("embedded", "mosquitto"):
             raise AdaptiveError(f"broker must be embedded or mosquitto, found '{broker}'")
         names = [n.name for n in nodes]
@@ -127,6 +130,14 @@ class Cluster:
         self.control: Any = None
         self._broker: Any = None
         self._files: list[IO[Any]] = []
+        self.sign_key: Path | None = None  # the controller's secret key, with signing
+        self.controller_key: Path | None = None  # ... and its public key, given to every node
+        if signing:
+            from adaptive.runtime.signing import generate_signing_key
+
+            folder = Path(tempfile.mkdtemp(prefix="adaptive-keys-"))
+            self.sign_key = generate_signing_key(folder, "controller")
+            self.controller_key = folder / "controller.ed25519.pub"
 
     @property
     def url(self) -> str:
@@ -223,6 +234,8 @@ class Cluster:
                 "--device", n.device]
         if n.emulate:
             args += ["--emulate", n.device]
+        if self.controller_key is not None:
+            args += ["--controller-key", str(self.controller_key)]
         if n.monitor:
             args += ["--monitor", "--probe-port", str(self.probe_ports[name]), "--probe-interval",
                      f"{n.probe_interval_s:g}", "--interval", f"{n.interval_s:g}"]
@@ -237,6 +250,12 @@ class Cluster:
         # a session of its own: Ctrl-C reaches this process, which stops the nodes in order
         self.processes[name] = self._popen(name, self.node_args(name), spawn=spawn, start_new_session=True)
         return self.processes[name]
+
+    def controller_args(self, config: Path, policy: str, *extra: str) -> list[str]:
+        """The ``adaptive controller`` command line for this cluster (signing, if it signs)."""
+        args = [sys.executable, "-m", "adaptive", *extra, "controller", "--broker", self.url, "--config",
+                str(config), "--policy", policy]
+        return args + (["--sign-key", str(self.sign_key)] if self.sign_key is not None else [])
 
     def spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen:
         """Start another process of the cluster (a controller, a client …), ended with the rest."""

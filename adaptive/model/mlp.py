@@ -123,7 +123,7 @@ class MlpPolicyNet:
     @classmethod
     def load(cls, path: str | Path) -> MlpPolicyNet:
         """Read a JSON document written by :meth:`save`."""
-        text = read_input(path, "policy network (.mlp.json)")
+        text = read_input(path, "a policy network (.mlp.json)")
         try:
             doc = json.loads(text)
         except ValueError as exc:

@@ -356,7 +356,7 @@ class PolicySpec:
     @classmethod
     def load(cls, path: str | Path) -> PolicySpec:
         """Read a sidecar; raises :class:`AdaptiveError` naming the file and problem."""
-        text = read_input(path, "policy sidecar (JSON)")
+        text = read_input(path, "a policy sidecar (JSON)")
         try:
             doc = json.loads(text)
         except ValueError as exc:

@@ -294,7 +294,7 @@ def _describe(err: Any) -> str:
 def _read_document(path: Path) -> Any:
     source = str(path)
     try:
-        text = read_input(path, "profile (YAML or JSON)")
+        text = read_input(path, "a profile (YAML or JSON)")
     except AdaptiveError as exc:
         raise ProfileError(source, "", str(exc).removeprefix(f"{source}: ")) from None
     if path.suffix.lower() == ".json":

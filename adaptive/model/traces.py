@@ -53,7 +53,7 @@ def load_trace(path: str | Path) -> Trace:
     """Read one ``time_s,bandwidth_mbps`` CSV; raises :class:`AdaptiveError` naming the problem."""
     path = Path(path)
     times, values = [], []
-    reader = csv.reader(io.StringIO(read_input(path, "trace (CSV with time_s,bandwidth_mbps)"), newline=""))
+    reader = csv.reader(io.StringIO(read_input(path, "a trace (CSV with time_s,bandwidth_mbps)"), newline=""))
     try:
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["time_s", "bandwidth_mbps"]:

@@ -171,7 +171,7 @@ def test_evaluate_cli_json_and_plot(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["evaluate", "--policies", "greedy,psychic"], "unknown policy 'psychic'"),
     (["evaluate", "--policies", "ppo:/nonexistent/p.zip"], "policy file not found"),
-    (["evaluate", "--policies", "greedy", "--config", "/nonexistent.yaml"], "env config not found"),
+    (["evaluate", "--policies", "greedy", "--config", "/nonexistent.yaml"], "expected an env config"),
     (["train", "--timesteps", "0"], "--timesteps must be >= 1"),
 ])
 def test_learning_cli_bad_input(args, message):

@@ -112,7 +112,7 @@ def test_pinned_trace_and_unknown_trace():
     ({"dt_s": 0}, "dt_s must be > 0"),
     ({"max_steps": 2.5}, "expected an integer"),
     ({"use_codecs": "yes"}, "expected true or false"),
-    ({"traces": ["/nonexistent/trace.csv"]}, "trace file not found"),
+    ({"traces": ["/nonexistent/trace.csv"]}, "no such file .expected a trace"),
     ({"devices": ["raspberry-pi-4", "tpu-9"]}, "unknown device"),
 ])
 def test_bad_config_is_a_clear_error(doc, message):

@@ -95,7 +95,7 @@ def test_unknown_device_missing_file_and_decreasing_splits(files, tmp_path):
         (["predict", *base, "--devices", "edgy,tpu", "--splits", "1", "--bandwidth", "1"],
          "unknown device"),
         (["predict", "--model-profile", str(tmp_path / "nope.yaml"), "--devices",
-          f"{files['edge']},{files['accel']}", "--splits", "1", "--bandwidth", "1"], "file not found"),
+          f"{files['edge']},{files['accel']}", "--splits", "1", "--bandwidth", "1"], "no such file"),
         (["predict", *base, "--devices", f"{files['edge']},{files['accel']},{files['accel']}",
           "--splits", "3,1", "--bandwidth", "1"], "non-decreasing"),
         (["plan-table", *common(files), "--bandwidth-grid", "10:1"], "START:STOP:STEP"),

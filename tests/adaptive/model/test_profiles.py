@@ -112,7 +112,7 @@ def test_invalid_model_names_field(tmp_path, mutate, field, problem):
 
 
 def test_missing_and_unparsable_files(tmp_path):
-    with pytest.raises(ProfileError, match="file not found"):
+    with pytest.raises(ProfileError, match="no such file"):
         load_model(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

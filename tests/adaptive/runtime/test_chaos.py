@@ -54,13 +54,12 @@ def cluster(tmp_path):
     nodes = [NodeSpec(name, device, CHAIN[i + 1][0] if i + 1 < len(CHAIN) else None, interval_s=0.5,
                       extra=("--uplink-mbps", "200" if i == 0 else "1000"))
              for i, (name, device) in enumerate(CHAIN)]
-    with Cluster(MODEL, nodes, cluster=CLUSTER, logs=tmp_path, broker="mosquitto") as lab:
+    with Cluster(MODEL, nodes, cluster=CLUSTER, logs=tmp_path, broker="mosquitto", signing=True) as lab:
         lab.start(120.0)
         config = tmp_path / "controller.yaml"
         config.write_text(f"model_profile: {MODEL}\ncluster: {CLUSTER}\ninterval_s: 0.5\nmin_dwell_s: 2\n"
                           "chain:\n" + "".join(f"  - {{node: {n}, device: {d}}}\n" for n, d in CHAIN))
-        lab.spawn("controller", [sys.executable, "-m", "adaptive", "-v", "controller", "--broker", lab.url,
-                                 "--config", str(config), "--policy", "greedy"])
+        lab.spawn("controller", lab.controller_args(config, "greedy", "-v"))  # signing its plans and rules
         yield lab, tmp_path
 
 
@@ -121,3 +120,6 @@ def test_kill_a_working_node_then_restart_the_broker_loses_nothing(cluster):
     after = [r for r in records if float(r["sent_at"]) > back_at]
     assert len(after) >= 20 and all(r["outcome"] == "ok" for r in after)
     assert all(victim not in r["hops"] for r in records if float(r["sent_at"]) > killed_at + 3)
+    logs = {log.name: log.read_text() for log in tmp.glob("*.log")}
+    assert "controller.log" in logs and any(name.startswith("node-") for name in logs)
+    assert not [name for name, text in logs.items() if "unsigned" in text]  # signed end to end, none refused
