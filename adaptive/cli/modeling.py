@@ -16,6 +16,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     p.add_argument("--verify", action="store_true",
                    help="check that chained block ranges reproduce the model at every cut")
+    p.add_argument("--parallel", action="store_true",
+                   help="list the parallel sections (runs of local operators whose output rows can be "
+                        "computed in parts); with --verify, check parts at fractions 0.25, 0.5, 0.75")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run_partition)
 
@@ -123,9 +126,11 @@ def _run_partition(args: argparse.Namespace) -> int:
                            "granularity": args.granularity, "blocks": rows}
     if args.verify:
         out["verify"] = _verify(part)
+    if args.parallel:
+        out["sections"] = _sections(part, args.verify)
     if args.json:
         print(json.dumps(out, indent=1))
-        return 0
+        return 0 if _verified(out) else 1
     print(f"{part.name}: {part.num_blocks} blocks ({args.granularity}), input {list(part.input_shape)}")
     print(f"{'#':>4}  {'name':<34}{'output shape':<22}{'out KB':>10}{'param KB':>11}{'MFLOPs':>10}")
     for r in rows:
@@ -135,7 +140,44 @@ def _run_partition(args: argparse.Namespace) -> int:
         v = out["verify"]
         print(f"verify: {v['cuts']} cut points, largest |difference| {v['max_abs_diff']:.3g}, "
               f"allclose {v['allclose']}")
-    return 0 if not args.verify or out["verify"]["allclose"] else 1
+    if args.parallel:
+        _print_sections(out["sections"], part)
+    return 0 if _verified(out) else 1
+
+
+def _sections(part: Any, verify: bool) -> list[dict[str, Any]]:
+    from adaptive.nn.spatial import sections, verify_sections
+
+    found = [{"start": s.start, "stop": s.stop, "rows_in": s.height_in, "rows_out": s.height_out}
+             for s in sections(part)]
+    if verify:
+        checks = verify_sections(part)
+        for sec in found:
+            mine = [c for c in checks if (c["start"], c["stop"]) == (sec["start"], sec["stop"])]
+            sec["parts"] = [{"fraction": c["fraction"], "bands": c["bands"], "input_rows": c["input_rows"],
+                             "max_rel_diff": c["max_rel_diff"]} for c in mine]
+            sec["exact"] = all(c["shape_ok"] and c["max_rel_diff"] <= 1e-5 for c in mine)
+    return found
+
+
+def _print_sections(found: list[dict[str, Any]], part: Any) -> None:
+    if not found:
+        print("parallel sections: none (no run of local operators): layer plans only")
+        return
+    print("parallel sections (blocks [start, stop): output rows computable in parts):")
+    for sec in found:
+        names = f"{part.blocks[sec['start']].name} .. {part.blocks[sec['stop'] - 1].name}"
+        line = f"  [{sec['start']}, {sec['stop']})  {names:<40} rows {sec['rows_in']} -> {sec['rows_out']}"
+        if "parts" in sec:
+            worst = max(c["max_rel_diff"] for c in sec["parts"])
+            halo = max(c["input_rows"][0][1] - c["input_rows"][1][0] for c in sec["parts"])
+            line += f"  parts exact: {sec['exact']} (max rel. diff {worst:.1e}, halo {halo} rows)"
+        print(line)
+
+
+def _verified(out: dict[str, Any]) -> bool:
+    ok = out.get("verify", {}).get("allclose", True)
+    return ok and all(sec.get("exact", True) for sec in out.get("sections", []))
 
 
 def _verify(part: Any) -> dict[str, Any]:
