@@ -132,6 +132,10 @@ class Block:
         flops: Floating-point operations of one batch-1 forward pass (2 × MACs).
         output_shape: Shape of the block's output, if known.
         kind: Op class with the most FLOPs (``conv``, ``depthwise``, ``dense``, ``other``), if known.
+        rows: ``(kernel, stride, padding)`` of the block's row map, when every operator in it is local
+            (Intra-DP's local operators, seed 001 Sec. 4.1): output rows ``[a, b)`` read input rows
+            ``[a·stride − padding, (b − 1)·stride − padding + kernel)``, clipped to the image. None:
+            a global block (or not known), which no parallel section crosses.
     """
 
     name: str
@@ -140,6 +144,7 @@ class Block:
     flops: float = 0.0
     output_shape: tuple[int, ...] = ()
     kind: str = ""
+    rows: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -372,6 +377,8 @@ def model_from_dict(doc: Any, source: str = "<dict>") -> ModelProfile:
             flops=float(b.get("flops", 0.0)),
             output_shape=tuple(int(x) for x in b.get("output_shape", ())),
             kind=str(b.get("kind", "")),
+            rows=(int(b["rows"]["kernel"]), int(b["rows"]["stride"]), int(b["rows"]["padding"]))
+            if "rows" in b else None,
         )
         for b in doc["blocks"]
     )
@@ -445,6 +452,9 @@ def load_model(path: str | Path) -> ModelProfile:
     return model_from_dict(doc, str(path))
 
 
+ROW_KEYS = ("kernel", "stride", "padding")
+
+
 def model_to_dict(profile: ModelProfile) -> dict[str, Any]:
     """Serialise a :class:`ModelProfile` back to an ``adaptive.model/v1`` document."""
     doc: dict[str, Any] = {
@@ -462,6 +472,7 @@ def model_to_dict(profile: ModelProfile) -> dict[str, Any]:
                 "flops": float(b.flops),
                 **({"output_shape": list(b.output_shape)} if b.output_shape else {}),
                 **({"kind": b.kind} if b.kind else {}),
+                **({"rows": dict(zip(ROW_KEYS, b.rows, strict=True))} if b.rows else {}),
             }
             for b in profile.blocks
         ],

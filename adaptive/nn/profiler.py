@@ -297,7 +297,10 @@ def model_profile_doc(part: Partition, device: str, block_ms: np.ndarray, block_
                       codecs: dict[str, dict[str, tuple[float, float]]] | None = None,
                       result_bytes: int | None = None) -> dict[str, Any]:
     """An ``adaptive.model/v1`` document for a partition measured on ``device``."""
+    from adaptive.nn.spatial import block_rows
+
     last = part.blocks[-1]
+    rows = block_rows(part)
     doc: dict[str, Any] = {
         "schema": "adaptive.model/v1",
         "model": part.name,
@@ -307,7 +310,9 @@ def model_profile_doc(part: Partition, device: str, block_ms: np.ndarray, block_
         "activation_dtype": "float32",
         "blocks": [{"name": b.name, "output_bytes": b.output_bytes(torch.float32),
                     "param_bytes": b.param_bytes, "flops": b.flops,
-                    "output_shape": list(b.output_shape), "kind": b.kind} for b in part.blocks],
+                    "output_shape": list(b.output_shape), "kind": b.kind,
+                    **({"rows": {"kernel": w.kernel, "stride": w.stride, "padding": w.padding}} if w else {})}
+                   for b, w in zip(part.blocks, rows, strict=True)],
         "latency_ms": {device: [round(float(x), 6) for x in block_ms]},
         "latency_spread_ms": {device: [round(float(x), 6) for x in block_iqr_ms]},
     }

@@ -31,8 +31,8 @@ from torch import fx, nn
 
 from adaptive.nn.partition import Partition, PartitionError
 
-__all__ = ["Section", "Window", "input_rows", "operator_locality", "run_rows", "sections", "split_rows",
-           "verify_sections"]
+__all__ = ["Section", "Window", "block_rows", "input_rows", "operator_locality", "run_rows", "sections",
+           "split_rows", "verify_sections"]
 
 _ELEMENTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU,
                         nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -361,6 +361,39 @@ def _apply_window(node: fx.Node, gm: fx.GraphModule, x: torch.Tensor) -> torch.T
 def _cols(padding: Any) -> tuple[int, int]:
     """Padding ``(rows, columns)`` with the rows' set to 0."""
     return 0, int(padding[1] if isinstance(padding, tuple | list) else padding)
+
+
+def block_rows(part: Partition) -> list[Window | None]:
+    """Each block's rows as one window (its branches' hull), or None for a block that is not local.
+
+    Output rows ``[a, b)`` of a local block read input rows ``[a·s − p, (b − 1)·s − p + k)``,
+    clipped to the image: the whole row map a model profile needs (``blocks[].rows``) to size the
+    parts of a section without torch.
+    """
+    found: list[Window | None] = []
+    local = {i for sec in sections(part) for i in range(sec.start, sec.stop)}
+    for i in range(part.num_blocks):
+        h_in, h_out = _height(part, i), _height(part, i + 1)
+        if i not in local:
+            found.append(None)
+            continue
+        # the composite is affine: read it off single-row bands away from the borders
+        stride = max(1, round(h_in / h_out))
+        lows, highs = [], []
+        for a in range(h_out):
+            lo, hi = input_rows(part, i, i + 1, (a, a + 1))
+            lows.append((lo, a))
+            highs.append((hi, a))
+        padding = max(a * stride - lo for lo, a in lows)
+        kernel = max(hi - (a * stride - padding) for hi, a in highs)
+        window = Window(kernel, stride, padding)
+        exact = all(window.needs((lo_a[1], lo_a[1] + 1), h_in) == (max(lo_a[0], 0), min(hi_a[0], h_in))
+                    for lo_a, hi_a in zip(lows, highs, strict=True))
+        if not exact:
+            found.append(None)  # not one affine window (never seen in the zoo): treated as global
+        else:
+            found.append(window)
+    return found
 
 
 def split_rows(height: int, fractions: Sequence[float]) -> list[tuple[int, int]]:

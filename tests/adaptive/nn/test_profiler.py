@@ -65,6 +65,11 @@ def test_profile_model_writes_a_profile_the_planner_uses(tmp_path):
     assert profile.num_blocks == 14 and len(profile.latency_ms["xeon-vm"]) == 14
     assert {c.name for c in profile.codecs} == {"fp16", "int8"}
     assert "xeon-vm" in profile.correction
+    # the row maps of local blocks, as the shipped profile of the same model has them
+    from adaptive.model.profiles import resolve_model
+
+    assert [b.rows for b in profile.blocks] == [b.rows for b in resolve_model("cnn14_seed004").blocks]
+    assert sum(b.rows is not None for b in profile.blocks) == 10
     # second device merged into the same file
     proc = subprocess.run([*cmd[:-1], "--merge", "--device-name", "host-isolated", "--block-timing",
                            "isolated", "--quiet"], capture_output=True, text=True, timeout=300)

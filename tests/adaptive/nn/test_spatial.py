@@ -117,3 +117,20 @@ def test_adaptive_partition_parallel_verify_reports_exact_parts():
     text = subprocess.run([sys.executable, "-m", "adaptive", "partition", "--model", "resnet20_cifar",
                            "--parallel"], capture_output=True, text=True, timeout=300).stdout
     assert "parallel sections" in text and "[0, 10)" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "densenet121", "inception_v3"])
+def test_the_shipped_profiles_row_maps_match_the_graph(name):
+    """The numpy model sizes parts from blocks[].rows; those must say what the traced graph does."""
+    from adaptive.model.lop import input_band, parallel_sections
+    from adaptive.model.profiles import resolve_model
+
+    profile = resolve_model(name)
+    part = partition(build_model(name), tuple(profile.input_shape), name=name)
+    assert parallel_sections(profile) == [(s.start, s.stop) for s in sections(part)]
+    for start, stop in parallel_sections(profile):
+        for a, b in [(start, stop), (start, start + 1), (max(start, stop - 3), stop)]:
+            height = part.blocks[b - 1].output_shape[2]
+            for rows in split_rows(height, [0.3, 0.7]):
+                assert input_band(profile, a, b, rows) == input_rows(part, a, b, rows), (a, b, rows)
