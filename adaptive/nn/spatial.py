@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,8 +173,17 @@ def _height(part: Partition, position: int) -> int:
     return int(shape[2]) if len(shape) == 4 else 0
 
 
+_SECTIONS: weakref.WeakKeyDictionary[Partition, list[Section]] = weakref.WeakKeyDictionary()
+
+
 def sections(part: Partition) -> list[Section]:
     """The maximal parallel sections of ``part`` (empty when no block is local: layer plans only)."""
+    if part not in _SECTIONS:
+        _SECTIONS[part] = _find_sections(part)
+    return list(_SECTIONS[part])
+
+
+def _find_sections(part: Partition) -> list[Section]:
     local = [_height(part, i) > 0 and _height(part, i + 1) > 0 and _segment_local(part.segment(i, i + 1))
              for i in range(part.num_blocks)]
     found, i = [], 0
@@ -328,7 +338,7 @@ def _run_window(node: fx.Node, gm: fx.GraphModule, w: Window, band: _Band) -> _B
         raise PartitionError(f"{node.name}: the band [{band.lo}, {band.hi}) is too thin for a "
                              f"{w.kernel}-row window")
     begin = first * w.stride - w.padding - top
-    x = x[:, :, begin : begin + (last - first - 1) * w.stride + reach + 1]
+    x = x[:, :, begin : begin + (last - first - 1) * w.stride + reach + 1].contiguous()
     return _Band(_apply_window(node, gm, x), first, last, height_out)
 
 
