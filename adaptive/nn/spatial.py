@@ -252,6 +252,8 @@ class _Band:
     height: int
 
     def crop(self, lo: int, hi: int) -> torch.Tensor:
+        if (lo, hi) == (self.lo, self.hi):
+            return self.tensor
         return self.tensor[:, :, lo - self.lo : hi - self.lo]
 
 
@@ -321,6 +323,8 @@ def _step(node: fx.Node, gm: fx.GraphModule, env: dict[fx.Node, Any]) -> _Band:
 def _run_window(node: fx.Node, gm: fx.GraphModule, w: Window, band: _Band) -> _Band:
     """A convolution or pooling on a band: padding only at the image's true borders."""
     height_out = int(node.meta["tensor_meta"].shape[2])
+    if band.lo == 0 and band.hi == band.height:  # the whole image: the operator as it is
+        return _Band(_call(node, gm, band.tensor), 0, height_out, height_out)
     x, top, bottom = band.tensor, band.lo, band.hi
     fill = float("-inf") if _is_max_pool(node, gm) else 0.0
     reach = w.dilation * (w.kernel - 1)
@@ -340,6 +344,15 @@ def _run_window(node: fx.Node, gm: fx.GraphModule, w: Window, band: _Band) -> _B
     begin = first * w.stride - w.padding - top
     x = x[:, :, begin : begin + (last - first - 1) * w.stride + reach + 1].contiguous()
     return _Band(_apply_window(node, gm, x), first, last, height_out)
+
+
+def _call(node: fx.Node, gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
+    """A window node's own operator on ``x`` (its own padding)."""
+    if node.op == "call_module":
+        return gm.get_submodule(str(node.target))(x)
+    kw = _window_kwargs(node)
+    kw.pop("input")
+    return node.target(x, **kw)
 
 
 def _is_max_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
