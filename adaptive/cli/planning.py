@@ -15,9 +15,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict latency and energy of one plan",
                        description="Predict latency, energy and a per-stage breakdown of one plan.")
     _common(p)
-    p.add_argument("--splits", required=True,
-                   help="split positions S1[,S2..], one per device after the first (0..L)")
-    p.add_argument("--codecs", help="codec per split, e.g. none,fp16 (default: none)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--splits", help="split positions S1[,S2..], one per device after the first (0..L)")
+    which.add_argument("--plan", metavar="LABEL",
+                       help="a plan label: 8,12 or 8,12/int8,none, or with a parallel section "
+                            "0-5@0.5,0/none,int8")
+    p.add_argument("--codecs", help="codec per split with --splits, e.g. none,fp16 (default: none)")
     p.set_defaults(func=_run_predict)
 
     p = sub.add_parser("plan", help="find the best plan and the latency-energy Pareto front",
@@ -76,6 +79,9 @@ def _objective(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-edge-blocks", type=int, default=0, metavar="N",
                    help="blocks the first device must run before sending (seed 000: 1; keeps raw "
                         "input local)")
+    p.add_argument("--parallel", action="store_true",
+                   help="also search plans with a parallel section (Intra-DP local operation parallelism) "
+                        "and show the best beside the best layer plan")
     p.add_argument("--method", default="auto", choices=["auto", "dp", "enumeration"],
                    help="search method (default: dynamic program where exact, else enumeration)")
 
@@ -123,16 +129,18 @@ def _planner(args: argparse.Namespace, split_model: Any) -> tuple[Any, Any, dict
     )
     weight = parse_floats(args.energy_weight, "--energy-weight", minimum=0.0)[0]
     kwargs = {"energy_weight": weight, "constraints": constraints, "method": args.method}
-    return Planner(split_model, use_codecs=not args.no_codecs), constraints, kwargs
+    return (Planner(split_model, use_codecs=not args.no_codecs, parallel=args.parallel), constraints, kwargs)
 
 
-def _breakdown(split_model: Any, splits: tuple[int, ...], pred: Any, i: int = 0) -> dict[str, Any]:
-    bounds = [0, *splits, split_model.num_blocks]
+def _breakdown(split_model: Any, plan: Any, pred: Any, i: int = 0) -> dict[str, Any]:
+    bounds = [0, *plan.splits, split_model.num_blocks]
     stages = []
     for d, dev in enumerate(split_model.devices):
         stages.append({
             "device": dev.name,
             "blocks": [bounds[d], bounds[d + 1]],
+            **({"section": [plan.splits[0], plan.section.stop]} if plan.section is not None and (
+                d == 0 or bounds[d] == plan.splits[0] < bounds[d + 1]) else {}),
             "exec_ms": round(float(pred.exec_ms[i, d]), 6),
             "comm_ms": round(float(pred.comm_ms[i, d]) if d > 0 else 0.0, 6),
             "proc_ms": round(float(pred.proc_ms[i, d]), 6),
@@ -153,8 +161,15 @@ def _print_breakdown(out: dict[str, Any]) -> None:
     print(f"{'device':<22}{'blocks':>12}{'exec_ms':>11}{'comm_ms':>11}{'proc_ms':>11}{'mem_MB':>10}")
     for s in out["breakdown"]:
         blocks = f"[{s['blocks'][0]}, {s['blocks'][1]})"
+        if "section" in s:  # d0 and the accelerator share the section's blocks by rows
+            blocks = f"[{s['blocks'][0]}, {s['section'][1]})+" if s["blocks"][0] == 0 and s["blocks"][1] == \
+                s["section"][0] else f"{blocks}*"
         print(f"{s['device']:<22}{blocks:>12}{s['exec_ms']:>11.3f}{s['comm_ms']:>11.3f}"
               f"{s['proc_ms']:>11.3f}{s['memory_mb']:>10.1f}")
+    if any("section" in s for s in out["breakdown"]):
+        a, b = next(s["section"] for s in out["breakdown"] if "section" in s)
+        print(f"+: runs d0's band of blocks [{a}, {b}) too; *: shares [{a}, {b}) by rows with d0, "
+              f"in parallel (exec_ms counts both sides' work; latency is the schedule's critical path)")
     print(f"result back to first device: {out['return_comm_ms']:.3f} ms")
     print(f"latency_ms        {out['latency_ms']:.3f}")
     print(f"naive_latency_ms  {out['naive_latency_ms']:.3f}")
@@ -170,28 +185,41 @@ def _print_breakdown(out: dict[str, Any]) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from adaptive.cli.args import parse_ints, parse_names
     from adaptive.model.planner import Planner
-    from adaptive.model.plans import Plan, validate_splits
+    from adaptive.model.plans import Plan, parse_plan, validate_splits
 
     split_model, cond = _setup(args)
-    splits = validate_splits(parse_ints(args.splits, "--splits"), split_model.num_blocks,
-                             split_model.num_devices)
-    codecs = tuple(parse_names(args.codecs, "--codecs")) if args.codecs else ()
-    pred = Planner(split_model).evaluate(Plan(splits, codecs), cond)
+    if args.plan is not None:
+        if args.codecs:
+            raise _error("--codecs: give codecs inside --plan (e.g. 8,12/int8,none)")
+        splits, ks, section = parse_plan(args.plan, split_model.num_blocks, split_model.num_devices,
+                                         split_model.codec_names)
+        codecs = tuple(split_model.codec_names[k] for k in ks) if any(ks) else ()
+    else:
+        splits = validate_splits(parse_ints(args.splits, "--splits"), split_model.num_blocks,
+                                 split_model.num_devices)
+        codecs, section = (tuple(parse_names(args.codecs, "--codecs")) if args.codecs else ()), None
+    plan = Plan(splits, codecs, section)
+    pred = Planner(split_model).evaluate(plan, cond)
     out = {"model": split_model.profile.model, "devices": [d.name for d in split_model.devices],
-           "splits": list(splits), "codecs": list(codecs) or None, **_breakdown(split_model, splits, pred)}
+           **_plan_fields(plan), **_breakdown(split_model, plan, pred)}
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{out['model']} on {' -> '.join(out['devices'])}, splits {list(splits)}"
-              + (f", codecs {list(codecs)}" if codecs else ""))
+        print(f"{out['model']} on {' -> '.join(out['devices'])}, plan {plan.label}")
         _print_breakdown(out)
     return 0
 
 
+def _plan_fields(plan: Any) -> dict[str, Any]:
+    section = plan.section
+    return {"plan": plan.label, "splits": list(plan.splits), "codecs": list(plan.codecs) or None,
+            "section": None if section is None else {"stop": section.stop, "share": section.share,
+                                                     "parts": section.parts}}
+
+
 def _plan_dict(planner: Any, result: Any) -> dict[str, Any]:
     return {
-        "splits": list(result.plan.splits),
-        "codecs": list(result.plan.codecs) or None,
+        **_plan_fields(result.plan),
         "latency_ms": round(result.latency_ms, 6),
         "energy_j": round(result.energy_j, 9),
         "throughput_rps": round(result.throughput_rps, 3),
@@ -202,13 +230,15 @@ def _run_plan(args: argparse.Namespace) -> int:
     split_model, cond = _setup(args)
     planner, constraints, kwargs = _planner(args, split_model)
     result = planner.best(cond, args.objective, **kwargs)
+    layer = planner.best_layer(cond, args.objective, **kwargs) if args.parallel else result
     front, fpred = planner.pareto(cond, constraints)
     out = {
         "model": split_model.profile.model,
         "devices": [d.name for d in split_model.devices],
         "objective": args.objective,
         **_plan_dict(planner, result),
-        "breakdown": _breakdown(split_model, result.plan.splits, result.prediction)["breakdown"],
+        "breakdown": _breakdown(split_model, result.plan, result.prediction)["breakdown"],
+        **({"best_layer_plan": _plan_dict(planner, layer)} if args.parallel else {}),
         "pareto_front": [
             {"splits": [int(x) for x in front.splits[i]],
              "codecs": list(planner.to_plan(front, i).codecs) or None,
@@ -225,8 +255,17 @@ def _run_plan(args: argparse.Namespace) -> int:
         return 0
     print(f"{out['model']} on {' -> '.join(out['devices'])}, objective {args.objective}")
     codecs = f"  codecs {out['codecs']}" if out["codecs"] else ""
-    print(f"best plan: splits {out['splits']}{codecs}  latency_ms {out['latency_ms']:.3f}  "
+    print(f"best plan: {out['plan']}  splits {out['splits']}{codecs}  latency_ms {out['latency_ms']:.3f}  "
           f"energy_j {out['energy_j']:.5f}  throughput_rps {out['throughput_rps']:.1f}")
+    if args.parallel:
+        lay = out["best_layer_plan"]
+        gain = 1 - out["latency_ms"] / lay["latency_ms"] if lay["latency_ms"] > 0 else 0.0
+        print(f"best layer plan: {lay['plan']}  latency_ms {lay['latency_ms']:.3f}  "
+              f"energy_j {lay['energy_j']:.5f}"
+              f"  (the best plan is {gain:.1%} faster)")
+        if result.plan.section is None:
+            print("no plan with a parallel section beats it here" if split_model.section_costs.sections
+                  else f"{out['model']} has no parallel section: layer plans only")
     print(f"evaluated {out['evaluated']} plans ({out['method']}) in {out['elapsed_ms']:.1f} ms")
     rows = out["pareto_front"]
     print(f"latency-energy Pareto front ({len(rows)} plans):")
@@ -248,12 +287,16 @@ def _run_table(args: argparse.Namespace) -> int:
     split_model, cond = _setup(args, bandwidth=False)
     planner, _, kwargs = _planner(args, split_model)
     results = planner.table(grid, cond, args.objective, **kwargs)
+    layers = planner.layer_table(grid, cond, args.objective, **kwargs) if args.parallel else results
     rows = []
-    for bw, r in zip(grid, results, strict=True):
+    for bw, r, lay in zip(grid, results, layers, strict=True):
         bounds = [*r.plan.splits, split_model.num_blocks]
         sent = [int(split_model.split_bytes[s]) if s < nxt else None
                 for s, nxt in itertools.pairwise(bounds)]
-        rows.append({"bandwidth_mbps": round(bw, 6), **_plan_dict(planner, r), "split_bytes": sent})
+        rows.append({"bandwidth_mbps": round(bw, 6), **_plan_dict(planner, r), "split_bytes": sent,
+                     **({"best_layer_plan": _plan_dict(planner, lay)} if args.parallel else {})})
+    if args.parallel:
+        return _print_parallel_table(args, split_model, rows)
     if args.json:
         print(json.dumps({"model": split_model.profile.model,
                           "devices": [d.name for d in split_model.devices],
@@ -267,6 +310,23 @@ def _run_table(args: argparse.Namespace) -> int:
         codecs = f"  {r['codecs']}" if r["codecs"] else ""
         print(f"{r['bandwidth_mbps']:>15.2f}  {r['splits']!s:<16}{kb:<22}{r['latency_ms']:>11.3f}"
               f"{r['energy_j']:>11.5f}{codecs}")
+    return 0
+
+
+def _print_parallel_table(args: argparse.Namespace, split_model: Any, rows: list[dict[str, Any]]) -> int:
+    if args.json:
+        devices = [d.name for d in split_model.devices]
+        print(json.dumps({"model": split_model.profile.model, "devices": devices,
+                          "objective": args.objective, "rows": rows}, indent=1))
+        return 0
+    print(f"{split_model.profile.model} on {' -> '.join(d.name for d in split_model.devices)}, "
+          f"objective {args.objective}: best layer plan and best plan with parallel sections")
+    print(f"{'Mbit/s':>8}  {'layer plan':<20}{'ms':>9}  {'with sections':<26}{'ms':>9}{'gain':>8}")
+    for r in rows:
+        lay = r["best_layer_plan"]
+        gain = 1 - r["latency_ms"] / lay["latency_ms"] if lay["latency_ms"] > 0 else 0.0
+        print(f"{r['bandwidth_mbps']:>8.2f}  {lay['plan']:<20}{lay['latency_ms']:>9.2f}  {r['plan']:<26}"
+              f"{r['latency_ms']:>9.2f}{gain:>8.1%}")
     return 0
 
 

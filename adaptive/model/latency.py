@@ -32,13 +32,15 @@ bytes / bandwidth per hop) is returned beside it for comparison.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from adaptive.errors import PlanError, ProfileError
+from adaptive.model.lop import SectionCosts, add_sections, check_sections
 from adaptive.model.plans import PlanArray
 from adaptive.model.profiles import DeviceProfile, ModelProfile
 
@@ -183,26 +185,8 @@ class SplitModel:
     # ------------------------------------------------------------------ setup
 
     def _init_codecs(self) -> None:
-        codecs = self.profile.codecs
-        K, D, L = len(codecs) + 1, self.num_devices, self.num_blocks
-        self.codec_names = ("none", *(c.name for c in codecs))
-        self._ratio = np.array([1.0, *(c.bytes_ratio for c in codecs)])
-        self._layers = np.array([0.0, *(float(c.layers) for c in codecs)])
-        self.codec_allowed = np.ones((K, L + 1), dtype=bool)
-        self._enc = np.zeros((K, D, 2))
-        self._dec = np.zeros((K, D, 2))
-        for k, c in enumerate(codecs, start=1):
-            if c.splits is not None:
-                self.codec_allowed[k] = False
-                self.codec_allowed[k, list(c.splits)] = True
-            for d, dev in enumerate(self.devices):
-                try:
-                    e, g = c.encode_cost(dev.name), c.decode_cost(dev.name)
-                except ProfileError as exc:
-                    raise ProfileError(self.profile.source or self.profile.model, exc.field,
-                                       exc.problem) from None
-                self._enc[k, d] = (e.per_kb_ms, e.offset_ms)
-                self._dec[k, d] = (g.per_kb_ms, g.offset_ms)
+        (self.codec_names, self._ratio, self._layers, self.codec_allowed, self._enc,
+         self._dec) = _codec_tables(self.profile, self.devices)
 
     def codec_index(self, name: str) -> int:
         """Index of a codec name (``"none"`` is 0)."""
@@ -308,12 +292,13 @@ class SplitModel:
         return np.maximum(total, 0.0)
 
     def transfer(
-        self, src: int, dst: int, raw_bytes: np.ndarray, codec: np.ndarray, cb: ConditionBatch
+        self, src: int, dst: int, raw_bytes: np.ndarray, codec: np.ndarray, cb: ConditionBatch,
+        *, naive: bool = True,
     ) -> Transfer:
         """All costs of sending an activation of ``raw_bytes`` (fp32) from ``src`` to ``dst``.
 
         ``codec`` (same shape) selects the codec; its layers reduce the correction on devices
-        after d0 (seed 000 Eq. 2 counts encoder and decoder as layers).
+        after d0 (seed 000 Eq. 2 counts encoder and decoder as layers); ``naive=False``: no naive time.
         """
         raw = np.asarray(raw_bytes, dtype=float)
         nbytes = raw * self._ratio[codec]
@@ -326,16 +311,16 @@ class SplitModel:
         dec = dec - self._c0[dst] * layer_corr
         comm = self.path_comm(src, dst, nbytes, cb)
         lo, hi = min(src, dst), max(src, dst)
-        naive = sum(8e-3 * nbytes[None] / cb.bandwidth_mbps[:, h].reshape((-1,) + (1,) * raw.ndim)
-                    for h in range(lo, hi))
         ones = np.ones((len(cb.clients),) + (1,) * raw.ndim)
+        slow = sum(8e-3 * nbytes[None] / cb.bandwidth_mbps[:, h].reshape((-1,) + (1,) * raw.ndim)
+                   for h in range(lo, hi)) if naive else 0.0
         return Transfer(
             comm=comm,
             out_src=ones * (self._out[src, 0] * kb + self._out[src, 1]),
             in_dst=ones * (self._in[dst, 0] * kb + self._in[dst, 1]),
             enc_src=ones * enc,
             dec_dst=ones * dec,
-            naive=ones * naive,
+            naive=ones * slow,
         )
 
     def result_return(self, last: int, cb: ConditionBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -407,6 +392,8 @@ class SplitModel:
             raise PlanError(f"split positions must be in 0..{L}")
         if M > 1 and np.any(np.diff(s, axis=1) < 0):
             raise PlanError("splits must be non-decreasing")
+        if plans.has_sections:
+            check_sections(self, plans)
         k = plans.codecs
         if k.size and (k.min() < 0 or k.max() >= len(self.codec_names)):
             raise PlanError(f"codec indices must be in 0..{len(self.codec_names) - 1}")
@@ -414,6 +401,11 @@ class SplitModel:
             used = k > 0
             if np.any(used & ~self.codec_allowed[k, s]):
                 raise PlanError("a codec is used at a split position where it is not available")
+
+    @functools.cached_property
+    def section_costs(self) -> SectionCosts:
+        """Band sizes and times of the model's parallel sections on this chain (built on first use)."""
+        return SectionCosts(self.profile, self.devices)
 
     def evaluate_unchecked(self, plans: PlanArray, cb: ConditionBatch) -> Prediction:
         """:meth:`evaluate` without its checks, on a batch: for callers that checked the plans once.
@@ -427,6 +419,10 @@ class SplitModel:
         L, D = self.num_blocks, self.num_devices
         P, B = len(plans), len(cb.clients)
         s, k = plans.splits, plans.codecs
+        lop = np.flatnonzero(plans.stop > 0) if plans.has_sections else np.zeros(0, np.int64)  # type: ignore[operator]
+        if lop.size:  # d0 runs to the section's end, less its band (below)
+            s = s.copy()
+            s[lop] = np.where(s[lop] == s[lop, :1], plans.stop[lop, None], s[lop])  # type: ignore[index]
         bounds = np.column_stack([np.zeros(P, np.int64), s, np.full(P, L)])
         a, b = bounds[:, :-1], bounds[:, 1:]
         active = b > a
@@ -444,6 +440,8 @@ class SplitModel:
             for i in range(j):
                 # only the plans whose transfer into j comes from i (each plan has at most one)
                 idx = np.flatnonzero(active[:, j] & (last_active[:, j - 1] == i))
+                if i == 0 and lop.size:  # a section's transfers replace the one at its end
+                    idx = np.setdiff1d(idx, lop, assume_unique=True)
                 if idx.size == 0:
                     continue
                 t = self.transfer(i, j, self.split_bytes[a[idx, j]], k[idx, j - 1], cb)
@@ -461,11 +459,16 @@ class SplitModel:
                 proc[j][:, idx] += out[:, None]
                 comm[0][:, idx] += back[:, None]
                 proc[0][:, idx] += inn[:, None]
+        base[0, lop] = self.exec_base(0, 0, plans.splits[lop, :1].ravel())  # d0 runs [0, s1), then its band
         exec_ms = base[:, None, :] * scale[:, :, None] + codec_ms * slow[:, :, None]
+        overlap = add_sections(self, plans, lop, cb, exec_ms, proc, comm) if lop.size else None
         busy = exec_ms + proc + comm
         latency = busy.sum(axis=0)
         w_exec, w_busy = (w.T[:, :, None] for w in self.power_weights(cb))
         energy = (exec_ms * w_exec + (proc + comm) * w_busy).sum(axis=0) / 1e3
+        if overlap is not None:  # busy time that overlaps: the chain is done sooner, idle power stops sooner
+            latency[:, lop] -= overlap
+            energy[:, lop] -= self._p_idle.sum() * overlap / 1e3
         bottleneck = np.maximum((exec_ms + proc).max(axis=0), comm.max(axis=0))
         share = self.batch_share(cb).T  # (D, B)
         memory = self.stage_memory_mb(a.T[:, None, :], b.T[:, None, :], share[:, :, None])
@@ -475,6 +478,29 @@ class SplitModel:
         last_axis = lambda x: np.moveaxis(x, 0, -1)  # noqa: E731  (D, B, P) -> (B, P, D) view
         return Prediction(latency, energy, last_axis(exec_ms), last_axis(comm), last_axis(proc), bottleneck,
                           throughput, naive, last_axis(memory), feasible)
+
+
+def _codec_tables(profile: ModelProfile, devices: Sequence[DeviceProfile]) -> tuple[Any, ...]:
+    """Names, byte ratios, layers, ``(K, L+1)`` allowed positions, ``(K, D, 2)`` encode/decode costs."""
+    codecs = profile.codecs
+    K, D, L = len(codecs) + 1, len(devices), profile.num_blocks
+    names = ("none", *(c.name for c in codecs))
+    ratio = np.array([1.0, *(c.bytes_ratio for c in codecs)])
+    layers = np.array([0.0, *(float(c.layers) for c in codecs)])
+    allowed = np.ones((K, L + 1), dtype=bool)
+    enc, dec = np.zeros((K, D, 2)), np.zeros((K, D, 2))
+    for k, c in enumerate(codecs, start=1):
+        if c.splits is not None:
+            allowed[k] = False
+            allowed[k, list(c.splits)] = True
+        for d, dev in enumerate(devices):
+            try:
+                e, g = c.encode_cost(dev.name), c.decode_cost(dev.name)
+            except ProfileError as exc:
+                raise ProfileError(profile.source or profile.model, exc.field, exc.problem) from None
+            enc[k, d] = (e.per_kb_ms, e.offset_ms)
+            dec[k, d] = (g.per_kb_ms, g.offset_ms)
+    return names, ratio, layers, allowed, enc, dec
 
 
 def _per_item(value: float | Sequence[float], n: int, name: str, item: str) -> np.ndarray:

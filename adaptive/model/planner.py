@@ -34,6 +34,7 @@ import numpy as np
 from adaptive.errors import PlanError
 from adaptive.model.latency import ConditionBatch, Conditions, Prediction, SplitModel
 from adaptive.model.plans import Plan, PlanArray, count_plans, enumerate_plans
+from adaptive.model.section_search import DpParts, SectionSearch
 
 __all__ = ["Constraints", "Objective", "PlanResult", "Planner"]
 
@@ -102,20 +103,24 @@ class Planner:
         model: The latency and energy model (profile + chain).
         use_codecs: Consider the profile's activation codecs at each split.
         codecs: Only these codecs (``none`` is always allowed); None: all the profile's.
+        parallel: Also search plans with a parallel section (Intra-DP's local operation
+            parallelism) for the latency, energy and weighted objectives without SLO or budget;
+            a model without parallel sections gets layer plans only.
     """
 
     def __init__(self, model: SplitModel, *, use_codecs: bool = True,
-                 codecs: Sequence[str] | None = None) -> None:
+                 codecs: Sequence[str] | None = None, parallel: bool = False) -> None:
         self.model = model
+        self.parallel = parallel and bool(model.section_costs.sections) and model.num_devices > 1
         self.use_codecs = use_codecs and len(model.codec_names) > 1
-        self._allowed = model.codec_allowed.copy()
+        self.codec_allowed = model.codec_allowed.copy()
         if codecs is not None:
             unknown = sorted(set(codecs) - set(model.codec_names))
             if unknown:
                 raise PlanError(f"unknown codec(s) {unknown} (the profile has {list(model.codec_names)})")
             for k, name in enumerate(model.codec_names):
                 if k and name not in codecs:
-                    self._allowed[k] = False
+                    self.codec_allowed[k] = False
         self._all_plans: PlanArray | None = None
 
     # ------------------------------------------------------------------ plan space
@@ -123,7 +128,7 @@ class Planner:
     def all_plans(self) -> PlanArray:
         """Every canonical plan of the chain (cached)."""
         if self._all_plans is None:
-            allowed = self._allowed if self.use_codecs else None
+            allowed = self.codec_allowed if self.use_codecs else None
             self._all_plans = enumerate_plans(self.model.num_blocks, self.model.num_devices, allowed)
         return self._all_plans
 
@@ -131,7 +136,7 @@ class Planner:
         """Convert one row of a :class:`PlanArray` to a :class:`Plan` with codec names."""
         splits = tuple(int(x) for x in plans.splits[index])
         codecs = tuple(self.model.codec_names[int(c)] for c in plans.codecs[index])
-        return Plan(splits, codecs if any(c != "none" for c in codecs) else ())
+        return Plan(splits, codecs if any(c != "none" for c in codecs) else (), plans.section_of(index))
 
     def plan_array(self, plan: Plan) -> PlanArray:
         """Convert a :class:`Plan` to a one-row :class:`PlanArray` (validates codec names)."""
@@ -140,7 +145,12 @@ class Planner:
         if len(names) != m:
             raise PlanError(f"expected {m} codec name(s), found {len(names)}")
         codecs = [self.model.codec_index(n) for n in names]
-        return PlanArray(np.array([plan.splits], np.int64), np.array([codecs], np.int64))
+        splits, codec_arr = np.array([plan.splits], np.int64), np.array([codecs], np.int64)
+        if plan.section is None:
+            return PlanArray(splits, codec_arr)
+        sec = plan.section
+        return PlanArray(splits, codec_arr, np.array([sec.stop]), np.array([sec.share]),
+                         np.array([sec.parts]))
 
     def evaluate(self, plan: Plan, conditions: Conditions) -> Prediction:
         """Prediction for one plan (outputs shaped ``(1, …)``)."""
@@ -156,6 +166,7 @@ class Planner:
         energy_weight: float = 1.0,
         constraints: Constraints = Constraints(),
         method: Literal["auto", "dp", "enumeration"] = "auto",
+        sections: bool | None = None,
     ) -> PlanResult:
         """The best plan under ``conditions``.
 
@@ -165,6 +176,8 @@ class Planner:
             energy_weight: Weight of normalised energy in the ``weighted`` objective, ≥ 0.
             constraints: SLO, energy budget and memory feasibility.
             method: ``auto`` uses the dynamic program where it is exact, else enumeration.
+            sections: Search plans with a parallel section too (None: as the planner was built);
+                only for latency, energy and weighted without SLO or budget (else layer plans).
 
         Raises:
             PlanError: Unknown objective, or no plan satisfies the constraints.
@@ -181,6 +194,8 @@ class Planner:
         if method == "dp" or (method == "auto" and dp_ok):
             plans, used = self._dp(cb, objective, energy_weight, constraints), "dp"
             evaluated = self.plan_space_size()
+            if self.parallel if sections is None else sections and self.parallel:
+                plans = self._with_sections(plans, cb, objective, energy_weight, constraints)[0]
         else:
             plans, evaluated, used = self._enumerate_best(cb, objective, energy_weight, constraints)
         pred = self.model.evaluate(plans, conditions)
@@ -196,9 +211,14 @@ class Planner:
             elapsed_ms=elapsed,
         )
 
+    def best_layer(self, conditions: Conditions, objective: Objective = "latency",
+                   **kwargs: object) -> PlanResult:
+        """:meth:`best` over plans of layer splits only (no parallel section)."""
+        return self.best(conditions, objective, sections=False, **kwargs)  # type: ignore[arg-type]
+
     def plan_space_size(self) -> int:
         """Number of canonical plans (with codec choices when enabled), without enumerating."""
-        allowed = self._allowed if self.use_codecs else None
+        allowed = self.codec_allowed if self.use_codecs else None
         return count_plans(self.model.num_blocks, self.model.num_devices, allowed)
 
     def _references(self, cb: ConditionBatch) -> tuple[float, float]:
@@ -241,6 +261,35 @@ class Planner:
 
     def _dp(self, cb: ConditionBatch, objective: str, energy_weight: float,
             constraints: Constraints) -> PlanArray:
+        parts = self.dp_parts(cb, objective, energy_weight, constraints)
+        L, D, pos = self.model.num_blocks, self.model.num_devices, np.arange(self.model.num_blocks + 1)
+        stage_cost, transfer_cost, finals_add = parts.stage_cost, parts.transfer_cost, parts.finals
+        best = [stage_cost[0][0].copy()] + [np.full(L + 1, np.inf) for _ in range(1, D)]
+        back: list[dict[str, np.ndarray]] = [{}]
+        for j in range(1, D):
+            src = np.full(L + 1, -1)
+            start = np.zeros(L + 1, np.int64)
+            codec = np.zeros(L + 1, np.int64)
+            for i in range(j):
+                tr, kbest = transfer_cost(i, j)
+                cand = best[i][:, None] + tr[:, None] + stage_cost[j]  # (a, b)
+                amin = np.argmin(cand, axis=0)
+                val = cand[amin, pos]
+                better = val < best[j]
+                best[j] = np.where(better, val, best[j])
+                src = np.where(better, i, src)
+                start = np.where(better, amin, start)
+                codec = np.where(better, kbest[amin], codec)
+            back.append({"src": src, "start": start, "codec": codec})
+        finals = [best[0][L]] + [best[j][L] + finals_add[j] for j in range(1, D)]
+        last = int(np.argmin(finals))
+        if not np.isfinite(finals[last]):
+            raise PlanError(_infeasible_message(constraints))
+        return self._backtrack(back, last)
+
+    def dp_parts(self, cb: ConditionBatch, objective: str, energy_weight: float,
+                 constraints: Constraints) -> DpParts:
+        """The dynamic program's costs on the first condition: stages, transfers, results, weights."""
         m = self.model
         L, D = m.num_blocks, m.num_devices
         alpha, gamma = {"latency": (1.0, 0.0), "energy": (0.0, 1.0)}.get(objective, (None, None))
@@ -266,7 +315,7 @@ class Planner:
         K = len(m.codec_names) if self.use_codecs else 1
         raw = m.split_bytes[:, None] * np.ones((1, K))
         kk = np.broadcast_to(np.arange(K), raw.shape)
-        allowed = self._allowed[:K].T  # (L+1, K)
+        allowed = self.codec_allowed[:K].T  # (L+1, K)
 
         def transfer_cost(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
             t = m.transfer(i, j, raw, kk, cb)
@@ -279,33 +328,18 @@ class Planner:
             k = np.argmin(cost, axis=1)
             return cost[pos, k], k
 
-        best = [stage_cost[0][0].copy()] + [np.full(L + 1, np.inf) for _ in range(1, D)]
-        back: list[dict[str, np.ndarray]] = [{}]
-        for j in range(1, D):
-            src = np.full(L + 1, -1)
-            start = np.zeros(L + 1, np.int64)
-            codec = np.zeros(L + 1, np.int64)
-            for i in range(j):
-                tr, kbest = transfer_cost(i, j)
-                cand = best[i][:, None] + tr[:, None] + stage_cost[j]  # (a, b)
-                amin = np.argmin(cand, axis=0)
-                val = cand[amin, pos]
-                better = val < best[j]
-                best[j] = np.where(better, val, best[j])
-                src = np.where(better, i, src)
-                start = np.where(better, amin, start)
-                codec = np.where(better, kbest[amin], codec)
-            back.append({"src": src, "start": start, "codec": codec})
-        finals = [best[0][L]]
+        finals = [0.0]
         for j in range(1, D):
             out, comm, inn = m.result_return(j, cb)
             lat = out[0] + comm[0] + inn[0]
             energy = out[0] * w_busy[j] + (comm[0] + inn[0]) * w_busy[0]
-            finals.append(best[j][L] + alpha * lat + gamma * energy)
-        last = int(np.argmin(finals))
-        if not np.isfinite(finals[last]):
-            raise PlanError(_infeasible_message(constraints))
-        return self._backtrack(back, last)
+            finals.append(float(alpha * lat + gamma * energy))
+        return DpParts(stage_cost, transfer_cost, finals, alpha, gamma, w_exec, w_busy)
+
+    def _with_sections(self, layer: PlanArray, cb: ConditionBatch, objective: str, energy_weight: float,
+                       constraints: Constraints) -> tuple[PlanArray, bool]:
+        """The better of the layer plan ``layer`` and the best plan with a section (first condition)."""
+        return SectionSearch(self).best_batch([layer], cb, objective, energy_weight, constraints)[0]
 
     def _backtrack(self, back: list[dict[str, np.ndarray]], last: int) -> PlanArray:
         L, D = self.model.num_blocks, self.model.num_devices
@@ -350,6 +384,12 @@ class Planner:
         front = plans.take(order[keep])
         return front, self.model.evaluate(front, conditions)
 
+    def layer_table(self, bandwidths_mbps: Sequence[float], conditions: Conditions,
+                    objective: Objective = "latency", **kwargs: object) -> list[PlanResult]:
+        """:meth:`table` over plans of layer splits only."""
+        return [self.best_layer(replace(conditions, bandwidth_mbps=float(bw)), objective, **kwargs)
+                for bw in bandwidths_mbps]
+
     def table(
         self,
         bandwidths_mbps: Sequence[float],
@@ -361,8 +401,32 @@ class Planner:
 
         Intra-DP (seed 001 Sec. 3.2) precomputes such a table so that a live switch is a lookup.
         """
-        return [self.best(replace(conditions, bandwidth_mbps=float(bw)), objective, **kwargs)
-                for bw in bandwidths_mbps]
+        results = self.layer_table(bandwidths_mbps, conditions, objective, **kwargs)
+        if not self.parallel:
+            return results
+        constraints = kwargs.get("constraints", Constraints())
+        method = kwargs.get("method")
+        enumerate_only = constraints.needs_enumeration or method == "enumeration"  # type: ignore[union-attr]
+        if objective == "throughput" or enumerate_only:
+            return results
+        start = time.perf_counter()
+        batch = [self.model.conditions(replace(conditions, bandwidth_mbps=float(bw)))
+                 for bw in bandwidths_mbps]
+        cb = ConditionBatch(*(np.concatenate([getattr(c, f) for c in batch]) for f in ConditionBatch._fields))
+        layers = [self.plan_array(r.plan) for r in results]
+        weight = float(kwargs.get("energy_weight", 1.0))  # type: ignore[arg-type]
+        chosen = SectionSearch(self).best_batch(layers, cb, objective, weight, constraints)
+        share_ms = (time.perf_counter() - start) * 1e3 / max(len(results), 1)
+        out = []
+        for r, (plans, changed), bw in zip(results, chosen, bandwidths_mbps, strict=True):
+            if not changed:
+                out.append(replace(r, elapsed_ms=r.elapsed_ms + share_ms))
+                continue
+            pred = self.model.evaluate(plans, replace(conditions, bandwidth_mbps=float(bw)))
+            out.append(PlanResult(self.to_plan(plans), float(pred.latency_ms[0]), float(pred.energy_j[0]),
+                                  float(pred.throughput_rps[0]), pred, r.evaluated, "dp",
+                                  r.elapsed_ms + share_ms))
+        return out
 
 
 def _allowed(pred: Prediction, constraints: Constraints, plans: PlanArray, num_blocks: int

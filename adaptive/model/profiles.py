@@ -19,6 +19,7 @@ Units: ``_ms`` milliseconds, ``_bytes`` bytes, ``_mb`` 10^6 bytes, ``_w`` watts,
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -209,6 +210,8 @@ class ModelProfile:
         correction: Per device name, the summation correction.
         codecs: Activation codecs available at splits (besides ``"none"``).
         latency_spread_ms: Optional per-device dispersion of the block latencies, ms.
+        row_efficiency: Per device name, measured ``(rows_share, time_share)`` points: a band of a
+            local block's output rows costs ``time_share`` of the whole block (seed 001 Sec. 4 parts).
         activation_dtype: dtype the block output sizes assume.
         notes: Machine, software versions, date and method.
         source: File the profile was read from.
@@ -223,6 +226,7 @@ class ModelProfile:
     correction: Mapping[str, Correction] = field(default_factory=dict)
     codecs: tuple[Codec, ...] = ()
     latency_spread_ms: Mapping[str, np.ndarray] = field(default_factory=dict)
+    row_efficiency: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     activation_dtype: str = "float32"
     notes: str = ""
     source: str = ""
@@ -397,6 +401,13 @@ def model_from_dict(doc: Any, source: str = "<dict>") -> ModelProfile:
     correction = {
         d: Correction(float(c["c0_ms"]), float(c["c1_ms"])) for d, c in doc.get("correction", {}).items()
     }
+    row_efficiency = {}
+    for dev, points in doc.get("row_efficiency", {}).items():
+        shares = [float(p[0]) for p in points]
+        if any(b <= a for a, b in itertools.pairwise(shares)) or shares[-1] > 1:
+            raise ProfileError(source, f"row_efficiency.{dev}",
+                               "expected row shares increasing within (0, 1]")
+        row_efficiency[dev] = tuple((float(p[0]), float(p[1])) for p in points)
     codecs = []
     for name, c in doc.get("codecs", {}).items():
         splits = c.get("splits")
@@ -422,6 +433,7 @@ def model_from_dict(doc: Any, source: str = "<dict>") -> ModelProfile:
         correction=correction,
         codecs=tuple(codecs),
         latency_spread_ms=spread,
+        row_efficiency=row_efficiency,
         activation_dtype=str(doc.get("activation_dtype", "float32")),
         notes=str(doc.get("notes", "")),
         source=source,
@@ -486,6 +498,9 @@ def model_to_dict(profile: ModelProfile) -> dict[str, Any]:
         doc["correction"] = {
             d: {"c0_ms": float(c.c0_ms), "c1_ms": float(c.c1_ms)} for d, c in profile.correction.items()
         }
+    if profile.row_efficiency:
+        doc["row_efficiency"] = {d: [[round(a, 4), round(b, 4)] for a, b in pts]
+                                 for d, pts in profile.row_efficiency.items()}
     if profile.codecs:
         doc["codecs"] = {
             c.name: {
