@@ -26,24 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           description="Structured profiling (seed 000 Sec. IV-D).")
     psub = prof.add_subparsers(dest="what", metavar="WHAT", required=True)
 
-    p = psub.add_parser("model", help="per-block latency, 2N+1 segments, correction fit",
-                        description="Write an adaptive.model/v1 profile measured on this machine.")
-    _model_args(p)
-    p.add_argument("--device-name", default="host", help="device name for the latency entry")
-    p.add_argument("--out", required=True, help="output profile (.yaml or .json)")
-    p.add_argument("--merge", action="store_true",
-                   help="add this device to an existing profile of the same blocks at --out")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
-    p.add_argument("--warmup", type=int, default=5, help="warm-up calls (default 5)")
-    p.add_argument("--repeats", type=int, default=21, help="timed calls per block (default 21)")
-    p.add_argument("--segment-repeats", type=int, default=11, help="timed calls per segment")
-    p.add_argument("--block-timing", choices=["context", "isolated"], default="context",
-                   help="time blocks inside forward passes (default) or alone (seed 000)")
-    p.add_argument("--segment-timing", choices=["context", "isolated"], default="context",
-                   help="time segments after their prefix (default) or alone")
-    p.add_argument("--no-codecs", action="store_true", help="do not measure fp16/int8 codecs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_profile_model)
+    _add_profile_model(psub)
 
     p = psub.add_parser("link", help="first-packet latency and per-KB reception to a peer",
                         description="Fit T_FP, Q0, Q1 over 20 payload sizes (seed 000 Sec. IV-B).")
@@ -87,6 +70,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--power-active", type=float, default=0.0, help="active power, W (not measured)")
     p.add_argument("--power-idle", type=float, default=0.0, help="idle power, W (not measured)")
     p.set_defaults(func=_run_profile_device)
+
+
+def _add_profile_model(psub: argparse._SubParsersAction) -> None:
+    p = psub.add_parser("model", help="per-block latency, 2N+1 segments, correction fit",
+                        description="Write an adaptive.model/v1 profile measured on this machine.")
+    _model_args(p)
+    p.add_argument("--device-name", default="host", help="device name for the latency entry")
+    p.add_argument("--out", required=True, help="output profile (.yaml or .json)")
+    p.add_argument("--merge", action="store_true",
+                   help="add this device to an existing profile of the same blocks at --out")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up calls (default 5)")
+    p.add_argument("--repeats", type=int, default=21, help="timed calls per block (default 21)")
+    p.add_argument("--segment-repeats", type=int, default=11, help="timed calls per segment")
+    p.add_argument("--block-timing", choices=["context", "isolated"], default="context",
+                   help="time blocks inside forward passes (default) or alone (seed 000)")
+    p.add_argument("--segment-timing", choices=["context", "isolated"], default="context",
+                   help="time segments after their prefix (default) or alone")
+    p.add_argument("--no-codecs", action="store_true", help="do not measure fp16/int8 codecs")
+    p.add_argument("--row-fractions", nargs="?", const="0.125,0.25,0.5,0.75", metavar="F,..",
+                   help="also time section parts at these row fractions (default 0.125,0.25,0.5,0.75); "
+                        "fit row_efficiency and row_op_ms")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_profile_model)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -204,6 +211,7 @@ def _run_profile_model(args: argparse.Namespace) -> int:
         model_profile_doc,
         profile_codecs,
         profile_partition,
+        profile_row_efficiency,
     )
 
     if min(args.threads, args.repeats, args.segment_repeats) < 1 or args.warmup < 0:
@@ -212,9 +220,17 @@ def _run_profile_model(args: argparse.Namespace) -> int:
     cfg = TimingConfig(warmup=args.warmup, repeats=args.repeats,
                        segment_repeats=args.segment_repeats, threads=args.threads,
                        block_timing=args.block_timing, segment_timing=args.segment_timing)
+    fractions = _row_fractions(args, part)
     med, iqr, _segments, _seg_ms, fit = profile_partition(part, cfg, progress=not args.quiet)
     codecs = None if args.no_codecs else profile_codecs()
     doc = model_profile_doc(part, args.device_name, med, iqr, fit, cfg, codecs=codecs)
+    if fractions is not None:
+        rows = profile_row_efficiency(part, cfg, fractions=fractions)
+        doc["row_efficiency"] = {args.device_name: [list(p) for p in rows.points]}
+        doc["row_op_ms"] = {args.device_name: rows.op_ms}
+        print(f"parts: {len(rows.parts)} timed; fixed {rows.op_ms:.4f} ms per operator, curve "
+              + ", ".join(f"{a:g}:{b:.3f}" for a, b in rows.points)
+              + f"; MAPE {rows.mape_fitted_pct:.1f}% (proportional to rows: {rows.mape_linear_pct:.1f}%)")
     out = Path(args.out)
     if args.merge and out.exists():
         doc = _merge(model_to_dict(load_model(out)), doc, args.device_name, str(out))
@@ -227,6 +243,22 @@ def _run_profile_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _row_fractions(args: argparse.Namespace, part: Any) -> list[float] | None:
+    """``--row-fractions`` checked against the model (None when not asked for)."""
+    from adaptive.cli.args import parse_floats
+    from adaptive.errors import AdaptiveError
+    from adaptive.nn.spatial import sections
+
+    if args.row_fractions is None:
+        return None
+    fractions = parse_floats(args.row_fractions, "--row-fractions")
+    if not all(0 < f < 1 for f in fractions):
+        raise AdaptiveError(f"--row-fractions: expected fractions in (0, 1), found '{args.row_fractions}'")
+    if not sections(part):
+        raise AdaptiveError(f"--row-fractions: {args.model} has no parallel section (no parts to time)")
+    return fractions
+
+
 def _merge(old: dict[str, Any], new: dict[str, Any], device: str, where: str) -> dict[str, Any]:
     from adaptive.errors import AdaptiveError
 
@@ -235,7 +267,7 @@ def _merge(old: dict[str, Any], new: dict[str, Any], device: str, where: str) ->
 
     if shape(old) != shape(new):
         raise AdaptiveError(f"{where}: existing profile has different blocks; cannot merge")
-    for key in ("latency_ms", "latency_spread_ms", "correction"):
+    for key in ("latency_ms", "latency_spread_ms", "correction", "row_efficiency", "row_op_ms"):
         if key in new:
             old.setdefault(key, {})[device] = new[key][device]
     for name, codec in new.get("codecs", {}).items():

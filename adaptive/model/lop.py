@@ -25,28 +25,35 @@ from adaptive.errors import PlanError
 from adaptive.model.plans import MAX_PARTS, SHARES, validate_section
 from adaptive.model.profiles import DeviceProfile, ModelProfile
 
-__all__ = ["DEFAULT_ROW_EFFICIENCY", "SectionCosts", "SectionTimes", "add_sections", "block_heights",
-           "check_sections", "efficiency_curve", "first_stage", "input_band", "parallel_sections",
-           "section_schedule"]
+__all__ = ["DEFAULT_ROW_EFFICIENCY", "DEFAULT_ROW_OP_MS", "SectionCosts", "SectionTimes", "add_sections",
+           "block_heights", "check_sections", "efficiency_curve", "first_stage", "input_band",
+           "parallel_sections", "section_schedule"]
 
-# A band of rho of a block's output rows costs h(rho) of the whole block, h piecewise linear through
-# these points and (0, 0). CPU: measured on the development VM for MobileNetV2 (docs/model.md);
-# GPU: an assumption, not a measurement (a small band leaves a GPU's cores idle: 0.2 + 0.8 rho).
+# A band of rho of a block's output rows costs f + (t - f)·h(rho), t the block's time and
+# f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points and
+# (0, 0). CPU: the median of three fits by 'adaptive profile model --row-fractions' for MobileNetV2
+# on the development VM (docs/model.md, "Parallel sections"); GPU: an assumption, not a measurement (a small band
+# leaves a GPU's cores idle: 0.2 + 0.8 rho, kernel launches in the fixed part).
 DEFAULT_ROW_EFFICIENCY: dict[str, tuple[tuple[float, float], ...]] = {
-    "cpu": ((0.125, 0.16), (0.25, 0.29), (0.5, 0.54), (0.75, 0.78), (1.0, 1.0)),
+    "cpu": ((0.125, 0.06), (0.25, 0.15), (0.5, 0.33), (0.75, 0.57), (1.0, 1.05)),
     "gpu": ((0.125, 0.3), (0.25, 0.4), (0.5, 0.6), (0.75, 0.8), (1.0, 1.0)),
 }
+DEFAULT_ROW_OP_MS: dict[str, float] = {"cpu": 0.053, "gpu": 0.0}
 
 
-def efficiency_curve(profile: ModelProfile, device: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows_share, time_share)`` points of ``device``'s curve, ``(0, 0)`` first, ``(1, 1)`` last."""
+def efficiency_curve(profile: ModelProfile, device: DeviceProfile) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(rows_share, time_share)`` points of ``device``'s curve, ``(0, 0)`` first, and its cost per operator.
+
+    The points end at rows share 1 (``(1, 1)`` is added when the profile's end before it).
+    """
     points = profile.row_efficiency.get(device.name) or DEFAULT_ROW_EFFICIENCY[device.accelerator]
+    op_ms = profile.row_op_ms.get(device.name, DEFAULT_ROW_OP_MS[device.accelerator])
     xs = [0.0, *(p[0] for p in points)]
     ys = [0.0, *(p[1] for p in points)]
     if xs[-1] < 1.0:
         xs.append(1.0)
         ys.append(1.0)
-    return np.array(xs), np.array(ys)
+    return np.array(xs), np.array(ys), float(op_ms)
 
 
 def block_heights(profile: ModelProfile) -> list[int]:
@@ -143,6 +150,8 @@ class SectionCosts:
         self.split_bytes = profile.split_bytes()
         self._lat = np.stack([profile.latency_for(d.name) for d in devices])  # (D, L)
         self._curves = [efficiency_curve(profile, d) for d in devices]
+        ops = np.array([b.ops for b in profile.blocks], float)
+        self._fixed = np.minimum(np.stack([c[2] * ops for c in self._curves]), self._lat)  # (D, L)
         self._grid: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], SectionConfig] | None = None
 
     def section_of(self, start: int, stop: int) -> tuple[int, int] | None:
@@ -153,8 +162,9 @@ class SectionCosts:
         """``(D, stop − start)`` time of each block's needed rows, blocks ``start..stop-1``."""
         rows = np.array([hi - lo for lo, hi in back[1:]], float)
         rho = rows / np.array(self.heights[start + 1 : stop + 1], float)
-        eff = np.stack([np.interp(rho, xs, ys) for xs, ys in self._curves])
-        return self._lat[:, start:stop] * eff
+        eff = np.stack([np.interp(rho, xs, ys) for xs, ys, _ in self._curves])
+        fixed = self._fixed[:, start:stop]
+        return fixed + (self._lat[:, start:stop] - fixed) * eff
 
     @functools.lru_cache(maxsize=65536)  # noqa: B019  (one instance per SplitModel, kept with it)
     def config(self, start: int, stop: int, share: float, parts: int) -> SectionConfig:

@@ -137,6 +137,8 @@ class Block:
             (Intra-DP's local operators, seed 001 Sec. 4.1): output rows ``[a, b)`` read input rows
             ``[a·stride − padding, (b − 1)·stride − padding + kernel)``, clipped to the image. None:
             a global block (or not known), which no parallel section crosses.
+        ops: Operators (calls) in the block's traced graph; a part of a section pays a fixed cost
+            per operator (``ModelProfile.row_op_ms``). 0: not known.
     """
 
     name: str
@@ -146,6 +148,7 @@ class Block:
     output_shape: tuple[int, ...] = ()
     kind: str = ""
     rows: tuple[int, int, int] | None = None
+    ops: int = 0
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,9 @@ class ModelProfile:
         codecs: Activation codecs available at splits (besides ``"none"``).
         latency_spread_ms: Optional per-device dispersion of the block latencies, ms.
         row_efficiency: Per device name, measured ``(rows_share, time_share)`` points: a band of a
-            local block's output rows costs ``time_share`` of the whole block (seed 001 Sec. 4 parts).
+            local block's output rows costs ``time_share`` of the whole block (seed 001 Sec. 4 parts)
+            beyond its operators' fixed cost.
+        row_op_ms: Per device name, fixed cost of one operator in a part, ms.
         activation_dtype: dtype the block output sizes assume.
         notes: Machine, software versions, date and method.
         source: File the profile was read from.
@@ -227,6 +232,7 @@ class ModelProfile:
     codecs: tuple[Codec, ...] = ()
     latency_spread_ms: Mapping[str, np.ndarray] = field(default_factory=dict)
     row_efficiency: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    row_op_ms: Mapping[str, float] = field(default_factory=dict)
     activation_dtype: str = "float32"
     notes: str = ""
     source: str = ""
@@ -383,6 +389,7 @@ def model_from_dict(doc: Any, source: str = "<dict>") -> ModelProfile:
             kind=str(b.get("kind", "")),
             rows=(int(b["rows"]["kernel"]), int(b["rows"]["stride"]), int(b["rows"]["padding"]))
             if "rows" in b else None,
+            ops=int(b.get("ops", 0)),
         )
         for b in doc["blocks"]
     )
@@ -434,6 +441,7 @@ def model_from_dict(doc: Any, source: str = "<dict>") -> ModelProfile:
         codecs=tuple(codecs),
         latency_spread_ms=spread,
         row_efficiency=row_efficiency,
+        row_op_ms={d: float(v) for d, v in doc.get("row_op_ms", {}).items()},
         activation_dtype=str(doc.get("activation_dtype", "float32")),
         notes=str(doc.get("notes", "")),
         source=source,
@@ -485,6 +493,7 @@ def model_to_dict(profile: ModelProfile) -> dict[str, Any]:
                 **({"output_shape": list(b.output_shape)} if b.output_shape else {}),
                 **({"kind": b.kind} if b.kind else {}),
                 **({"rows": dict(zip(ROW_KEYS, b.rows, strict=True))} if b.rows else {}),
+                **({"ops": b.ops} if b.ops else {}),
             }
             for b in profile.blocks
         ],
@@ -501,6 +510,8 @@ def model_to_dict(profile: ModelProfile) -> dict[str, Any]:
     if profile.row_efficiency:
         doc["row_efficiency"] = {d: [[round(a, 4), round(b, 4)] for a, b in pts]
                                  for d, pts in profile.row_efficiency.items()}
+    if profile.row_op_ms:
+        doc["row_op_ms"] = {d: round(float(v), 6) for d, v in profile.row_op_ms.items()}
     if profile.codecs:
         doc["codecs"] = {
             c.name: {

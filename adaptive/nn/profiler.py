@@ -25,20 +25,26 @@ import torch
 
 from adaptive.model.codecs import BYTES_RATIO, decode, encode
 from adaptive.nn.partition import Partition
+from adaptive.nn.spatial import block_rows, input_rows, run_rows, sections
 
 __all__ = [
     "CorrectionFit",
+    "RowEfficiencyFit",
     "Timing",
     "TimingConfig",
+    "block_ops",
     "choose_segments",
     "fit_correction",
     "fit_linear",
     "machine_description",
     "model_profile_doc",
+    "part_shares",
     "profile_codecs",
     "profile_data_movement",
     "profile_partition",
+    "profile_row_efficiency",
     "time_call",
+    "time_parts",
 ]
 
 
@@ -251,6 +257,156 @@ def _time_segment(part: Partition, i: int, j: int, x0: torch.Tensor, x_i: torch.
     return float(np.median(samples))
 
 
+ROW_KNOTS = (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+class RowEfficiencyFit(NamedTuple):
+    """A device's part costs fitted by :func:`profile_row_efficiency`.
+
+    Attributes:
+        points: ``((rows_share, time_share), ...)`` at :data:`ROW_KNOTS`, ``(0, 0)`` implied.
+        op_ms: Fixed cost of one operator in a part, ms.
+        parts: The parts timed: ``(start, stop, rows)``.
+        measured_ms: Median time of each part, ms.
+        predicted_ms: The fitted model's time of each part, ms.
+        mape_fitted_pct: MAPE of the fitted model over the parts, %.
+        mape_linear_pct: MAPE of time proportional to rows (no fixed cost), %.
+    """
+
+    points: tuple[tuple[float, float], ...]
+    op_ms: float
+    parts: list[tuple[int, int, tuple[int, int]]]
+    measured_ms: np.ndarray
+    predicted_ms: np.ndarray
+    mape_fitted_pct: float
+    mape_linear_pct: float
+
+
+def block_ops(part: Partition) -> list[int]:
+    """Operators (module, function and method calls) in each block's traced graph."""
+    return [sum(1 for n in part.segment(i, i + 1).graph.nodes if n.op.startswith("call"))
+            for i in range(part.num_blocks)]
+
+
+def _hats(rho: np.ndarray) -> np.ndarray:
+    """``(..., K)`` piecewise-linear basis on ``(0,) + ROW_KNOTS``: ``h(ρ) = hats @ y``, ``h(0) = 0``."""
+    xs = np.array((0.0, *ROW_KNOTS))
+    eye = np.eye(len(xs))
+    return np.stack([np.interp(rho, xs, eye[k]) for k in range(1, len(xs))], axis=-1)
+
+
+def part_shares(part: Partition, start: int, stop: int, rows: tuple[int, int]) -> np.ndarray:
+    """Share of each block's output rows that output rows ``rows`` of blocks ``[start, stop)`` compute."""
+    shares = []
+    for i in range(start, stop):
+        lo, hi = rows if i + 1 == stop else input_rows(part, i + 1, stop, rows)
+        shares.append((hi - lo) / int(part.blocks[i].output_shape[2]))
+    return np.array(shares)
+
+
+def time_parts(part: Partition, jobs: Sequence[tuple[int, int, tuple[int, int]]], x0: torch.Tensor,
+               cfg: TimingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Median ms of each part ``(start, stop, rows)`` and of each block in forward passes.
+
+    Each round runs one forward pass (timing every block in context, as ``block_timing='context'``)
+    and then every part once from the input rows it needs, so parts and blocks share the machine's
+    state; ``cfg.warmup`` untimed rounds first.
+    """
+    acts = [a.clone() for a in part.activations(x0)]
+    calls = []
+    for start, stop, rows in jobs:
+        lo, hi = input_rows(part, start, stop, rows)
+        band = acts[start][:, :, lo:hi].contiguous()
+        calls.append(lambda s=start, e=stop, b=band, r=(lo, hi), o=rows: run_rows(part, s, e, b, r, o))
+    mods = [part.segment(i, i + 1) for i in range(part.num_blocks)]
+    blocks, parts = np.empty((cfg.repeats, len(mods))), np.empty((cfg.repeats, len(calls)))
+    with torch.inference_mode():
+        for r in range(cfg.warmup + cfg.repeats):
+            y = x0
+            for i, mod in enumerate(mods):
+                t0 = time.perf_counter_ns()
+                y = mod(y)
+                if r >= cfg.warmup:
+                    blocks[r - cfg.warmup, i] = (time.perf_counter_ns() - t0) / 1e6
+            for k, fn in enumerate(calls):
+                t0 = time.perf_counter_ns()
+                fn()
+                if r >= cfg.warmup:
+                    parts[r - cfg.warmup, k] = (time.perf_counter_ns() - t0) / 1e6
+    return np.median(parts, axis=0), np.median(blocks, axis=0)
+
+
+def profile_row_efficiency(part: Partition, cfg: TimingConfig, block_ms: np.ndarray | None = None,
+                           fractions: Sequence[float] = ROW_KNOTS[:-1]) -> RowEfficiencyFit:
+    """Time parts of the sections at several row fractions; fit the device's row-efficiency curve.
+
+    The parts are what a section's parts are at run time (:func:`adaptive.nn.spatial.run_rows`):
+    the top and the bottom ``f`` of the output rows of every single local block and of runs of
+    three, at each fraction ``f``, from the input rows (halo included) they need. The model prices
+    a part as ``Σ [f_i + (t_i − f_i)·h(ρ_i)]`` over its blocks, with ``f_i = min(n_i·op_ms, t_i)``
+    the fixed cost of block ``i``'s ``n_i`` operators and ``ρ_i`` the share of its output rows the
+    part computes. ``h``, piecewise linear through :data:`ROW_KNOTS` with ``h(0) = 0``, is fitted
+    by least squares on relative error for each ``op_ms`` of a grid; the best pair is kept. ``h(1)``
+    is fitted too: it carries what running rows through the row interpreter costs beyond the
+    traced block.
+
+    Args:
+        part: The partition.
+        cfg: Timing (``repeats`` rounds after ``warmup``; ``threads``).
+        block_ms: The profile's block times; default: measured in context here, in the same rounds.
+        fractions: Row fractions to time.
+
+    Raises:
+        ValueError: A fraction outside (0, 1), or a model with no parallel section.
+    """
+    if not all(0 < f < 1 for f in fractions):
+        raise ValueError(f"row fractions must be in (0, 1), found {list(fractions)}")
+    jobs = []
+    for sec in sections(part):
+        ranges = [(i, min(i + k, sec.stop)) for k in (1, 3) for i in range(sec.start, sec.stop, k)]
+        for start, stop in ranges:
+            height = int(part.blocks[stop - 1].output_shape[2])
+            for f in fractions:
+                r = min(max(round(f * height), 1), height - 1) if height > 1 else 1
+                jobs += [(start, stop, (0, r))] + ([(start, stop, (r, height))] if r < height else [])
+    jobs = list(dict.fromkeys(jobs))  # a short output gives the same rows at several fractions
+    if not jobs:
+        raise ValueError(f"{part.name} has no parallel section: there are no parts to time")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        measured, context_ms = time_parts(part, jobs, torch.randn(part.input_shape), cfg)
+    finally:
+        torch.set_num_threads(previous_threads)
+    t = np.asarray(block_ms if block_ms is not None else context_ms, float)
+    ops = np.array(block_ops(part), float)
+    shares = [part_shares(part, s, e, rows) for s, e, rows in jobs]
+
+    def mape(pred: np.ndarray) -> float:
+        return float(np.mean(np.abs(pred - measured) / measured) * 100)
+
+    def fit(op_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        fixed = np.minimum(op_ms * ops, t)
+        A = np.stack([((t - fixed)[s:e, None] * _hats(rho)).sum(axis=0)
+                      for (s, e, _), rho in zip(jobs, shares, strict=True)])
+        c = np.array([fixed[s:e].sum() for s, e, _ in jobs])
+        y, *_ = np.linalg.lstsq(A / measured[:, None], 1 - c / measured, rcond=None)
+        y = np.round(np.maximum.accumulate(np.maximum(y, 1e-3)), 4)  # a wider band never costs less
+        return y, A @ y + c
+
+    # the fixed cost per operator: the best of a grid up to the cheapest block's time per operator
+    local = np.zeros(len(t), bool)
+    for sec in sections(part):
+        local[sec.start : sec.stop] = True
+    top = float(np.min(t[local] / np.maximum(ops[local], 1)))
+    op_ms = min(np.round(np.linspace(0.0, top, 41), 6), key=lambda o: mape(fit(float(o))[1]))
+    y, predicted = fit(float(op_ms))
+    linear = np.array([float((t[s:e] * rho).sum()) for (s, e, _), rho in zip(jobs, shares, strict=True)])
+    points = tuple((k, float(v)) for k, v in zip(ROW_KNOTS, y, strict=True))
+    return RowEfficiencyFit(points, float(op_ms), jobs, measured, predicted, mape(predicted), mape(linear))
+
+
 def profile_codecs(sizes_kb: Sequence[float] = (4, 16, 64, 256, 1024, 4096), repeats: int = 15
                    ) -> dict[str, dict[str, tuple[float, float]]]:
     """Fit encode/decode cost of each codec on this machine.
@@ -297,8 +453,6 @@ def model_profile_doc(part: Partition, device: str, block_ms: np.ndarray, block_
                       codecs: dict[str, dict[str, tuple[float, float]]] | None = None,
                       result_bytes: int | None = None) -> dict[str, Any]:
     """An ``adaptive.model/v1`` document for a partition measured on ``device``."""
-    from adaptive.nn.spatial import block_rows
-
     last = part.blocks[-1]
     rows = block_rows(part)
     doc: dict[str, Any] = {
@@ -311,8 +465,9 @@ def model_profile_doc(part: Partition, device: str, block_ms: np.ndarray, block_
         "blocks": [{"name": b.name, "output_bytes": b.output_bytes(torch.float32),
                     "param_bytes": b.param_bytes, "flops": b.flops,
                     "output_shape": list(b.output_shape), "kind": b.kind,
-                    **({"rows": {"kernel": w.kernel, "stride": w.stride, "padding": w.padding}} if w else {})}
-                   for b, w in zip(part.blocks, rows, strict=True)],
+                    **({"rows": {"kernel": w.kernel, "stride": w.stride, "padding": w.padding}} if w else {}),
+                    "ops": n}
+                   for b, w, n in zip(part.blocks, rows, block_ops(part), strict=True)],
         "latency_ms": {device: [round(float(x), 6) for x in block_ms]},
         "latency_spread_ms": {device: [round(float(x), 6) for x in block_iqr_ms]},
     }

@@ -19,6 +19,7 @@ concatenate to the section's output. Columns are never cut.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 import weakref
@@ -257,6 +258,69 @@ class _Band:
         return self.tensor[:, :, lo - self.lo : hi - self.lo]
 
 
+@dataclass(frozen=True)
+class _Op:
+    """One node of a block range, resolved once (:func:`_program`) so a band runs without lookups.
+
+    Attributes:
+        node: The traced node (``env`` key).
+        kind: ``input``, ``const``, ``window``, ``local`` or ``output``.
+        fn: The operator as traced (a window's with its own padding); for ``const``, the value.
+        rowwise: A window's operator with no row padding (its column padding kept).
+        window: A window's rows.
+        fill: What a window's row padding holds (−inf for max pooling).
+        height_out: Rows of the node's whole output.
+        drop: Values no later node reads, freed once this node has run (as the traced module's
+            own code does: held intermediates would cost fresh memory on every call).
+    """
+
+    node: fx.Node
+    kind: str
+    fn: Any = None
+    rowwise: Any = None
+    window: Window | None = None
+    fill: float = 0.0
+    height_out: int = 0
+    drop: tuple[fx.Node, ...] = ()
+
+
+_Programs = weakref.WeakKeyDictionary[Partition, dict[tuple[int, int], list[_Op]]]
+_PROGRAMS: _Programs = weakref.WeakKeyDictionary()
+
+
+def _program(part: Partition, start: int, stop: int) -> list[_Op]:
+    """The nodes of blocks ``[start, stop)`` as :class:`_Op` (built once per partition and range)."""
+    cache = _PROGRAMS.setdefault(part, {})
+    if (start, stop) in cache:
+        return cache[(start, stop)]
+    gm = part.segment(start, stop)
+    ops = []
+    for node in gm.graph.nodes:
+        window = _window(node, gm)
+        if node.op in ("placeholder", "output"):
+            ops.append(_Op(node, "input" if node.op == "placeholder" else "output"))
+        elif node.op == "get_attr":
+            ops.append(_Op(node, "const", _attr(gm, str(node.target))))
+        elif window is not None:
+            fill = float("-inf") if _is_max_pool(node, gm) else 0.0
+            ops.append(_Op(node, "window", _whole(node, gm), _rowwise(node, gm), window, fill,
+                           int(node.meta["tensor_meta"].shape[2])))
+        elif node.op == "call_module":
+            ops.append(_Op(node, "local", gm.get_submodule(str(node.target))))
+        elif node.op == "call_function":
+            ops.append(_Op(node, "local", node.target))
+        else:
+            ops.append(_Op(node, "local", _method(str(node.target))))
+    last: dict[fx.Node, int] = {}
+    for k, op in enumerate(ops):
+        for src in op.node.all_input_nodes:
+            last[src] = k
+    ops = [dataclasses.replace(op, drop=tuple(n for n, k2 in last.items() if k2 == k and op.kind != "output"))
+           for k, op in enumerate(ops)]
+    cache[(start, stop)] = ops
+    return ops
+
+
 def run_rows(part: Partition, start: int, stop: int, x: torch.Tensor, in_rows: tuple[int, int],
              rows: tuple[int, int]) -> torch.Tensor:
     """Output rows ``rows`` of blocks ``[start, stop)``, from input rows ``in_rows`` held in ``x``.
@@ -266,24 +330,28 @@ def run_rows(part: Partition, start: int, stop: int, x: torch.Tensor, in_rows: t
     Raises:
         PartitionError: Blocks not inside one section, rows out of range, or too few input rows.
     """
-    gm = _check(part, start, stop, rows)
+    _check(part, start, stop, rows)
     if x.shape[2] != in_rows[1] - in_rows[0]:
         raise PartitionError(f"the part holds {x.shape[2]} rows, not rows [{in_rows[0]}, {in_rows[1]})")
     env: dict[fx.Node, Any] = {}
     with torch.inference_mode():
-        for node in gm.graph.nodes:
-            if node.op == "placeholder":
-                env[node] = _Band(x, in_rows[0], in_rows[1], _height(part, start))
-            elif node.op == "get_attr":
-                env[node] = _attr(gm, str(node.target))
-            elif node.op == "output":
-                out = env[node.args[0]]
+        for op in _program(part, start, stop):
+            if op.kind == "input":
+                env[op.node] = _Band(x, in_rows[0], in_rows[1], _height(part, start))
+            elif op.kind == "const":
+                env[op.node] = op.fn
+            elif op.kind == "window":
+                env[op.node] = _run_window(op, env[op.node.all_input_nodes[0]])
+            elif op.kind == "local":
+                env[op.node] = _run_local(op, env)
+            else:
+                out = env[op.node.args[0]]
                 if out.lo > rows[0] or out.hi < rows[1]:
                     raise PartitionError(f"input rows {list(in_rows)} cannot give output rows {list(rows)} "
                                          f"(they give [{out.lo}, {out.hi}))")
                 return out.crop(*rows).contiguous()
-            else:
-                env[node] = _step(node, gm, env)
+            for node in op.drop:
+                del env[node]
     raise PartitionError("the segment has no output")
 
 
@@ -294,11 +362,16 @@ def _attr(gm: fx.GraphModule, target: str) -> Any:
     return obj
 
 
-def _step(node: fx.Node, gm: fx.GraphModule, env: dict[fx.Node, Any]) -> _Band:
-    """One node on bands: a window computes the output rows its input band allows; others align bands."""
-    window = _window(node, gm)
-    if window is not None:
-        return _run_window(node, gm, window, env[node.all_input_nodes[0]])
+def _method(name: str) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, name)(*args, **kwargs)
+
+    return call
+
+
+def _run_local(op: _Op, env: dict[fx.Node, Any]) -> _Band:
+    """An element-wise node on bands: its inputs cut to the rows they all hold."""
+    node = op.node
     bands = [env[a] for a in node.all_input_nodes if isinstance(env.get(a), _Band)]
     lo, hi = max(b.lo for b in bands), min(b.hi for b in bands)
 
@@ -310,49 +383,44 @@ def _step(node: fx.Node, gm: fx.GraphModule, env: dict[fx.Node, Any]) -> _Band:
             return type(arg)(value(a) for a in arg)
         return arg
 
-    args, kwargs = value(node.args), {k: value(v) for k, v in node.kwargs.items()}
-    if node.op == "call_module":
-        result = gm.get_submodule(str(node.target))(*args, **kwargs)
-    elif node.op == "call_function":
-        result = node.target(*args, **kwargs)
-    else:
-        result = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    args = value(node.args)
+    result = op.fn(*args, **{k: value(v) for k, v in node.kwargs.items()}) if node.kwargs else op.fn(*args)
     return _Band(result, lo, hi, bands[0].height)
 
 
-def _run_window(node: fx.Node, gm: fx.GraphModule, w: Window, band: _Band) -> _Band:
+def _run_window(op: _Op, band: _Band) -> _Band:
     """A convolution or pooling on a band: padding only at the image's true borders."""
-    height_out = int(node.meta["tensor_meta"].shape[2])
+    w, height_out = op.window, op.height_out
+    assert w is not None
     if band.lo == 0 and band.hi == band.height:  # the whole image: the operator as it is
-        return _Band(_call(node, gm, band.tensor), 0, height_out, height_out)
+        return _Band(op.fn(band.tensor), 0, height_out, height_out)
     x, top, bottom = band.tensor, band.lo, band.hi
-    fill = float("-inf") if _is_max_pool(node, gm) else 0.0
     reach = w.dilation * (w.kernel - 1)
     if band.lo == 0 and w.padding:  # the image's top border: the operator's own padding
-        x = F.pad(x, (0, 0, w.padding, 0), value=fill)
+        x = F.pad(x, (0, 0, w.padding, 0), value=op.fill)
         top = -w.padding
     if band.hi == band.height:  # the bottom border: as many rows as the last window reaches
         extra = (height_out - 1) * w.stride - w.padding + reach + 1 - band.height
         if extra > 0:
-            x = F.pad(x, (0, 0, 0, extra), value=fill)
+            x = F.pad(x, (0, 0, 0, extra), value=op.fill)
             bottom = band.height + extra
     first = max(0, -((top + w.padding) // -w.stride))  # ceil((top + p) / s)
     last = min(height_out, (bottom - 1 - reach + w.padding) // w.stride + 1)
     if last <= first:
-        raise PartitionError(f"{node.name}: the band [{band.lo}, {band.hi}) is too thin for a "
+        raise PartitionError(f"{op.node.name}: the band [{band.lo}, {band.hi}) is too thin for a "
                              f"{w.kernel}-row window")
     begin = first * w.stride - w.padding - top
-    x = x[:, :, begin : begin + (last - first - 1) * w.stride + reach + 1].contiguous()
-    return _Band(_apply_window(node, gm, x), first, last, height_out)
+    x = x[:, :, begin : begin + (last - first - 1) * w.stride + reach + 1]
+    return _Band(op.rowwise(x), first, last, height_out)
 
 
-def _call(node: fx.Node, gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
-    """A window node's own operator on ``x`` (its own padding)."""
+def _whole(node: fx.Node, gm: fx.GraphModule) -> Any:
+    """A window node's own operator (its own padding)."""
     if node.op == "call_module":
-        return gm.get_submodule(str(node.target))(x)
+        return gm.get_submodule(str(node.target))
     kw = _window_kwargs(node)
     kw.pop("input")
-    return node.target(x, **kw)
+    return lambda x: node.target(x, **kw)  # type: ignore[operator]
 
 
 def _is_max_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
@@ -361,24 +429,24 @@ def _is_max_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
     return node.target is F.max_pool2d
 
 
-def _apply_window(node: fx.Node, gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
-    """The node's operator on rows already padded: no row padding, its own column padding."""
+def _rowwise(node: fx.Node, gm: fx.GraphModule) -> Any:
+    """The node's operator for rows already padded: no row padding, its own column padding."""
     if node.op == "call_module":
         mod = gm.get_submodule(str(node.target))
         if isinstance(mod, nn.Conv2d):
-            pw = mod.padding[1] if isinstance(mod.padding, tuple) else mod.padding
-            return F.conv2d(x, mod.weight, mod.bias, mod.stride, (0, pw), mod.dilation, mod.groups)
+            pad = (0, mod.padding[1] if isinstance(mod.padding, tuple) else mod.padding)
+            return lambda x: F.conv2d(x, mod.weight, mod.bias, mod.stride, pad, mod.dilation, mod.groups)
         if isinstance(mod, nn.MaxPool2d):
-            return F.max_pool2d(x, mod.kernel_size, mod.stride or mod.kernel_size, _cols(mod.padding),
-                                mod.dilation, ceil_mode=mod.ceil_mode)
+            return lambda x: F.max_pool2d(x, mod.kernel_size, mod.stride or mod.kernel_size,
+                                          _cols(mod.padding), mod.dilation, ceil_mode=mod.ceil_mode)
         assert isinstance(mod, nn.AvgPool2d)
-        return F.avg_pool2d(x, mod.kernel_size, mod.stride or mod.kernel_size, _cols(mod.padding),
-                            ceil_mode=mod.ceil_mode, count_include_pad=mod.count_include_pad,
-                            divisor_override=mod.divisor_override)
+        return lambda x: F.avg_pool2d(x, mod.kernel_size, mod.stride or mod.kernel_size, _cols(mod.padding),
+                                      ceil_mode=mod.ceil_mode, count_include_pad=mod.count_include_pad,
+                                      divisor_override=mod.divisor_override)
     kw = _window_kwargs(node)
     kw.pop("input")
     kw["padding"] = _cols(kw.get("padding", 0))
-    return node.target(x, **kw)
+    return lambda x: node.target(x, **kw)  # type: ignore[operator]
 
 
 def _cols(padding: Any) -> tuple[int, int]:

@@ -99,12 +99,19 @@ def test_parts_halo_and_efficiency_curve(rows_doc, edge, accel2):
     # b2 reads 2 rows per output row: the accelerator's 8 of 16 rows read input rows [0, 16)
     assert one.chunk_bytes[0] == pytest.approx(16 * 12_000 / 32)
     assert two.chunk_bytes[:2].sum() == pytest.approx(one.chunk_bytes[0])  # no row is sent twice
-    xs, ys = efficiency_curve(model.profile, model.devices[1])
-    assert list(xs) == [0.0, 0.5, 1.0] and list(ys) == [0.0, 0.6, 1.0]
+    xs, ys, op_ms = efficiency_curve(model.profile, model.devices[1])
+    assert list(xs) == [0.0, 0.5, 1.0] and list(ys) == [0.0, 0.6, 1.0] and op_ms == 0.0  # gpu default
     # accel2 at rho = 0.25 costs 0.3 of the block (interpolated), each of its 4 blocks 0.25 ms
     assert two.part_ms[1, 0] == pytest.approx(3 * 0.25 * 0.3)
     with pytest.raises(PlanError, match="not inside one parallel section"):
         costs.config(1, 4, 0.5, 1)
+    # a fixed cost per operator: 2 operators at 0.1 ms of each 0.25 ms block, the rest scales
+    fixed = copy.deepcopy(rows_doc)
+    for block in fixed["blocks"]:
+        block["ops"] = 2
+    fixed["row_op_ms"] = {"accel2": 0.1}
+    two = SplitModel(model_from_dict(fixed), [edge, accel2]).section_costs.config(0, 3, 0.5, 2)
+    assert two.part_ms[1, 0] == pytest.approx(3 * (0.2 + 0.05 * 0.3))
 
 
 def test_layer_plans_are_unchanged_and_sections_validated(rows_doc, edge, accel, accel2):

@@ -72,9 +72,15 @@ def test_profile_model_writes_a_profile_the_planner_uses(tmp_path):
     assert sum(b.rows is not None for b in profile.blocks) == 10
     # second device merged into the same file
     proc = subprocess.run([*cmd[:-1], "--merge", "--device-name", "host-isolated", "--block-timing",
-                           "isolated", "--quiet"], capture_output=True, text=True, timeout=300)
+                           "isolated", "--row-fractions", "0.25,0.5", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert set(load_model(out).latency_ms) == {"xeon-vm", "host-isolated"}
+    merged = load_model(out)
+    assert set(merged.latency_ms) == {"xeon-vm", "host-isolated"}
+    assert set(merged.row_efficiency) == set(merged.row_op_ms) == {"host-isolated"}
+    shares = [p[1] for p in merged.row_efficiency["host-isolated"]]
+    assert len(shares) == 5 and shares == sorted(shares) and merged.row_op_ms["host-isolated"] >= 0
+    assert [b.ops for b in merged.blocks] == [b.ops for b in resolve_model("cnn14_seed004").blocks]
     plan = subprocess.run([sys.executable, "-m", "adaptive", "plan", "--model-profile", str(out),
                            "--devices", "xeon-vm,xeon-vm",
                            "--bandwidth", "100", "--json"], capture_output=True, text=True)
@@ -84,3 +90,37 @@ def test_profile_model_writes_a_profile_the_planner_uses(tmp_path):
 def test_timing_config_defaults_are_in_context():
     cfg = TimingConfig()
     assert cfg.block_timing == cfg.segment_timing == "context" and cfg.threads == 1
+
+
+def test_row_fit_prices_parts_as_the_model_does():
+    """The profiler's fitted prediction of each part is the model's (SectionCosts) on the fitted profile."""
+    import dataclasses
+
+    from adaptive.model.lop import SectionCosts
+    from adaptive.model.profiles import model_from_dict, resolve_device
+    from adaptive.nn.partition import partition
+    from adaptive.nn.profiler import model_profile_doc, profile_row_efficiency
+    from adaptive.nn.zoo import build_model, default_input_shape
+
+    name = "cnn14_seed004"
+    part = partition(build_model(name), default_input_shape(name), name=name)
+    cfg = TimingConfig(warmup=1, repeats=3)
+    block_ms = np.round(np.linspace(0.5, 2.0, part.num_blocks), 3)  # any times: the fit is relative to them
+    fit = profile_row_efficiency(part, cfg, block_ms, fractions=(0.25, 0.5, 0.75))
+    assert len(fit.parts) == len(fit.measured_ms) == len(fit.predicted_ms) > 0
+    assert np.all(fit.measured_ms > 0) and fit.op_ms >= 0
+    doc = model_profile_doc(part, "host", block_ms, block_ms * 0, None, cfg)
+    doc["row_efficiency"] = {"host": [list(p) for p in fit.points]}
+    doc["row_op_ms"] = {"host": fit.op_ms}
+    host = dataclasses.replace(resolve_device("raspberry-pi-4"), name="host")
+    costs = SectionCosts(model_from_dict(doc), [host])
+    checked = 0
+    for (start, stop, rows), predicted in zip(fit.parts, fit.predicted_ms, strict=True):
+        height = costs.heights[stop]
+        if rows[0] == 0 and rows[1] == round(0.5 * height):
+            checked += 1
+            assert costs.config(start, stop, 0.5, 1).part_ms[0, 0] == pytest.approx(predicted, rel=1e-9)
+            assert costs.config(start, stop, 0.5, 1).edge_ms[0] == pytest.approx(
+                fit.predicted_ms[fit.parts.index((start, stop, (rows[1], height)))], rel=1e-9)
+    # each local block alone and each run of three, once at fraction 0.5 (a 1-row output has no cut)
+    assert checked == len({(s, e) for s, e, _ in fit.parts if costs.heights[e] >= 2}) > 0
