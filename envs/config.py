@@ -72,6 +72,9 @@ class EnvConfig:
             candidate (seed 000 splits in 1..N: 1; 0 lets a plan send the raw input).
         include_plans: Plans always among the candidates (labels such as ``1,8`` or
             ``3,7/int8,none``), e.g. the fixed split points a paper compares.
+        parallel: Candidates may carry a parallel section (Intra-DP's local operation
+            parallelism, ``docs/model.md``: the edge and the accelerator compute bands of the same
+            blocks while the input streams); false: layer plans only.
     """
 
     model_profile: str = "mobilenet_v2"
@@ -102,6 +105,7 @@ class EnvConfig:
     codecs: tuple[str, ...] = ()
     min_edge_blocks: int = 0
     include_plans: tuple[str, ...] = ()
+    parallel: bool = False
 
     default_file: ClassVar[str] = "default.yaml"
 
@@ -275,7 +279,7 @@ def _convert(key: str, value: Any) -> Any:
         if isinstance(value, bool) or int(value) != value:
             raise TypeError(f"expected an integer, found {value!r}")
         return int(value)
-    if key == "use_codecs":
+    if key in ("use_codecs", "parallel"):
         if not isinstance(value, bool):
             raise TypeError(f"expected true or false, found {value!r}")
         return value

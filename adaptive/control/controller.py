@@ -86,6 +86,9 @@ class Controller:
         base = SplitModel(self.profile, self.devices)  # the profiles as shipped
         self.model = base
         self.candidates = candidates or candidate_plans(self.model, max_plans=config.max_plans)
+        if self.candidates.plans.has_sections:
+            raise AdaptiveError("the policy's plans carry parallel sections, which nodes do not run live "
+                                "yet: train it with 'parallel: false' (docs/model.md, Parallel sections)")
         self.obs_spec = obs_spec or _nominal_spec(self.model, self.candidates, config.history)
         if self.obs_spec.num_devices != len(self.devices) or self.obs_spec.num_plans != len(self.candidates):
             raise AdaptiveError(f"policy expects {self.obs_spec.num_devices} devices and "

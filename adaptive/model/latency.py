@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from adaptive.errors import PlanError, ProfileError
-from adaptive.model.lop import SectionCosts, add_sections, check_sections
+from adaptive.model.lop import SectionCosts, add_sections, check_sections, first_stage
 from adaptive.model.plans import PlanArray
 from adaptive.model.profiles import DeviceProfile, ModelProfile
 
@@ -86,6 +86,11 @@ class ConditionBatch(NamedTuple):
     cpu_load: np.ndarray
     clients: np.ndarray
     available_mb: np.ndarray
+
+    @classmethod
+    def concat(cls, batches: Sequence[ConditionBatch]) -> ConditionBatch:
+        """The conditions of several batches, in order."""
+        return cls(*(np.concatenate([getattr(b, f) for b in batches]) for f in cls._fields))
 
 
 class Prediction(NamedTuple):
@@ -352,17 +357,24 @@ class SplitModel:
     def link_bits(self, plans: PlanArray) -> np.ndarray:
         """``(P, M)`` bits each plan's activation sends over each forward link (0: none).
 
-        A transfer that skips devices crosses every link on its way and counts on each.
+        A transfer that skips devices crosses every link on its way and counts on each. A parallel
+        section's transfer is its chunks (the accelerator's input rows) and the join (the edge's band).
         """
         L, D = self.num_blocks, self.num_devices
         out = np.zeros((len(plans), D - 1))
         for p in range(len(plans)):
             bounds = [0, *(int(x) for x in plans.splits[p]), L]
+            section = plans.section_of(p)
             for link in range(1, D):
                 j = next((d for d in range(link, D) if bounds[d + 1] > bounds[d]), None)
-                if j is not None:
-                    ratio = self._ratio[int(plans.codecs[p, j - 1])]
-                    out[p, link - 1] = self.split_bytes[bounds[j]] * ratio * 8
+                if j is None:
+                    continue
+                ratio = self._ratio[int(plans.codecs[p, j - 1])]
+                size = self.split_bytes[bounds[j]]
+                if section is not None and link <= first_stage(plans.splits[p], L):
+                    cfg = self.section_costs.config(bounds[1], section.stop, section.share, section.parts)
+                    size = cfg.chunk_bytes.sum() + cfg.join_bytes
+                out[p, link - 1] = size * ratio * 8
         return out
 
     # ------------------------------------------------------------------ evaluation

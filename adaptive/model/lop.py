@@ -30,10 +30,10 @@ __all__ = ["DEFAULT_ROW_EFFICIENCY", "DEFAULT_ROW_OP_MS", "SectionCosts", "Secti
            "parallel_sections", "section_schedule"]
 
 # A band of rho of a block's output rows costs f + (t - f)·h(rho), t the block's time and
-# f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points and
-# (0, 0). CPU: the median of three fits by 'adaptive profile model --row-fractions' for MobileNetV2
-# on the development VM (docs/model.md, "Parallel sections"); GPU: an assumption, not a measurement (a small band
-# leaves a GPU's cores idle: 0.2 + 0.8 rho, kernel launches in the fixed part).
+# f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points
+# and (0, 0). CPU: the median of three fits by 'adaptive profile model --row-fractions' for
+# MobileNetV2 on the development VM (docs/model.md, "Parallel sections"); GPU: an assumption, not a
+# measurement (a small band leaves a GPU's cores idle: 0.2 + 0.8 rho; no fixed part).
 DEFAULT_ROW_EFFICIENCY: dict[str, tuple[tuple[float, float], ...]] = {
     "cpu": ((0.125, 0.06), (0.25, 0.15), (0.5, 0.33), (0.75, 0.57), (1.0, 1.05)),
     "gpu": ((0.125, 0.3), (0.25, 0.4), (0.5, 0.6), (0.75, 0.8), (1.0, 1.0)),

@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from adaptive.errors import AdaptiveError, read_input
-from adaptive.model.latency import ConditionBatch, SplitModel
+from adaptive.model.latency import ConditionBatch, Conditions, SplitModel
 from adaptive.model.planner import Constraints, Planner
-from adaptive.model.plans import Plan, PlanArray
+from adaptive.model.plans import PLAN_SCHEMA, Plan, PlanArray, Section
+from adaptive.model.section_search import SectionSearch
 
 __all__ = ["CandidatePlans", "ObservationSpec", "ObservedState", "PolicySpec", "candidate_plans"]
 
@@ -83,10 +84,10 @@ class CandidatePlans:
         return len(self.plans)
 
     def plan(self, index: int) -> Plan:
-        """The plan of action ``index``."""
+        """The plan of action ``index`` (with its parallel section, if it has one)."""
         splits = tuple(int(x) for x in self.plans.splits[index])
         codecs = tuple(self.codec_names[int(c)] for c in self.plans.codecs[index])
-        return Plan(splits, codecs if any(c != "none" for c in codecs) else ())
+        return Plan(splits, codecs if any(c != "none" for c in codecs) else (), self.plans.section_of(index))
 
     def avoiding(self, positions: Iterable[int], num_blocks: int) -> np.ndarray:
         """``(P,)`` which plans give no blocks to the chain positions ``positions`` (e.g. dead nodes).
@@ -103,21 +104,23 @@ class CandidatePlans:
 
     def index(self, plan: Plan) -> int:
         """Action index of ``plan``; raises :class:`AdaptiveError` if it is not a candidate."""
+        wanted = Plan(tuple(plan.splits), tuple(plan.codecs), plan.section)
         for i in range(len(self)):
-            if self.plan(i) == Plan(tuple(plan.splits), tuple(c for c in plan.codecs)):
+            if self.plan(i) == wanted:
                 return i
         raise AdaptiveError(f"plan {plan} is not among the {len(self)} candidates")
 
     def to_json(self) -> list[dict[str, Any]]:
         """JSON-friendly list of plans."""
         plans = (self.plan(i) for i in range(len(self)))
-        return [{"splits": list(p.splits), "codecs": list(p.codecs)} for p in plans]
+        return [{"splits": list(p.splits), "codecs": list(p.codecs),
+                 **({"section": p.to_json()["section"]} if p.section else {})} for p in plans]
 
     @classmethod
     def from_json(cls, items: Sequence[dict[str, Any]], codec_names: Sequence[str]) -> CandidatePlans:
         """Rebuild from :meth:`to_json` output."""
         names = tuple(codec_names)
-        splits, codecs = [], []
+        splits, codecs, sections = [], [], []
         for item in items:
             splits.append([int(s) for s in item["splits"]])
             cs = item.get("codecs") or ["none"] * len(item["splits"])
@@ -125,16 +128,20 @@ class CandidatePlans:
                 codecs.append([names.index(c) for c in cs])
             except ValueError:
                 raise AdaptiveError(f"candidate plan uses unknown codec in {cs}") from None
+            section = item.get("section")
+            sections.append(Plan.from_json({"schema": PLAN_SCHEMA, "splits": item["splits"],
+                                            "section": section}).section if section else None)
         m = len(splits[0]) if splits else 0
-        return cls(PlanArray(np.array(splits, np.int64).reshape(-1, m),
-                             np.array(codecs, np.int64).reshape(-1, m)), names)
+        arrays = (np.array(splits, np.int64).reshape(-1, m), np.array(codecs, np.int64).reshape(-1, m))
+        return cls(_plan_array(*arrays, sections), names)
 
 
 def candidate_plans(model: SplitModel, *,
                     bandwidths_mbps: Sequence[float] = tuple(np.geomspace(0.3, 300, 25)),
                     loads: Sequence[float] = (0.0, 0.4, 0.8), clients: Sequence[int] = (1, 2, 4, 8),
                     max_plans: int = 48, use_codecs: bool = True, codecs: Sequence[str] | None = None,
-                    min_edge_blocks: int = 0, include: Sequence[str] = ()) -> CandidatePlans:
+                    min_edge_blocks: int = 0, include: Sequence[str] = (),
+                    parallel: bool = False) -> CandidatePlans:
     """Plans that are optimal (latency) somewhere on a grid of conditions, plus the two extremes.
 
     Intra-DP (seed 001 Sec. 3.2) precomputes plans per bandwidth; we do the same over bandwidth,
@@ -143,41 +150,57 @@ def candidate_plans(model: SplitModel, *,
     offload (everything after the first ``min_edge_blocks`` blocks) are always included (as
     action 0 and 1). ``codecs`` limits the codecs (None: all); ``min_edge_blocks``: blocks every
     plan runs on the first device; ``include``: plans (:func:`adaptive.model.plans.plan_label` labels,
-    e.g. a paper's fixed split points) kept right after the extremes, whatever the grid says.
+    e.g. a paper's fixed split points) kept right after the extremes, whatever the grid says;
+    ``parallel``: the winners may carry a parallel section (Intra-DP's local operation parallelism,
+    ``docs/model.md``), so layer plans and sectioned plans compete on the same grid.
 
     Raises:
         PlanError: An ``include`` label is not a plan of this model and chain.
     """
-    planner = Planner(model, use_codecs=use_codecs, codecs=codecs)
+    planner = Planner(model, use_codecs=use_codecs, codecs=codecs, parallel=parallel)
     D = model.num_devices
     L, M = model.num_blocks, D - 1
-    counts: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    counts: dict[tuple[Any, ...], int] = {}
     edge = min(min_edge_blocks, L)
-    extremes = [((L,) * M, (0,) * M), ((edge,) * M, (0,) * M)]
-    from adaptive.model.plans import parse_plan_label
+    extremes: list[tuple[Any, ...]] = [((L,) * M, (0,) * M, None), ((edge,) * M, (0,) * M, None)]
+    from adaptive.model.plans import parse_plan
 
     for label in include:
-        key = parse_plan_label(label, L, D, model.codec_names)
+        key = parse_plan(label, L, D, model.codec_names)
+        if key[2] is not None:  # raises if the section does not fit the model
+            model.evaluate(_plan_array(np.array([key[0]]), np.array([key[1]]), [key[2]]),
+                           Conditions(bandwidth_mbps=10.0))
         if key not in extremes:
             extremes.append(key)
-    from adaptive.model.latency import Conditions
-
-    for bw in bandwidths_mbps:
-        for load in loads:
-            for busy in range(D):
-                for n in clients:
-                    cpu = [0.0] * D
-                    cpu[busy] = load
-                    r = planner.best(Conditions(bandwidth_mbps=float(bw), cpu_load=cpu, clients=int(n)),
-                                     constraints=Constraints(memory=False, min_edge_blocks=edge), method="dp")
-                    arr = planner.plan_array(r.plan)
-                    key = (tuple(int(x) for x in arr.splits[0]), tuple(int(x) for x in arr.codecs[0]))
-                    counts[key] = counts.get(key, 0) + 1
+    grid = [Conditions(bandwidth_mbps=float(bw), cpu_load=[load if d == busy else 0.0 for d in range(D)],
+                       clients=int(n))
+            for bw in bandwidths_mbps for load in loads for busy in range(D) for n in clients]
+    constraints = Constraints(memory=False, min_edge_blocks=edge)
+    best = [planner.plan_array(planner.best(c, constraints=constraints, method="dp", sections=False).plan)
+            for c in grid]
+    if planner.parallel:  # one vectorised pass over the section grid for many conditions at once
+        search = SectionSearch(planner)
+        for lo in range(0, len(grid), 64):
+            cb = ConditionBatch.concat([model.conditions(c) for c in grid[lo : lo + 64]])
+            chosen = search.best_batch(best[lo : lo + 64], cb, "latency", 1.0, constraints)
+            best[lo : lo + 64] = [plans for plans, _ in chosen]
+    for arr in best:
+        key = (tuple(int(x) for x in arr.splits[0]), tuple(int(x) for x in arr.codecs[0]), arr.section_of(0))
+        counts[key] = counts.get(key, 0) + 1
     ordered = extremes + [k for k, _ in sorted(counts.items(), key=lambda kv: -kv[1]) if k not in extremes]
     ordered = ordered[:max(max_plans, len(extremes))]
     splits = np.array([k[0] for k in ordered], np.int64).reshape(-1, M)
     codecs = np.array([k[1] for k in ordered], np.int64).reshape(-1, M)
-    return CandidatePlans(PlanArray(splits, codecs), model.codec_names)
+    return CandidatePlans(_plan_array(splits, codecs, [k[2] for k in ordered]), model.codec_names)
+
+
+def _plan_array(splits: np.ndarray, codecs: np.ndarray, sections: Sequence[Section | None]) -> PlanArray:
+    """A :class:`PlanArray`, with section arrays only where some plan has a section."""
+    if not any(sections):
+        return PlanArray(splits, codecs)
+    return PlanArray(splits, codecs, np.array([x.stop if x else 0 for x in sections], np.int64),
+                     np.array([x.share if x else 0.0 for x in sections]),
+                     np.array([x.parts if x else 1 for x in sections], np.int64))
 
 
 def env_candidate_plans(config: Any) -> CandidatePlans:
@@ -190,7 +213,7 @@ def env_candidate_plans(config: Any) -> CandidatePlans:
     """
     names = (config.model_profile, *config.devices)
     key = (names, config.max_plans, config.use_codecs, tuple(config.codecs), config.min_edge_blocks,
-           tuple(config.include_plans), tuple(_file_version(n) for n in names))
+           tuple(config.include_plans), config.parallel, tuple(_file_version(n) for n in names))
     return _env_candidates(key)
 
 
@@ -206,12 +229,13 @@ def _file_version(name: str) -> tuple[int, int] | None:
 def _env_candidates(key: tuple[Any, ...]) -> CandidatePlans:
     from adaptive.model.profiles import resolve_device, resolve_model
 
-    names, max_plans, use_codecs, codecs, min_edge_blocks, include, _ = key
+    names, max_plans, use_codecs, codecs, min_edge_blocks, include, parallel, _ = key
     model = SplitModel(resolve_model(names[0]), [resolve_device(d) for d in names[1:]])
     plans = candidate_plans(model, max_plans=max_plans, use_codecs=use_codecs, codecs=codecs or None,
-                            min_edge_blocks=min_edge_blocks, include=include)
-    for a in (plans.plans.splits, plans.plans.codecs):
-        a.setflags(write=False)
+                            min_edge_blocks=min_edge_blocks, include=include, parallel=parallel)
+    for a in (plans.plans.splits, plans.plans.codecs, plans.plans.stop, plans.plans.share, plans.plans.parts):
+        if a is not None:
+            a.setflags(write=False)
     return plans
 
 

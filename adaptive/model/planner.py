@@ -410,9 +410,8 @@ class Planner:
         if objective == "throughput" or enumerate_only:
             return results
         start = time.perf_counter()
-        batch = [self.model.conditions(replace(conditions, bandwidth_mbps=float(bw)))
-                 for bw in bandwidths_mbps]
-        cb = ConditionBatch(*(np.concatenate([getattr(c, f) for c in batch]) for f in ConditionBatch._fields))
+        cb = ConditionBatch.concat([self.model.conditions(replace(conditions, bandwidth_mbps=float(bw)))
+                                    for bw in bandwidths_mbps])
         layers = [self.plan_array(r.plan) for r in results]
         weight = float(kwargs.get("energy_weight", 1.0))  # type: ignore[arg-type]
         chosen = SectionSearch(self).best_batch(layers, cb, objective, weight, constraints)

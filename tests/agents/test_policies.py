@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs  # noqa: F401
+import envs
 from agents.evaluate import evaluate, run_episode
 from agents.oracle import OraclePolicy, hindsight_oracle, step_costs
 from agents.policies import HeuristicPolicy, Policy, make_heuristic
@@ -178,3 +178,23 @@ def test_learning_cli_bad_input(args, message):
     proc = run_cli(*args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_with_parallel_sections_from_a_config_file(tmp_path):
+    """``parallel: true`` in a config: the shipped PPO (trained on layer plans) is left out, saying why."""
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(envs.__file__).parent / "data" / "default.yaml").read_text())
+    doc["env"].update(parallel=True, max_steps=40)
+    config = tmp_path / "lop.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    proc = run_cli("evaluate", "--config", str(config), "--episodes", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "ppo left out: the PPO policy was trained on mobilenet_v2" in proc.stdout
+    rows = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()[3:]}
+    assert "ppo" not in rows and {"greedy", "oracle", "device-only"} <= set(rows)
+    assert rows["oracle"] <= rows["greedy"] and rows["oracle"] < rows["device-only"]
+    proc = run_cli("evaluate", "--config", str(config), "--episodes", "1", "--policies", "ppo,greedy")
+    assert proc.returncode == 2 and "evaluate with the policy's own config" in proc.stderr

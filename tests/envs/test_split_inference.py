@@ -161,3 +161,40 @@ def test_observation_decodes_to_the_reported_state():
     np.testing.assert_allclose(got, want, rtol=2e-4)
     obs, *_ = env.step(u._current)
     assert spec.decode_dwell(obs) == pytest.approx(1.0)
+
+
+def test_parallel_candidates_compete_with_layer_plans_on_the_same_episodes():
+    """``parallel: true`` adds sectioned plans; on the same episode the best candidate is faster."""
+    from adaptive.model.lop import first_stage
+    from adaptive.model.observation import CandidatePlans
+    from agents.oracle import step_costs
+
+    layer = gym.make("adaptive/SplitInference-v0", max_steps=120).unwrapped
+    lop = gym.make("adaptive/SplitInference-v0", max_steps=120, parallel=True).unwrapped
+    sections = [lop.candidates.plan(i).section for i in range(lop.num_plans)]
+    assert not any(layer.candidates.plan(i).section for i in range(layer.num_plans))
+    assert sum(s is not None for s in sections) >= 5
+    assert lop.candidates.plan(0).splits == (23, 23) and lop.candidates.plan(1).splits == (0, 0)
+    # a sectioned candidate's uplink carries its chunks and the edge's band, not a whole activation
+    p = next(i for i, s in enumerate(sections) if s is not None)
+    plan = lop.candidates.plan(p)
+    cfg = lop.model.section_costs.config(plan.splits[0], plan.section.stop, plan.section.share,
+                                         plan.section.parts)
+    j = first_stage(plan.splits, lop.model.num_blocks)  # the device the section shares with
+    ratio = {"none": 1.0, **{c.name: c.bytes_ratio for c in lop.model.profile.codecs}}[
+        plan.codecs[j - 1] if plan.codecs else "none"]
+    assert lop.model.link_bits(lop.candidates.plans)[p, 0] == pytest.approx(
+        (cfg.chunk_bytes.sum() + cfg.join_bytes) * ratio * 8)
+    # the action set's JSON form (the policy sidecar) keeps the sections, and index() finds them
+    again = CandidatePlans.from_json(lop.candidates.to_json(), lop.candidates.codec_names)
+    assert [again.plan(i) for i in range(len(again))] == [lop.candidates.plan(i) for i in range(len(again))]
+    assert len(again) == lop.num_plans
+    assert again.index(plan) == p
+    for env in (layer, lop):
+        env.reset(seed=3)
+    best_layer = step_costs(layer, False).min(axis=1)  # per step, the best candidate's cost
+    best_lop = step_costs(lop, False).min(axis=1)  # (latency over the same reference)
+    assert best_lop.mean() < 0.95 * best_layer.mean()
+    for a in (p, 0, p):
+        *_, info = lop.step(a)
+        assert info["latency_ms"] > 0
