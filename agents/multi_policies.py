@@ -137,16 +137,20 @@ class DeviceOnly(MultiClientHeuristic):
 class FullOffload(MultiClientHeuristic):
     """Every client offloads all it may, the best way for it alone.
 
-    Among the candidates with the fewest blocks on the edge, the one predicted fastest for the
-    client alone (its codec and where the rest runs).
+    Among the candidates with the fewest blocks on the edge (and no parallel section, which keeps
+    rows on the edge), the one predicted fastest for the client alone (its codec and where the rest
+    runs).
     """
 
     name = "full-offload"
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        splits = np.asarray(self.env.candidates.plans.splits)
+        plans = self.env.candidates.plans
+        splits = np.asarray(plans.splits)
         self.offload = splits[:, 0] == splits[:, 0].min()
+        if plans.stop is not None:  # a parallel section keeps a band of rows on the edge
+            self.offload &= np.asarray(plans.stop) == 0
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """The best offloading plan for every present client."""

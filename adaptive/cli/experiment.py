@@ -205,14 +205,23 @@ def _print(summary: dict[str, Any]) -> None:
         f"{s['name']} ({summary['mode']}, {summary['wall_s']:.1f} s): {s['model']}, {len(s['clients'])} "
         f"client(s), {s['duration_s']:g} s"
     )
-    print(f"{'policy':<18}{'mean ms':>9}{'p95':>9}{'dropped':>9}{'edge':>6}  main plan")
+    width = max(18, *(len(n) + 1 for n in summary["policies"]))
+    print(f"{'policy':<{width}}{'mean ms':>9}{'p95':>9}{'dropped':>9}{'edge':>6}  main plan")
     fmt = _cell
     for name, p in summary["policies"].items():
         drop = 100 * p["drop_rate"] if p["drop_rate"] is not None else None
         print(
-            f"{name:<18}{fmt(p['mean_ms'], '>9.1f')}{fmt(p['p95_ms'], '>9.1f')}{fmt(drop, '>8.2f')}%"
+            f"{name:<{width}}{fmt(p['mean_ms'], '>9.1f')}{fmt(p['p95_ms'], '>9.1f')}{fmt(drop, '>8.2f')}%"
             f"{fmt(p['edge_share'], '>6.2f')}  {p['main_plan']}"
         )
+    band = summary.get("offload_pays")
+    if band:
+        print("offloading pays from (Mbit/s; segment mean this much below device-only's):")
+        margins = list(next(iter(band.values())))
+        for name, b in band.items():
+            low = ["never" if b[m]["lowest_mbps"] is None else f"{b[m]['lowest_mbps']:g}" for m in margins]
+            cells = [f"{m:>4} below: {x:<6}" for m, x in zip(margins, low, strict=True)]
+            print(f"  {name:<{width}}" + "  ".join(cells).rstrip())
     check = summary.get("published_check")
     if check is not None:
         e = check["expect"]

@@ -116,6 +116,9 @@ def check_live(scenario: Scenario, shaping: str = "app") -> None:
                 f"{scenario.source}: accelerators '{a.name}' load: live runs do not emulate "
                 "background load (use --mode sim, or give the scenario a live: block without loads)"
             )
+    if scenario.parallel:
+        raise AdaptiveError(f"{scenario.source}: plans.parallel: nodes do not run parallel sections live yet "
+                            "(use --mode sim)")
     for spec in scenario.policies:
         if spec.partition(":")[0] not in (*LIVE_POLICIES, "plan"):
             raise AdaptiveError(

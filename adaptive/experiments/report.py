@@ -145,10 +145,42 @@ def summarise(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[str,
                 entry["segments"].append({"start_s": a, "end_s": b, "label": label, **_stats(part, dt)})
         policies[name] = entry
     summary: dict[str, Any] = {"policies": policies}
+    band = offload_band(rows, policies, scenario)
+    if band:
+        summary["offload_pays"] = band
     check = published_check(scenario.get("published") or {}, policies)
     if check is not None:
         summary["published_check"] = check
     return summary
+
+
+def offload_band(rows: list[dict[str, Any]], policies: dict[str, Any], scenario: dict[str, Any],
+                 margins: tuple[float, ...] = (0.05, 0.2)) -> dict[str, Any]:
+    """Per policy, the segments where it beats device-only by each margin (Intra-DP Fig. 17's band).
+
+    Only for scenarios with one client and a ``device-only`` policy; a segment's uplink is the
+    median of the true bandwidth in it. Returns ``{policy: {"5%": {"mbps": [...], "lowest_mbps":
+    x}, "20%": ...}}`` (``lowest_mbps`` None where offloading never pays by that much).
+    """
+    if "device-only" not in policies or len(scenario["clients"]) != 1:
+        return {}
+    base = policies["device-only"]["segments"]
+    out: dict[str, Any] = {}
+    for name, entry in policies.items():
+        if name == "device-only":
+            continue
+        bws = []
+        for seg in entry["segments"]:
+            bw = [r["bandwidth_mbps"] for r in rows
+                  if r["policy"] == name and seg["start_s"] <= r["time_s"] < seg["end_s"]]
+            bws.append(round(float(np.median(bw)), 3))
+        out[name] = {}
+        for margin in margins:
+            pays = [bw for seg, ref, bw in zip(entry["segments"], base, bws, strict=False)
+                    if seg["mean_ms"] is not None and ref["mean_ms"] is not None
+                    and seg["mean_ms"] <= (1 - margin) * ref["mean_ms"]]
+            out[name][f"{margin:.0%}"] = {"mbps": pays, "lowest_mbps": min(pays) if pays else None}
+    return out
 
 
 def published_check(published: dict[str, Any], policies: dict[str, Any]) -> dict[str, Any] | None:
@@ -344,6 +376,7 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{_fmt(p['edge_share'], '.2f')} | {_fmt(p['switches_per_min'], '.1f')} | `{p['main_plan']}` |"
         )
     lines += _segments_markdown(pol)
+    lines += _offload_markdown(summary)
     lines += _live_markdown(summary)
     lines += _published_markdown(summary)
     lines += [
@@ -385,6 +418,24 @@ def _segments_markdown(pol: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {seg['start_s']:g}–{seg['end_s']:g} s: {seg['label']} | " + " | ".join(cells) + " |"
             )
+    return lines
+
+
+def _offload_markdown(summary: dict[str, Any]) -> list[str]:
+    """Where offloading pays, per policy (:func:`offload_band`)."""
+    band = summary.get("offload_pays")
+    if not band:
+        return []
+    margins = list(next(iter(band.values())))
+    lines = ["", "Where offloading pays: the lowest uplink (Mbit/s) from which a segment's mean is this much "
+             "below device-only's, and the segments where it is:", "",
+             "| policy | " + " | ".join(f"{m} below: from" for m in margins)
+             + f" | segments {margins[0]} below |",
+             "|---|" + "---:|" * len(margins) + "---|"]
+    for name, b in band.items():
+        cells = ["never" if b[m]["lowest_mbps"] is None else f"{b[m]['lowest_mbps']:g}" for m in margins]
+        segs = ", ".join(f"{x:g}" for x in b[margins[0]]["mbps"]) or "–"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {segs} |")
     return lines
 
 

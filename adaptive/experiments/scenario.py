@@ -8,8 +8,10 @@ policies to compare, the duration, repeats and seed. Units are in the key names.
 ``plans`` may restrict the candidate plans every policy chooses from: ``min_edge_blocks`` (blocks
 each edge runs before anything leaves it; seed 000 splits in 1..N) and ``codecs`` (the codecs
 allowed at a split; ``none`` always is); ``include`` lists plans that are always candidates (labels
-such as ``1,8``, e.g. a paper's fixed split points). A policy ``plan:LABEL`` keeps that plan for
-every client, and its plan is included.
+such as ``1,8``, e.g. a paper's fixed split points); ``parallel: true`` lets candidates carry a
+parallel section (Intra-DP's local operation parallelism, ``docs/model.md``), and a policy
+``NAME:layers`` then keeps to layer plans, so both can be compared on the same conditions. A policy
+``plan:LABEL`` keeps that plan for every client, and its plan is included.
 
 A link or load is one of
 
@@ -255,6 +257,7 @@ class Scenario:
     published: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
     live: dict[str, Any] = field(default_factory=dict)
+    parallel: bool = False
 
     TOP: ClassVar[frozenset[str]] = frozenset(
         {
@@ -303,7 +306,7 @@ class Scenario:
             raise _fail(f"{source}: name", f"'{dup}' names two nodes")
         policies, repeats, seed = _policies(doc, source)
         scales, delays = _chain_numbers(doc, source, len(accelerators))
-        min_edge, codecs, include = _plans(doc, source, policies)
+        min_edge, codecs, include, parallel = _plans(doc, source, policies)
         published = doc.get("published", {})
         if not isinstance(published, dict):
             raise _fail(f"{source}.published", "expected a mapping")
@@ -318,7 +321,7 @@ class Scenario:
         accel_link = _number(doc, "accel_link_mbps", source, above=0.0, default=1000.0, unit="Mbit/s")
         return cls(name, model, edge, tuple(accelerators), tuple(clients), duration, tuple(policies), dt,
                    accel_link, repeats, seed, description.strip(), scales, min_edge, tuple(codecs),
-                   tuple(include), delays, published, source, live)
+                   tuple(include), delays, published, source, live, parallel)
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
@@ -390,6 +393,7 @@ class Scenario:
                 "min_edge_blocks": self.min_edge_blocks,
                 "codecs": list(self.codecs),
                 "include": list(self.include_plans),
+                "parallel": self.parallel,
             },
             "link_delay_ms": list(self.link_delay_ms),
         }
@@ -505,9 +509,16 @@ def _chain_numbers(doc: dict[str, Any], source: str,
     return tuple(float(x) for x in scales), tuple(float(x) for x in delays)
 
 
-def _plans(doc: dict[str, Any], source: str, policies: list[str]) -> tuple[int, list[str], list[str]]:
-    """``plans``: min_edge_blocks, codecs, and the labels to include (every ``plan:`` policy's too)."""
-    plans = _keys(doc.get("plans", {}), f"{source}.plans", {"min_edge_blocks", "codecs", "include"})
+def _plans(doc: dict[str, Any], source: str, policies: list[str]) -> tuple[int, list[str], list[str], bool]:
+    """``plans``: min_edge_blocks, codecs, the labels to include (every ``plan:`` policy's too), parallel."""
+    keys = {"min_edge_blocks", "codecs", "include", "parallel"}
+    plans = _keys(doc.get("plans", {}), f"{source}.plans", keys)
+    parallel = plans.get("parallel", False)
+    if not isinstance(parallel, bool):
+        raise _fail(f"{source}.plans.parallel", f"expected true or false, found {parallel!r}")
+    layers = [p for p in policies if p.endswith(":layers")]
+    if layers and not parallel:
+        raise _fail(f"{source}.policies", f"'{layers[0]}': ':layers' needs plans.parallel: true")
     min_edge = plans.get("min_edge_blocks", 0)
     if isinstance(min_edge, bool) or not isinstance(min_edge, int) or min_edge < 0:
         raise _fail(f"{source}.plans.min_edge_blocks", f"expected an integer >= 0, found {min_edge!r}")
@@ -524,4 +535,4 @@ def _plans(doc: dict[str, Any], source: str, policies: list[str]) -> tuple[int, 
                 raise _fail(f"{source}.policies", f"'{p}': expected plan:SPLITS, e.g. plan:1,8")
             if p[5:] not in include:
                 include = [*include, p[5:]]
-    return min_edge, codecs, include
+    return min_edge, codecs, include, parallel

@@ -24,7 +24,6 @@ import numpy as np
 
 from adaptive.errors import AdaptiveError
 from adaptive.experiments.scenario import Scenario
-from adaptive.model.plans import plan_label
 
 __all__ = ["HEURISTICS", "policy_env", "simulate"]
 
@@ -78,6 +77,7 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
     from envs.multi_client import MultiClientEnv
 
     name, _, path = spec.partition(":")
+    layers = path == "layers" and name != "plan"  # NAME:layers: the heuristic over layer plans only
     K = len(scenario.clients)
     devices = [scenario.edge_device, *(a.device for a in scenario.accelerators)]
     base = {
@@ -97,6 +97,7 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         "codecs": list(scenario.codecs),
         "include_plans": list(scenario.include_plans),
         "link_delay_ms": list(scenario.link_delay_ms),
+        "parallel": scenario.parallel and not layers,
     }
     if name == "ppo":
         return _ppo_env(spec, path, scenario, devices)
@@ -108,11 +109,12 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         cands = env.candidates
         want = parse_plan_label(path, env.chain.chains[0].num_blocks, len(devices), cands.codec_names)
         keys = [(tuple(int(x) for x in cands.plans.splits[i]), tuple(int(x) for x in cands.plans.codecs[i]))
-                for i in range(len(cands))]
+                if cands.plans.section_of(i) is None else None for i in range(len(cands))]
         return env, FixedPlan(env, keys.index(want)), K
-    if name not in HEURISTICS:
+    if name not in HEURISTICS or (path and not layers):
         raise AdaptiveError(
-            f"policy '{spec}' is not one of ppo[:PATH], plan:SPLITS, {', '.join(HEURISTICS)}"
+            f"policy '{spec}' is not one of ppo[:PATH], plan:SPLITS, {', '.join(HEURISTICS)} "
+            "(each may end in :layers)"
         )
     from agents.multi_policies import make_multi_heuristic
 
@@ -165,6 +167,14 @@ def _ppo_env(spec: str, path: str, scenario: Scenario, devices: list[str]) -> tu
     return env, MultiActor(net, env.num_clients), env.num_clients
 
 
+def _edge_share(plan: Any, num_blocks: int) -> float:
+    """Blocks the edge computes, as a fraction: ``[0, s1)``, and its rows' share of a section."""
+    edge = float(plan.splits[0])
+    if plan.section is not None:
+        edge += (1.0 - plan.section.share) * (plan.section.stop - plan.splits[0])
+    return edge / num_blocks
+
+
 def _run(
     scenario: Scenario,
     cond: dict[str, np.ndarray],
@@ -196,8 +206,8 @@ def _run(
     u = env.unwrapped
     cands = u.candidates
     L = u.chain.chains[0].num_blocks
-    labels = [plan_label(cands.plan(i).splits, cands.plan(i).codecs) for i in range(len(cands))]
-    share = cands.plans.splits[:, 0] / L  # the edge runs blocks [0, s1)
+    labels = [cands.plan(i).label for i in range(len(cands))]
+    share = np.array([_edge_share(cands.plan(i), L) for i in range(len(cands))])
     names = [c.name for c in scenario.clients]
     rows = []
     for t in range(scenario.steps):

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from adaptive.errors import PlanError, ProfileError
-from adaptive.model.lop import SectionCosts, add_sections, check_sections, first_stage
+from adaptive.model.lop import SectionCosts, add_sections, check_sections, first_stage, section_bytes
 from adaptive.model.plans import PlanArray
 from adaptive.model.profiles import DeviceProfile, ModelProfile
 
@@ -198,9 +198,7 @@ class SplitModel:
         try:
             return self.codec_names.index(name)
         except ValueError:
-            raise PlanError(
-                f"unknown codec '{name}' (model has: {', '.join(self.codec_names)})"
-            ) from None
+            raise PlanError(f"unknown codec '{name}' (model has: {', '.join(self.codec_names)})") from None
 
     def conditions(self, cond: Conditions | ConditionBatch) -> ConditionBatch:
         """Validate conditions and broadcast them to a :class:`ConditionBatch`."""
@@ -357,24 +355,20 @@ class SplitModel:
     def link_bits(self, plans: PlanArray) -> np.ndarray:
         """``(P, M)`` bits each plan's activation sends over each forward link (0: none).
 
-        A transfer that skips devices crosses every link on its way and counts on each. A parallel
-        section's transfer is its chunks (the accelerator's input rows) and the join (the edge's band).
+        A transfer that skips devices crosses every link on its way and counts on each; a parallel
+        section's is its chunks and the edge's band (:func:`adaptive.model.lop.section_bytes`).
         """
         L, D = self.num_blocks, self.num_devices
         out = np.zeros((len(plans), D - 1))
         for p in range(len(plans)):
-            bounds = [0, *(int(x) for x in plans.splits[p]), L]
-            section = plans.section_of(p)
+            bounds, section, j0 = [0, *(int(x) for x in plans.splits[p]), L], plans.section_of(p), 0
+            if section is not None:
+                j0, size = first_stage(plans.splits[p], L), section_bytes(self, bounds[1], section)
             for link in range(1, D):
                 j = next((d for d in range(link, D) if bounds[d + 1] > bounds[d]), None)
-                if j is None:
-                    continue
-                ratio = self._ratio[int(plans.codecs[p, j - 1])]
-                size = self.split_bytes[bounds[j]]
-                if section is not None and link <= first_stage(plans.splits[p], L):
-                    cfg = self.section_costs.config(bounds[1], section.stop, section.share, section.parts)
-                    size = cfg.chunk_bytes.sum() + cfg.join_bytes
-                out[p, link - 1] = size * ratio * 8
+                if j is not None:
+                    nbytes = size if link <= j0 else self.split_bytes[bounds[j]]
+                    out[p, link - 1] = nbytes * self._ratio[int(plans.codecs[p, j - 1])] * 8
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -409,10 +403,8 @@ class SplitModel:
         k = plans.codecs
         if k.size and (k.min() < 0 or k.max() >= len(self.codec_names)):
             raise PlanError(f"codec indices must be in 0..{len(self.codec_names) - 1}")
-        if k.size:
-            used = k > 0
-            if np.any(used & ~self.codec_allowed[k, s]):
-                raise PlanError("a codec is used at a split position where it is not available")
+        if k.size and np.any((k > 0) & ~self.codec_allowed[k, s]):
+            raise PlanError("a codec is used at a split position where it is not available")
 
     @functools.cached_property
     def section_costs(self) -> SectionCosts:

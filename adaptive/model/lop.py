@@ -27,7 +27,7 @@ from adaptive.model.profiles import DeviceProfile, ModelProfile
 
 __all__ = ["DEFAULT_ROW_EFFICIENCY", "DEFAULT_ROW_OP_MS", "SectionCosts", "SectionTimes", "add_sections",
            "block_heights", "check_sections", "efficiency_curve", "first_stage", "input_band",
-           "parallel_sections", "section_schedule"]
+           "parallel_sections", "section_bytes", "section_schedule"]
 
 # A band of rho of a block's output rows costs f + (t - f)·h(rho), t the block's time and
 # f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points
@@ -280,7 +280,8 @@ class SectionTimes(NamedTuple):
     acc_comm: np.ndarray
 
 
-def section_schedule(model: Any, cb: Any, j: int, codec: np.ndarray, cfg: SectionConfig) -> SectionTimes:
+def section_schedule(model: Any, cb: Any, j: int, codec: np.ndarray, cfg: SectionConfig, *,
+                     breakdown: bool = True) -> SectionTimes:
     """Critical path of ``P`` sections between d0 and device ``j`` (``docs/model.md``, "Parallel sections").
 
     ``model`` is the :class:`~adaptive.model.latency.SplitModel` (its transfer and scaling terms) and
@@ -290,7 +291,7 @@ def section_schedule(model: Any, cb: Any, j: int, codec: np.ndarray, cfg: Sectio
     d0 encodes and serialises the chunks, then computes its band while the link carries the chunks
     in order; device ``j`` computes band ``c`` once chunk ``c`` has arrived and band ``c − 1`` is done;
     d0's band follows the last chunk over the link; device ``j`` holds the joined output once both
-    its bands and d0's band are in.
+    its bands and d0's band are in. ``breakdown=False`` leaves the busy times zero.
     """
     scale, slow = model.exec_scale(cb), model.load_slowdown(cb)  # (B, D)
     P, C = cfg.chunk_bytes.shape
@@ -313,6 +314,9 @@ def section_schedule(model: Any, cb: Any, j: int, codec: np.ndarray, cfg: Sectio
     enc_j, dec_j = join.enc_src * slow[:, 0, None], join.dec_dst * slow[:, j, None]
     edge_ready = ready[:, :, -1] + edge_band + enc_j + join.out_src
     finish = np.maximum(np.maximum(edge_ready, sent) + join.comm, done) + join.in_dst + dec_j
+    if not breakdown:  # the latency alone (the planner's latency objective): no busy-time sums
+        zero = np.zeros(())
+        return SectionTimes(finish, zero, zero, zero, zero, zero)
     return SectionTimes(
         latency=finish,
         edge_exec=edge_band + enc_c.sum(axis=2) + enc_j,
@@ -321,6 +325,12 @@ def section_schedule(model: Any, cb: Any, j: int, codec: np.ndarray, cfg: Sectio
         acc_proc=in_c.sum(axis=2) + join.in_dst,
         acc_comm=comm.sum(axis=2) + join.comm,
     )
+
+
+def section_bytes(model: Any, start: int, section: Any) -> float:
+    """Raw bytes a section sends from d0: its chunks (the accelerator's input rows) and the join."""
+    cfg = model.section_costs.config(start, section.stop, section.share, section.parts)
+    return float(cfg.chunk_bytes.sum() + cfg.join_bytes)
 
 
 def first_stage(splits: Sequence[int] | np.ndarray, num_blocks: int) -> int:

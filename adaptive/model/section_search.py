@@ -102,6 +102,7 @@ class SectionSearch:
             edge_ok = edge_ok & (m.stage_memory_mb(np.zeros_like(stop), stop, 1.0) <= cb.available_mb[:, :1])
         K, allowed = (len(m.codec_names) if self.planner.use_codecs else 1), self.planner.codec_allowed
         best_cost, best_row = np.full(B, np.inf), [None] * B
+        energy_too = bool(np.any(gamma > 0))
         for c in range(1, MAX_PARTS + 1):  # one pass per number of parts: no empty parts computed
             sel = np.flatnonzero(nparts == c)
             if sel.size == 0:
@@ -116,7 +117,7 @@ class SectionSearch:
                     usable = edge_ok[:, sel] & np.isfinite(rest) & both_ends[None]
                     if not usable.any():
                         continue
-                    t = section_schedule(m, cb, j, np.full(sel.size, k), cfg)
+                    t = section_schedule(m, cb, j, np.full(sel.size, k), cfg, breakdown=energy_too)
                     energy = (t.edge_exec * w_exec[:, :1] + t.edge_proc * w_busy[:, :1]
                               + t.acc_exec * w_exec[:, j : j + 1]
                               + (t.acc_proc + t.acc_comm) * w_busy[:, j : j + 1]

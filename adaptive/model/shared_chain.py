@@ -40,6 +40,7 @@ from adaptive.model.profiles import DeviceProfile, ModelProfile
 __all__ = ["ClusterObservation", "ClusterState", "SharedChain", "StepOutcome"]
 
 _MAX_LOAD = 0.95  # as in adaptive.model.latency
+_LOAD_GRID = np.linspace(0.0, _MAX_LOAD, 20)  # edge loads at which section overlaps are tabulated
 
 
 class ClusterState(NamedTuple):
@@ -126,7 +127,7 @@ class SharedChain:
         self.grid = np.geomspace(0.01, 10_000.0, 2049) if grid is None else np.asarray(grid, float)
         self._inv_grid = 1.0 / self.grid
         D, M, G, P = self.num_devices, self.num_devices - 1, len(self.grid), len(plans)
-        comm, execs, delta, proc, power, kappa, busy = [], [], [], [], [], [], []
+        comm, execs, delta, proc, power, kappa, busy, overlap = [], [], [], [], [], [], [], []
         # how long a transfer between accelerators keeps its link busy: the same transfer without
         # the propagation of the links between accelerators (the link carries the next one meanwhile)
         wire = np.concatenate([delay[:1], np.zeros(M - 1)])
@@ -138,12 +139,15 @@ class SharedChain:
             busy.append(chain.evaluate(plans, _batch(bw[:1], D, clients=1.0, delay=wire)).comm_ms[0, :, 2:])
             two = chain.evaluate(plans, _batch(bw[:1], D, clients=2.0, delay=delay))
             comm.append(one.comm_ms)  # (G, P, D)
+            if plans.has_sections:
+                overlap.append(_overlap(chain, plans, bw, D, delay))
             execs.append(one.exec_ms[0])  # (P, D) at no load, batch 1
             delta.append(two.exec_ms[0] - one.exec_ms[0])  # one more item in the batch, at no load
             proc.append(one.proc_ms[0])
             power.append([d.power_active_w for d in chain.devices])
             kappa.append(chain.load_sensitivity)
         self._comm = np.stack(comm)  # (kinds, G, P, D)
+        self._overlap = np.stack(overlap) if overlap else None  # (kinds, loads, G, P)
         self._comm_total = self._comm.sum(-1)  # (kinds, G, P)
         self.exec_ms = np.stack(execs)  # (kinds, P, D)
         self.batch_delta_ms = np.stack(delta)
@@ -212,7 +216,33 @@ class SharedChain:
         out = comm + self.proc_ms.sum(-1)[self.edge_kind]
         for d in range(self.num_devices):
             out += slow[..., d : d + 1] * ex[:, :, d]
+        if self._overlap is not None:
+            out -= self._overlap_at(i, w, np.asarray(edge_load, float))
         return out
+
+    def _overlap_at(self, i: np.ndarray, w: np.ndarray, edge_load: np.ndarray,
+                    plans: np.ndarray | None = None) -> np.ndarray:
+        """What parallel sections overlap, ms: ``(…, K)`` for ``plans``, else ``(…, K, P)``.
+
+        Interpolated in ``1 / bandwidth`` between grid points ``i − 1`` and ``i`` (weight ``w`` on
+        ``i − 1``, as the communication) and linearly in the edge's load.
+        """
+        assert self._overlap is not None
+        load = np.clip(np.broadcast_to(edge_load, i.shape), 0.0, _LOAD_GRID[-1])
+        k = np.clip(np.searchsorted(_LOAD_GRID, load), 1, len(_LOAD_GRID) - 1)
+        v = (load - _LOAD_GRID[k - 1]) / (_LOAD_GRID[k] - _LOAD_GRID[k - 1])  # weight on k
+        kind = np.broadcast_to(self.edge_kind, i.shape)
+        table = self._overlap
+
+        def at(kk: np.ndarray, ii: np.ndarray) -> np.ndarray:
+            return table[kind, kk, ii] if plans is None else table[kind, kk, ii, plans]
+
+        ext = (..., None) if plans is None else (...,)
+
+        def grid(kk: np.ndarray) -> np.ndarray:
+            return at(kk, i) + w[ext] * (at(kk, i - 1) - at(kk, i))
+
+        return grid(k - 1) + v[ext] * (grid(k) - grid(k - 1))
 
     def slowdown(self, edge_load: np.ndarray, accel_load: np.ndarray) -> np.ndarray:
         """``(E, K, D)`` slowdown ``1 / (1 − κ·u)`` on each client's edge and on the accelerators."""
@@ -284,6 +314,8 @@ class SharedChain:
         grow = delta[..., 1:] * slow[..., 1:] * (b - 1.0)  # (E, K, M)
         total = ex + proc + comm
         service = _last_sum(total) + _last_sum(grow)
+        if self._overlap is not None:  # a parallel section overlaps its compute and its transfers
+            service = service - self._overlap_at(i, w, edge_load, plans)
         # work each request puts on each resource
         w_edge = ex[..., 0] + proc[..., 0]
         shared = (ex[..., 1:] + grow) / b  # a batch shares the execution
@@ -455,6 +487,22 @@ def _ahead(state: ClusterState, uses: np.ndarray, sends: np.ndarray, w_link: np.
     if w_link.shape[-1]:
         wait += _last_sum(state.link_ms[:, None, :] * (w_link > 0))
     return wait
+
+
+def _overlap(chain: SplitModel, plans: PlanArray, bw: np.ndarray, D: int, delay: np.ndarray) -> np.ndarray:
+    """``(loads, G, P)``: by how much each plan's latency is below the sum of its parts, ms.
+
+    A parallel section overlaps compute with transfer; everything else here adds up its parts. The
+    overlap depends on the uplink and on how slow the edge's band runs (its background load); it is
+    tabulated over both, with the accelerators unloaded.
+    """
+    out = []
+    for load in _LOAD_GRID:
+        cb = _batch(bw, D, clients=1.0, delay=delay)
+        cb.cpu_load[:, 0] = load
+        pred = chain.evaluate(plans, cb)
+        out.append(pred.exec_ms.sum(-1) + pred.proc_ms.sum(-1) + pred.comm_ms.sum(-1) - pred.latency_ms)
+    return np.maximum(np.stack(out), 0.0)
 
 
 def _batch(bw: np.ndarray, D: int, clients: float, delay: np.ndarray) -> ConditionBatch:

@@ -179,13 +179,26 @@ def test_report_files_and_published_check(tmp_path):
         write_report(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("name", ["liu-fig13a", "liu-fig13b", "intradp-traces"])
+@pytest.mark.parametrize("name", ["liu-fig13a", "liu-fig13b", "intradp-traces", "intradp-lop"])
 def test_shipped_scenarios_reproduce_their_published_direction(name):
     s = Scenario.load(name)
     out = simulate(s)
     summary = summarise(out["rows"], scenario_doc(s))
     check = summary["published_check"]
     assert check["holds"] is True, check
+    if name == "intradp-lop":  # Fig. 17's direction: sections make offloading pay from a lower uplink
+        band = summary["offload_pays"]
+        assert band["greedy"]["20%"]["lowest_mbps"] < band["greedy:layers"]["20%"]["lowest_mbps"]
+        plans = {r["plan"] for r in out["rows"] if r["policy"] == "greedy"}
+        assert any("@" in p for p in plans)  # it did choose sectioned plans
+        assert not any("@" in r["plan"] for r in out["rows"] if r["policy"] != "greedy")
+
+
+def test_layer_only_policies_need_parallel_candidates():
+    with pytest.raises(AdaptiveError, match=r"'greedy:layers': ':layers' needs plans.parallel: true"):
+        Scenario.from_dict(base(policies=["greedy", "greedy:layers"]))
+    with pytest.raises(AdaptiveError, match=r"plans\.parallel: expected true or false"):
+        Scenario.from_dict(base(plans={"parallel": "yes"}))
 
 
 def test_cli_runs_and_refuses_bad_input(tmp_path):

@@ -133,3 +133,24 @@ def test_a_chain_needs_clients_and_accelerators(setup):
         SharedChain(model.profile, [], model.devices[1:], plans)
     with pytest.raises(PlanError, match="accelerator"):
         SharedChain(model.profile, model.devices[:1], [], plans)
+
+
+def test_parallel_sections_alone_are_the_single_chain_model(setup):
+    """Sectioned plans: exact without background load; within 2% with it (overlap tabulated by edge load)."""
+    model, _, _ = setup
+    plans = candidate_plans(model, max_plans=32, parallel=True).plans
+    assert plans.has_sections
+    devices = model.devices
+    chain = SharedChain(model.profile, [devices[0]] * 4, devices[1:], plans)
+    rng = np.random.default_rng(2)
+    one = np.array([True, False, False, False])
+    for bw in rng.uniform(0.5, 200, 8):
+        loaded = float(rng.uniform(0, 0.9))
+        for edge_load, accel_load, rel in ((0.0, [0.0, 0.0], 1e-9), (loaded, [0.3, 0.1], 0.02)):
+            ref = model.evaluate(plans, Conditions(bandwidth_mbps=[bw, 1000.0],
+                                                   cpu_load=[edge_load, *accel_load]))
+            alone = chain.alone_ms(np.full((1, 4), bw), np.full((1, 4), edge_load), np.array([accel_load]))
+            np.testing.assert_allclose(alone[0, 0], ref.latency_ms, rtol=rel)
+            for p in range(len(plans)):
+                _, out = run(chain, [p, 0, 0, 0], one, 1e-3, bw, edge_load, accel_load)
+                assert out.latency_ms[0, 0] == pytest.approx(ref.latency_ms[p], rel=rel)
