@@ -194,17 +194,19 @@ def _run_node(args: argparse.Namespace) -> int:
         NodeRuntime,
         attach_monitor,
         emulated_latency,
+        emulated_parts,
         load_trace_series,
     )
 
     broker = _broker(args)
-    emulate, correction, emulate_batch = None, (0.0, 0.0), 1.0
+    emulate, correction, emulate_batch, parts = None, (0.0, 0.0), 1.0, None
     if args.emulate:
         profile = resolve_model(args.model)
         emulate = emulated_latency(profile, args.emulate)
         c = profile.correction_for(args.emulate)
         correction = (c.c0_ms, c.c1_ms)
         emulate_batch = resolve_device(args.emulate).batch_per_extra_item
+        parts = emulated_parts(profile, resolve_device(args.emulate))
     trace = ()
     if args.uplink_trace:
         trace = load_trace_series(args.uplink_trace, args.trace_dt, args.trace_median_mbps)
@@ -221,7 +223,7 @@ def _run_node(args: argparse.Namespace) -> int:
                         input_shape=_shape(args.input_shape), weights=args.weights,
                         bind=args.bind, port=args.port, advertise=args.advertise, threads=args.threads,
                         device=args.device, emulate=emulate, emulate_correction=correction,
-                        emulate_batch=emulate_batch,
+                        emulate_batch=emulate_batch, emulate_parts=parts,
                         slowdown=args.slowdown,
                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
                         uplink_mbps=args.uplink_mbps, uplink_delay_ms=args.uplink_delay_ms,

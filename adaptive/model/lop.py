@@ -27,7 +27,7 @@ from adaptive.model.profiles import DeviceProfile, ModelProfile
 
 __all__ = ["DEFAULT_ROW_EFFICIENCY", "DEFAULT_ROW_OP_MS", "SectionCosts", "SectionTimes", "add_sections",
            "block_heights", "check_sections", "efficiency_curve", "first_stage", "input_band",
-           "parallel_sections", "section_bytes", "section_schedule"]
+           "parallel_sections", "section_bands", "section_bytes", "section_schedule"]
 
 # A band of rho of a block's output rows costs f + (t - f)·h(rho), t the block's time and
 # f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points
@@ -110,7 +110,7 @@ def _back(profile: ModelProfile, heights: list[int], start: int, stop: int,
     return out[::-1]
 
 
-def _bands(height: int, share: float, parts: int) -> list[tuple[int, int]] | None:
+def section_bands(height: int, share: float, parts: int) -> list[tuple[int, int]] | None:
     """The accelerator's bands (top rows, in ``parts``) then the edge's band; None if a band is empty."""
     r = min(max(round(share * height), 1), height - 1)
     if parts > r:
@@ -176,7 +176,7 @@ class SectionCosts:
         if self.section_of(start, stop) is None:
             raise PlanError(f"blocks [{start}, {stop}) of {self.profile.model} are not inside one parallel "
                             f"section (sections: {self.sections or 'none'})")
-        bands = _bands(self.heights[stop], share, parts)
+        bands = section_bands(self.heights[stop], share, parts)
         if bands is None:
             raise PlanError(f"{parts} parts of {share:g} of {self.heights[stop]} rows: a part would be empty")
         D = self._lat.shape[0]
@@ -212,7 +212,7 @@ class SectionCosts:
                 per_row = self.split_bytes[a:stop] / np.array(self.heights[a:stop], float)  # (S,) by start
                 for share in SHARES:
                     for parts in range(1, MAX_PARTS + 1):
-                        bands = _bands(self.heights[stop], share, parts)
+                        bands = section_bands(self.heights[stop], share, parts)
                         if bands is None:
                             continue
                         traced = [_back(self.profile, self.heights, a, stop, band) for band in bands]

@@ -29,6 +29,7 @@ from math import comb
 import numpy as np
 
 from adaptive.errors import PlanError
+from adaptive.protocol.fields import MAX_SECTION_PARTS
 
 __all__ = [
     "PLAN_SCHEMA",
@@ -50,7 +51,7 @@ __all__ = [
 
 PLAN_SCHEMA = "adaptive.split-plan/v1"
 SHARES: tuple[float, ...] = tuple(k / 8 for k in range(1, 8))  # accelerator row shares the planner tries
-MAX_PARTS = 4
+MAX_PARTS = MAX_SECTION_PARTS  # the wire's limit (adaptive.protocol.fields)
 _SECTION_LABEL = re.compile(r"^(\d+)-(\d+)@([0-9.]+)(?:x(\d+))?$")
 
 

@@ -25,7 +25,7 @@ import torch
 
 from adaptive.model.codecs import BYTES_RATIO, decode, encode
 from adaptive.nn.partition import Partition
-from adaptive.nn.spatial import block_rows, input_rows, run_rows, sections
+from adaptive.nn.spatial import band_shares, block_rows, input_rows, run_rows, sections
 
 __all__ = [
     "CorrectionFit",
@@ -38,7 +38,6 @@ __all__ = [
     "fit_linear",
     "machine_description",
     "model_profile_doc",
-    "part_shares",
     "profile_codecs",
     "profile_data_movement",
     "profile_partition",
@@ -295,15 +294,6 @@ def _hats(rho: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(rho, xs, eye[k]) for k in range(1, len(xs))], axis=-1)
 
 
-def part_shares(part: Partition, start: int, stop: int, rows: tuple[int, int]) -> np.ndarray:
-    """Share of each block's output rows that output rows ``rows`` of blocks ``[start, stop)`` compute."""
-    shares = []
-    for i in range(start, stop):
-        lo, hi = rows if i + 1 == stop else input_rows(part, i + 1, stop, rows)
-        shares.append((hi - lo) / int(part.blocks[i].output_shape[2]))
-    return np.array(shares)
-
-
 def time_parts(part: Partition, jobs: Sequence[tuple[int, int, tuple[int, int]]], x0: torch.Tensor,
                cfg: TimingConfig) -> tuple[np.ndarray, np.ndarray]:
     """Median ms of each part ``(start, stop, rows)`` and of each block in forward passes.
@@ -381,7 +371,7 @@ def profile_row_efficiency(part: Partition, cfg: TimingConfig, block_ms: np.ndar
         torch.set_num_threads(previous_threads)
     t = np.asarray(block_ms if block_ms is not None else context_ms, float)
     ops = np.array(block_ops(part), float)
-    shares = [part_shares(part, s, e, rows) for s, e, rows in jobs]
+    shares = [np.array(band_shares(part, s, e, rows)) for s, e, rows in jobs]
 
     def mape(pred: np.ndarray) -> float:
         return float(np.mean(np.abs(pred - measured) / measured) * 100)

@@ -33,8 +33,8 @@ from torch import fx, nn
 
 from adaptive.nn.partition import Partition, PartitionError
 
-__all__ = ["Section", "Window", "block_rows", "input_rows", "operator_locality", "run_rows", "sections",
-           "split_rows", "verify_sections"]
+__all__ = ["Section", "Window", "band_shares", "block_rows", "input_rows", "operator_locality", "run_rows",
+           "sections", "split_rows", "verify_sections"]
 
 _ELEMENTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU,
                         nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -231,6 +231,15 @@ def input_rows(part: Partition, start: int, stop: int, rows: tuple[int, int]) ->
             need[src] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
     (placeholder,) = [n for n in nodes if n.op == "placeholder"]
     return need.get(placeholder, rows)
+
+
+def band_shares(part: Partition, start: int, stop: int, rows: tuple[int, int]) -> tuple[float, ...]:
+    """Share of each block's output rows that output rows ``rows`` of blocks ``[start, stop)`` compute."""
+    shares = []
+    for i in range(start, stop):
+        lo, hi = rows if i + 1 == stop else input_rows(part, i + 1, stop, rows)
+        shares.append((hi - lo) / _height(part, i + 1))
+    return tuple(shares)
 
 
 def _has_rows(node: fx.Node) -> bool:

@@ -20,6 +20,7 @@ MAX_VERSION = 2**31 - 1  # a plan or rule counter, within one controller epoch
 MAX_EPOCH = 2**53 - 1  # a controller epoch: its start, Unix time in ms (exact in any JSON reader)
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_RULE_BYTES = 256 * 1024  # a policy rule carries its network
+MAX_SECTION_PARTS = 4  # bands a parallel section's accelerator share may be cut into
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

@@ -30,6 +30,7 @@ from adaptive.protocol.fields import (
     MAX_EPOCH,
     MAX_PAYLOAD_BYTES,
     MAX_RULE_BYTES,
+    MAX_SECTION_PARTS,
     MAX_VERSION,
     VERSION,
     SchemaError,
@@ -325,6 +326,9 @@ class PlanMessage:
             last node has work (``s_M < L``) without loading the model.
         epoch: The controller's epoch, its start in Unix ms (0: not given). Plans and rules are
             ordered by ``(epoch, version)``: a restarted controller's counter starts again at 1.
+        section: A parallel section at the first split, ``(stop, share, parts)`` as
+            :class:`adaptive.model.plans.Section` has them, or None: the source shares the rows of
+            blocks ``[s1, stop)`` with the first node after it that runs a stage.
     """
 
     version: int
@@ -337,6 +341,7 @@ class PlanMessage:
     codecs: tuple[str, ...] = ()
     num_blocks: int = 0
     epoch: int = 0
+    section: tuple[int, float, int] | None = None
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -364,6 +369,8 @@ class PlanMessage:
             obj["num_blocks"] = self.num_blocks
         if self.epoch:
             obj["epoch"] = self.epoch
+        if self.section is not None:
+            obj["section"] = dict(zip(("stop", "share", "parts"), self.section, strict=True))
         return dump_payload(obj)
 
     @classmethod
@@ -391,7 +398,23 @@ class PlanMessage:
                    issued_at=float(number(obj, "issued_at", w, lo=0)),
                    policy=string(obj, "policy", w) or "",
                    predicted_ms=number(obj, "predicted_ms", w, lo=0, optional=True, allow_null=True),
-                   codecs=tuple(codecs), num_blocks=num_blocks, epoch=epoch_field(obj, w))
+                   codecs=tuple(codecs), num_blocks=num_blocks, epoch=epoch_field(obj, w),
+                   section=_section_field(obj, w, splits))
+
+
+def _section_field(obj: dict[str, Any], w: str, splits: list[int]) -> tuple[int, float, int] | None:
+    """A plan's optional parallel section (structure; the nodes fit it to the model)."""
+    sec = obj.get("section")
+    if sec is None:
+        return None
+    stop, share, parts = (sec.get(k) if isinstance(sec, dict) else None for k in ("stop", "share", "parts"))
+    if (not isinstance(sec, dict) or set(sec) != {"stop", "share", "parts"} or not splits
+            or isinstance(stop, bool) or not isinstance(stop, int) or stop <= splits[0]
+            or isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1
+            or isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_SECTION_PARTS):
+        raise SchemaError(f"{w}: field 'section': expected {{stop > s1, share in (0, 1), parts in "
+                          f"1..{MAX_SECTION_PARTS}}}, found {sec!r}"[:200])
+    return stop, float(share), parts
 
 
 @dataclass(frozen=True)

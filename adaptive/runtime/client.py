@@ -41,7 +41,7 @@ import numpy as np
 import zmq
 
 from adaptive.errors import AdaptiveError
-from adaptive.model.plans import plan_label
+from adaptive.model.plans import Section, plan_label
 from adaptive.protocol.messages import PlanMessage, SchemaError, check_id, parse_topic, plan_topic
 from adaptive.runtime.wire import (
     DEFAULT_MAX_PAYLOAD,
@@ -386,7 +386,7 @@ class InferenceClient:
         auto = req.fixed is None and self.source_decides
         if not auto:  # else the source stamps the plan on arrival
             base = replace(base, model=plan.model, devices=plan.devices, splits=plan.splits,
-                           codecs=plan.codecs)
+                           codecs=plan.codecs, section=Section(*plan.section) if plan.section else None)
         parts = encode_frame(tensor_frame(base, req.array, self.codec))
         try:
             self._push.get(endpoint, plan.devices[0]).send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
@@ -398,7 +398,8 @@ class InferenceClient:
         req.wire_id = wire_id
         self._wire[wire_id] = req.rid
         req.version, req.nodes = plan.version, (plan.devices[:1] if auto else plan.working_nodes())
-        req.plan = "" if auto else plan_label(plan.splits, plan.codecs)
+        req.plan = "" if auto else plan_label(plan.splits, plan.codecs,
+                                              Section(*plan.section) if plan.section else None)
         req.attempt_sent = time.monotonic()
         req.deadline = req.attempt_sent + self._timer.deadline_s(plan.predicted_ms)
         req.in_flight = True
@@ -448,7 +449,7 @@ class InferenceClient:
             if frame.request_id == req.wire_id:
                 self._timer.sample(time.monotonic() - req.attempt_sent)
             if frame.devices:  # the plan it really ran under (the source's choice)
-                req.version, req.plan = frame.version, plan_label(frame.splits, frame.codecs)
+                req.version, req.plan = frame.version, plan_label(frame.splits, frame.codecs, frame.section)
             if self.on_result is not None:
                 self.on_result(frame)
             self._finish(req, "ok", round((now - (req.sent_at or now)) * 1e3, 3), "", _hops(frame))

@@ -1,7 +1,8 @@
 """Device and link emulation for clusters on one machine: a node that pretends to be a Pi or a Jetson.
 
 * :class:`ComputeEmulation` pads each stage to the time the emulated device's profile predicts
-  (``adaptive node --emulate DEVICE``), or slows this machine's own time (``--slowdown``);
+  (``adaptive node --emulate DEVICE``), or slows this machine's own time (``--slowdown``); a part of
+  a parallel section (a band of rows) is padded to the profile's part cost (:class:`PartCosts`);
 * :class:`UplinkEmulation` drives the node's uplink shaper: a fixed rate, or a bandwidth trace
   replayed from a start time, and the cluster's emulation control messages
   (``adaptive/<cluster>/emulation``: ``{"v": 1, "trace_start": unix_s}`` restarts the replay,
@@ -16,12 +17,40 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from adaptive.runtime.shaping import LinkShaper
 
-__all__ = ["ComputeEmulation", "UplinkEmulation"]
+__all__ = ["ComputeEmulation", "PartCosts", "UplinkEmulation"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartCosts:
+    """What a part of a parallel section costs on a device (``docs/model.md``, "Parallel sections").
+
+    A band computing share ``ρ`` of block ``i``'s output rows costs ``f_i + (t_i − f_i)·h(ρ)``, with
+    ``f_i = min(ops_i · op_ms, t_i)``.
+
+    Attributes:
+        points: ``(rows_share, time_share)`` of ``h``, from ``(0, 0)`` (excluded) to rows share 1.
+        op_ms: Fixed cost of one operator in a part, ms.
+        ops: Operators in each block.
+    """
+
+    points: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    op_ms: float = 0.0
+    ops: tuple[int, ...] = ()
+
+    def share(self, rho: float) -> float:
+        """``h(ρ)``, piecewise linear through ``(0, 0)`` and :attr:`points`."""
+        xs, ys = (0.0, *(p[0] for p in self.points)), (0.0, *(p[1] for p in self.points))
+        for k in range(1, len(xs)):
+            if rho <= xs[k] or k == len(xs) - 1:
+                w = (rho - xs[k - 1]) / (xs[k] - xs[k - 1])
+                return ys[k - 1] + w * (ys[k] - ys[k - 1])
+        return ys[-1]
 
 
 class ComputeEmulation:
@@ -32,14 +61,37 @@ class ComputeEmulation:
         correction: The profile's summation correction ``(c0_ms, c1_ms)`` (seed 000 Eq. 1–2).
         batch_per_extra_item: Batching cost of each extra request in a batch (the device's profile).
         slowdown: This machine's time, or the profile's, times this (≥ 1).
+        parts: The device's part costs (default: time proportional to rows, no fixed cost).
     """
 
     def __init__(self, latency_ms: Sequence[float] | None, correction: tuple[float, float] = (0.0, 0.0),
-                 batch_per_extra_item: float = 0.0, slowdown: float = 1.0) -> None:
+                 batch_per_extra_item: float = 0.0, slowdown: float = 1.0,
+                 parts: PartCosts | None = None) -> None:
         self.latency_ms = tuple(latency_ms) if latency_ms is not None else None
         self.correction = correction
         self.batch_per_extra_item = batch_per_extra_item
         self.slowdown = max(slowdown, 1.0)
+        self.parts = parts or PartCosts()
+
+    def part_target_s(self, start: int, shares: Sequence[float], compute_s: float) -> float:
+        """How long a part computing ``shares`` of blocks ``start, start + 1, …`` takes here, s."""
+        if self.latency_ms is None:
+            return compute_s * self.slowdown
+        total = 0.0
+        for i, rho in enumerate(shares, start):
+            t = self.latency_ms[i]
+            ops = self.parts.ops[i] if i < len(self.parts.ops) else 0
+            fixed = min(ops * self.parts.op_ms, t)
+            total += fixed + (t - fixed) * self.parts.share(rho)
+        return total / 1e3 * self.slowdown
+
+    def pad_part(self, start: int, shares: Sequence[float], compute_s: float) -> float:
+        """Sleep so the part takes what the emulated device would; return the part's time, s."""
+        target = self.part_target_s(start, shares, compute_s)
+        if target > compute_s:
+            time.sleep(target - compute_s)
+            return target
+        return compute_s
 
     def target_s(self, start: int, stop: int, batch: int, compute_s: float) -> float:
         """How long blocks ``[start, stop)`` of a batch take on the emulated device, s."""

@@ -45,7 +45,8 @@ import torch
 import zmq
 
 from adaptive.errors import AdaptiveError
-from adaptive.model.profiles import ModelProfile
+from adaptive.model.lop import efficiency_curve
+from adaptive.model.profiles import DeviceProfile, ModelProfile
 from adaptive.nn.partition import partition
 from adaptive.nn.zoo import build_model, default_input_shape
 from adaptive.protocol.messages import (
@@ -56,10 +57,11 @@ from adaptive.protocol.messages import (
     TransferTiming,
     stats_topic,
 )
-from adaptive.runtime.emulation import ComputeEmulation, UplinkEmulation
+from adaptive.runtime.emulation import ComputeEmulation, PartCosts, UplinkEmulation
 from adaptive.runtime.links import Outbox
 from adaptive.runtime.node_control import NodeControlPlane
 from adaptive.runtime.route import check_plan, check_route
+from adaptive.runtime.sections import SectionPath
 from adaptive.runtime.shaping import LinkShaper
 from adaptive.runtime.source import SourceDecider
 from adaptive.runtime.wire import DEFAULT_MAX_PAYLOAD, Frame, WireError, decode_frame, tensor_frame
@@ -91,6 +93,8 @@ class NodeConfig:
             a stage of ``n`` blocks takes ``sum − (c0_ms·n + c1_ms)``, as the model predicts.
         emulate_batch: With ``emulate``, a batch of ``b`` takes ``T(1)·(1 + emulate_batch·(b−1))``
             (the device profile's ``batching.per_extra_item``).
+        emulate_parts: With ``emulate``, what a part of a parallel section costs on the device
+            (:func:`emulated_parts`; default: time proportional to its rows).
         slowdown: Multiply the stage time by this (≥ 1) by sleeping: the measured compute time, or
             with ``emulate`` the emulated device's (a device this much slower than its profile).
         batch_window_ms: Time to wait for more requests of the same stage to batch together.
@@ -121,6 +125,7 @@ class NodeConfig:
     emulate: tuple[float, ...] | None = None
     emulate_correction: tuple[float, float] = (0.0, 0.0)
     emulate_batch: float = 1.0
+    emulate_parts: PartCosts | None = None
     slowdown: float = 1.0
     batch_window_ms: float = 0.0
     max_batch: int = 8
@@ -228,7 +233,7 @@ class NodeRuntime:
         self._stop = threading.Event()
         self.stats = NodeStats()
         self.compute = ComputeEmulation(config.emulate, config.emulate_correction, config.emulate_batch,
-                                        config.slowdown)
+                                        config.slowdown, config.emulate_parts)
         self.uplink = UplinkEmulation(self.shaper, config.uplink_trace, config.trace_dt_s)
         self.control = NodeControlPlane(config, broker, self.presence, self.source, self.uplink,
                                         ca_file=ca_file, metrics=metrics, verifier=verifier)
@@ -248,6 +253,8 @@ class NodeRuntime:
         with torch.inference_mode():  # first runs allocate; keep that out of request latency
             for x in self.part.activations(torch.zeros(shape)):
                 del x
+        self.section_path = SectionPath(self.part, cfg.node, self._send_to, self._reply, self._emit,
+                                        self.compute.pad, self._count, self.compute.pad_part)
         self._context = zmq.Context()
         try:
             self._pull, port = bind_data_socket(self._context, cfg, self.curve)
@@ -407,6 +414,7 @@ class NodeRuntime:
     def _work_loop(self) -> None:
         """Take frames in arrival order; batch those of the same stage that arrive within the window."""
         while not self._stop.is_set():
+            self.section_path.expire()  # answer sections whose pieces did not all arrive in time
             try:
                 first = self._work.get(timeout=0.1)
             except queue.Empty:
@@ -451,6 +459,8 @@ class NodeRuntime:
             if error:
                 self._reply(f.error_reply(f"node {self.config.node} refused the request's plan: {error}",
                                           retry=transient))
+            elif in_section(f):
+                self.section_path.take(f, started - arrival[0])
             elif f.devices[f.hop] != self.config.node or f.position != _bounds(f, L)[f.hop]:
                 self._reply(f.error_reply(f"misrouted: node {self.config.node} got hop {f.hop} at "
                                           f"position {f.position} of plan {list(f.splits)}"))
@@ -474,26 +484,36 @@ class NodeRuntime:
             return
         spent = self.compute.pad(start, stop, len(batch), compute)
         self.stats.stage({f.version for f in batch}, start, stop, len(batch), spent * 1e3)
-        with self._lock:
-            self.processed += len(batch)
         for i, f in enumerate(batch):
-            label = ",".join(str(s) for s in f.splits)
+            self._emit(f, y[i : i + 1] if len(batch) > 1 else y, stop, queued_ms[i], spent, len(batch))
+
+    def _count(self) -> None:
+        with self._lock:
+            self.processed += 1
+
+    def _send_to(self, node: str, frame: Frame) -> bool:
+        endpoint = self.presence.endpoint(node)
+        return endpoint is not None and self.outbox.send(endpoint, frame, node)
+
+    def _emit(self, f: Frame, out: np.ndarray, stop: int, queued_ms: float, spent: float, batch: int) -> None:
+        """Send a request's activation after blocks ``[…, stop)`` on to its next node, or its result home."""
+        L = self.part.num_blocks
+        self._count()
+        label = ",".join(str(s) for s in f.splits)
+        if self.metrics is not None:
+            self.metrics.executed(label, spent, [queued_ms / 1e3])
+        trace = (*f.trace, (self.config.node, queued_ms, round(spent * 1e3, 3), batch))
+        bounds = _bounds(f, L)
+        nxt = next((j for j in range(f.hop + 1, len(f.devices)) if bounds[j + 1] > bounds[j]), None)
+        if nxt is None:
+            self._reply(tensor_frame(f, out, kind="result", position=L, trace=trace, part=None))
             if self.metrics is not None:
-                self.metrics.executed(label, spent, [queued_ms[i] / 1e3])
-            out = y[i : i + 1] if len(batch) > 1 else y
-            trace = (*f.trace, (self.config.node, queued_ms[i], round(spent * 1e3, 3), len(batch)))
-            bounds = _bounds(f, L)
-            nxt = next((j for j in range(f.hop + 1, len(f.devices)) if bounds[j + 1] > bounds[j]), None)
-            if nxt is None:
-                self._reply(tensor_frame(f, out, kind="result", position=L, trace=trace))
-                if self.metrics is not None:
-                    self.metrics.finished(label, f.sent_at)
-                continue
-            codec = f.codecs[nxt - 1] if f.codecs else "none"
-            frame = tensor_frame(f, out, codec, hop=nxt, position=stop, trace=trace)
-            endpoint = self.presence.endpoint(f.devices[nxt])
-            if endpoint is None or not self.outbox.send(endpoint, frame, f.devices[nxt]):
-                self._reply(f.error_reply(f"next node {f.devices[nxt]} is unreachable", retry=True))
+                self.metrics.finished(label, f.sent_at)
+            return
+        codec = f.codecs[nxt - 1] if f.codecs else "none"
+        frame = tensor_frame(f, out, codec, hop=nxt, position=stop, trace=trace, part=None)
+        if not self._send_to(f.devices[nxt], frame):
+            self._reply(f.error_reply(f"next node {f.devices[nxt]} is unreachable", retry=True))
 
     # ------------------------------------------------------------------ periodic
 
@@ -554,6 +574,11 @@ def reply_to_malformed(outbox: Outbox, node: str, parts: list[memoryview], messa
         return
 
 
+def in_section(frame: Frame) -> bool:
+    """A frame the section path takes: a sectioned request at its source, or a piece of one."""
+    return frame.section is not None and (frame.part is not None or frame.hop == 0)
+
+
 def _bounds(frame: Frame, num_blocks: int) -> list[int]:
     """``[0, s1, …, sM, L]`` of a frame's plan."""
     return [0, *frame.splits, num_blocks]
@@ -567,12 +592,21 @@ def _batch_key(frame: Frame) -> tuple[Any, ...]:
     of it so that a frame for another model is refused on its own.
     """
     nxt = frame.splits[frame.hop] if frame.hop < len(frame.splits) else -1
+    if in_section(frame):  # a section's request or piece runs alone
+        return (frame.client, frame.request_id, frame.part)
     return (frame.model, frame.position, nxt, frame.shape[1:])
 
 
 def emulated_latency(profile: ModelProfile, device: str) -> tuple[float, ...]:
     """Per-block latency of ``device`` from a model profile, for :attr:`NodeConfig.emulate`."""
     return tuple(float(x) for x in profile.latency_for(device))
+
+
+def emulated_parts(profile: ModelProfile, device: DeviceProfile) -> PartCosts:
+    """What parts of sections cost on ``device``, for :attr:`NodeConfig.emulate_parts`."""
+    xs, ys, op_ms = efficiency_curve(profile, device)
+    return PartCosts(tuple(zip(xs[1:].tolist(), ys[1:].tolist(), strict=True)), op_ms,
+                     tuple(b.ops for b in profile.blocks))
 
 
 def load_trace_series(path: str | Path, dt_s: float,

@@ -20,6 +20,13 @@ the request again), ``dropped`` (optional, ``error`` frames: true when the sourc
 request at admission, predicted past its deadline; final), ``trace`` (per-node timing records
 ``[node, queue_ms, exec_ms, batch]``).
 
+A plan may carry a parallel section (``section``: ``{stop, share, parts}``, the plan's
+:class:`adaptive.model.plans.Section`). The source then sends the frames of one request to the
+first node after it that runs a stage in ``parts + 1`` pieces, each with ``part``: ``0..parts−1``,
+the input rows of the accelerator's band ``part`` not sent before (at ``position`` s1), and
+``parts``, the source's own band of the section's output (at ``position`` stop); see
+:mod:`adaptive.runtime.sections`.
+
 Every work frame carries its own plan, and every node validates it and runs its stage of it: any
 node runs any valid plan with no handshake, and a switch changes nothing for requests in flight. A
 request may enter its source node (``hop`` 0, ``position`` 0) without a plan: the source then picks
@@ -39,6 +46,7 @@ import numpy as np
 
 from adaptive.errors import AdaptiveError
 from adaptive.model import codecs
+from adaptive.model.plans import MAX_PARTS, Section
 
 __all__ = ["MAX_HEADER_BYTES", "Frame", "WireError", "decode_frame", "encode_frame", "tensor_frame"]
 
@@ -78,6 +86,8 @@ class Frame:
         devices: The plan's node ids in chain order (work frames).
         splits: The plan's splits, one per device after the first.
         codecs: The plan's codec per split (empty: ``none`` everywhere).
+        section: The plan's parallel section, or None.
+        part: Which piece of a section this frame carries (None: a whole activation).
     """
 
     kind: str
@@ -100,6 +110,8 @@ class Frame:
     devices: tuple[str, ...] = ()
     splits: tuple[int, ...] = ()
     codecs: tuple[str, ...] = ()
+    section: Section | None = None
+    part: int | None = None
 
     def tensor(self) -> np.ndarray:
         """The payload decoded to a float32 array of ``shape``."""
@@ -134,6 +146,11 @@ def encode_frame(frame: Frame) -> list[bytes]:
     if frame.devices:
         header.update(model=frame.model, devices=list(frame.devices), splits=list(frame.splits),
                       codecs=list(frame.codecs))
+        if frame.section is not None:
+            header["section"] = {"stop": frame.section.stop, "share": frame.section.share,
+                                 "parts": frame.section.parts}
+        if frame.part is not None:
+            header["part"] = frame.part
     if frame.retry:
         header["retry"] = True
     if frame.dropped:
@@ -208,6 +225,7 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
     if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
         raise WireError("header field 'sent_at': expected a number")
     model, devices, splits, plan_codecs = _plan(h, kind)
+    section, part = _section(h, splits)
     retry, dropped = h.get("retry", False), h.get("dropped", False)
     if not isinstance(retry, bool) or not isinstance(dropped, bool):
         raise WireError(f"header fields 'retry' and 'dropped': expected true or false, found "
@@ -224,7 +242,29 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
                  shape=tuple(shape), codec=codec, params=tuple(float(p) for p in params),
                  sent_at=float(sent_at), error=_str(h, "error"), retry=retry, dropped=dropped,
                  trace=tuple((t[0], float(t[1]), float(t[2]), t[3]) for t in trace),
-                 payload=payload, model=model, devices=devices, splits=splits, codecs=plan_codecs)
+                 payload=payload, model=model, devices=devices, splits=splits, codecs=plan_codecs,
+                 section=section, part=part)
+
+
+def _section(h: dict[str, Any], splits: tuple[int, ...]) -> tuple[Section | None, int | None]:
+    """The plan's parallel section and the frame's piece of it (structure only; nodes fit it to the model)."""
+    sec, part = h.get("section"), h.get("part")
+    if sec is None:
+        if part is not None:
+            raise WireError("header field 'part' needs a plan with a section")
+        return None, None
+    if not splits:
+        raise WireError("header field 'section' needs a plan (model, devices, splits)")
+    stop, share, parts = (sec.get(k) if isinstance(sec, dict) else None for k in ("stop", "share", "parts"))
+    if (not isinstance(sec, dict) or set(sec) != {"stop", "share", "parts"}
+            or isinstance(stop, bool) or not isinstance(stop, int) or not splits[0] < stop <= 100_000
+            or isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1
+            or isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_PARTS):
+        raise WireError(f"header field 'section': expected {{stop > s1, share in (0, 1), parts in "
+                        f"1..{MAX_PARTS}}}, found {sec!r}"[:200])
+    if part is not None and (isinstance(part, bool) or not isinstance(part, int) or not 0 <= part <= parts):
+        raise WireError(f"header field 'part': expected an integer in 0..{parts}, found {part!r}"[:160])
+    return Section(stop, float(share), parts), part
 
 
 def _plan(h: dict[str, Any], kind: str) -> tuple[str, tuple[str, ...], tuple[int, ...], tuple[str, ...]]:

@@ -28,7 +28,9 @@ from adaptive.protocol.rules import RuleMessage, RulePlan, rule_topic
 
 
 def schema(name):
-    return json.loads(resources.files("adaptive.protocol").joinpath("schemas", f"{name}.v1.json").read_text())
+    """The JSON Schema of a record kind (``sectioned plan`` is a plan)."""
+    file = f"{name.split()[-1]}.v1.json"
+    return json.loads(resources.files("adaptive.protocol").joinpath("schemas", file).read_text())
 
 
 TELEMETRY = Telemetry(node="pi-1", ts=1.7e9, seq=3, cpu_percent=12.5, per_core=(10.0, 15.0), load1=0.4,
@@ -39,6 +41,8 @@ RECORDS = {
     "telemetry": TELEMETRY,
     "status": Status("pi-1", "online", 1.7e9, "raspberry-pi-4", "cpu", 4000.0, "tcp://pi:5555", "pi:7300"),
     "plan": PlanMessage(7, "resnet18", ("pi-1", "jetson"), (4,), 1.7e9, "greedy", 42.0, ("int8",), 14),
+    "sectioned plan": PlanMessage(7, "resnet18", ("pi-1", "jetson"), (4,), 1.7e9, "greedy", 42.0, (), 14,
+                                  section=(8, 0.375, 2)),
     "ack": Ack("jetson", 7, False, 1.7e9, "unknown node"),
     "rule": RuleMessage(9, "pi-1", "resnet18", ("pi-1", "jetson"), 14, 1.7e9, "greedy", (2.5, 20.0),
                         (RulePlan((14,), (), 80.0, 12.5), RulePlan((4,), ("int8",), 55.0), RulePlan((0,)))),
@@ -81,6 +85,9 @@ def test_topics():
         ("plan", lambda d: d.update(splits=[1, 2]), "expected 1 integers"),
         ("plan", lambda d: d.update(devices=["a", "a"]), "distinct"),
         ("plan", lambda d: d.update(version=0), "version"),
+        ("plan", lambda d: d.update(section={"stop": 8, "share": 1.5, "parts": 1}), "'section'"),
+        ("plan", lambda d: d.update(section={"stop": 8, "share": 0.5, "parts": 5}), "'section'"),
+        ("plan", lambda d: d.update(section={"stop": 8, "share": 0.5}), "'section'"),
         ("ack", lambda d: d.update(ok="yes"), "true or false"),
     ],
 )

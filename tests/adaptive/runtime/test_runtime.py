@@ -350,3 +350,99 @@ def test_a_trace_start_to_come_holds_the_traces_first_rate_until_then():
         control.close()
         node.close()
         broker.close()
+
+
+def test_parallel_sections_mixed_with_layer_plans_lose_nothing_and_compute_the_model(cluster):
+    """Requests with a parallel section (Intra-DP's parts, streamed and joined) between layer plans."""
+    from adaptive.model.plans import SHARES, Section
+    from adaptive.runtime.sections import SectionError, section_rows
+
+    x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+    with torch.inference_mode():
+        expected = build_model(MODEL)(torch.from_numpy(x)).numpy()
+    part = cluster["nodes"][0].part
+    L = part.num_blocks
+    rng = np.random.default_rng(7)
+    sectioned = []
+    while len(sectioned) < 40:
+        s1 = int(rng.integers(0, 8))
+        splits = (s1, int(rng.integers(s1, L + 1))) if rng.random() < 0.7 else (s1, s1)
+        section = Section(int(rng.integers(s1 + 1, 11)), float(rng.choice(SHARES)), int(rng.integers(1, 4)))
+        try:
+            section_rows(part, splits, section)
+        except SectionError:
+            continue
+        sectioned.append((splits, section))
+    publish(cluster, (L, L))
+    wrong, sent = [], {}
+
+    def check(frame):
+        if not np.allclose(frame.tensor(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()):
+            wrong.append(frame.request_id)
+
+    with InferenceClient("lop", cluster["url"], CLUSTER, SHAPE, timeout_s=15, on_result=check) as client:
+        for i in range(120):  # the plan changes every request: a section, or a layer plan, in turn
+            if i % 3 == 2:
+                splits, section = (int(rng.integers(0, L + 1)),) * 2, None
+            else:
+                splits, section = sectioned[i % len(sectioned)]
+            plan = PlanMessage(1, MODEL, NODES, splits, time.time(), "test", None, (), L,
+                               section=(section.stop, section.share, section.parts) if section else None)
+            sent[client.send(x, plan=plan)] = plan_label(splits, (), section)
+            while client.outstanding() >= 4:
+                time.sleep(0.002)
+        assert wait(lambda: client.outstanding() == 0, 30)
+        records = list(client.records)
+    assert len(records) == 120 and all(r.outcome == "ok" for r in records), \
+        [r.error for r in records if r.outcome != "ok"][:3]
+    assert not wrong, f"{len(wrong)} results differ from the whole model"
+    assert all(r.plan == sent[r.id] for r in records)
+    assert sum("@" in r.plan for r in records) == 80
+
+
+def test_a_section_or_piece_that_does_not_fit_gets_an_error_and_the_node_serves_on(cluster):
+    from adaptive.model.plans import Section
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    reply_to = f"tcp://127.0.0.1:{port}"
+    pi, jetson = cluster["nodes"][0], cluster["nodes"][1]
+    pushes = {}
+    for node in (pi, jetson):
+        pushes[node.config.node] = ctx.socket(zmq.PUSH)
+        pushes[node.config.node].connect(node.endpoint)
+    base = Frame(kind="work", request_id="sec-1", client="tester", reply_to=reply_to, version=1,
+                 hop=0, position=0, shape=SHAPE, model=MODEL, devices=NODES, splits=(2, 11))
+    zeros = np.zeros(SHAPE, np.float32)
+    cases = [  # (node, frame): a section past the stage, a band that would be empty, bad pieces
+        ("pi", tensor_frame(base, zeros, section=Section(11, 0.5))),
+        ("pi", tensor_frame(base, zeros, request_id="sec-2", section=Section(9, 0.125, 3))),
+        ("jetson", tensor_frame(base, np.zeros((1, 16, 3, 32), np.float32), request_id="sec-3", hop=1,
+                                position=2, section=Section(5, 0.5), part=0)),
+        ("jetson", tensor_frame(base, zeros, request_id="sec-4", hop=1, position=7, section=Section(5, 0.5),
+                                part=0)),
+    ]
+    for node, frame in cases:
+        pushes[node].send_multipart(encode_frame(frame))
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    errors = {}
+    deadline = time.monotonic() + 10
+    while len(errors) < len(cases) and time.monotonic() < deadline:
+        if poller.poll(100):
+            f = decode_frame(pull.recv_multipart())
+            errors[f.request_id] = f.error
+    assert "section [2, 11) must end after block 2 and before the next stage's end" in errors["sec-1"]
+    assert "a part would be empty" in errors["sec-2"]
+    assert "chunk 0 has shape [1, 16, 3, 32]" in errors["sec-3"]
+    assert "piece 0 at position 7, expected 2" in errors["sec-4"]
+    good = tensor_frame(base, zeros, request_id="sec-5", section=Section(5, 0.5, 2))
+    pushes["pi"].send_multipart(encode_frame(good))  # both nodes still serve sections
+    assert poller.poll(10_000)
+    result = decode_frame(pull.recv_multipart())
+    assert result.kind == "result" and result.shape == (1, 10) and result.request_id == "sec-5"
+    for s in pushes.values():
+        s.close(0)
+    pull.close(0)
+    ctx.term()

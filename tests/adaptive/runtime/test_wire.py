@@ -66,10 +66,30 @@ def parts(**header):
     (parts(codecs=["zip"]), "'codecs'"),
     (parts(model=7), "'model'"),
     (parts(hop=2), "'hop'"),
+    (parts(part=0), "'part' needs a plan with a section"),
+    (parts(section={"stop": 3, "share": 0.5, "parts": 1}), "'section'"),  # stop must be past s1
+    (parts(section={"stop": 5, "share": 1.0, "parts": 1}), "'section'"),
+    (parts(section={"stop": 5, "share": 0.5, "parts": 5}), "'section'"),
+    (parts(section={"stop": 5, "share": 0.5}), "'section'"),
+    (parts(section={"stop": 5, "share": 0.5, "parts": 1, "x": 1}), "'section'"),
+    (parts(section=[5, 0.5, 1]), "'section'"),
+    (parts(section={"stop": 5, "share": 0.5, "parts": 2}, part=3), "'part'"),
+    (parts(section={"stop": 5, "share": 0.5, "parts": 2}, part=True), "'part'"),
+    (parts(devices=DROP, section={"stop": 5, "share": 0.5, "parts": 1}), "'section' needs a plan"),
 ])
 def test_bad_frames(frame, message):
     with pytest.raises(WireError, match=message):
         decode_frame(frame)
+
+
+def test_a_section_and_its_piece_round_trip():
+    from adaptive.model.plans import Section
+
+    frame = tensor_frame(BASE, np.zeros((1, 2, 3, 4), np.float32), section=Section(9, 0.375, 2), part=2)
+    back = decode_frame(encode_frame(frame))
+    assert back.section == Section(9, 0.375, 2) and back.part == 2
+    plain = decode_frame(encode_frame(tensor_frame(BASE, np.zeros((1, 2), np.float32))))
+    assert plain.section is None and plain.part is None
 
 
 def test_oversized_payload_is_refused_before_decoding():
