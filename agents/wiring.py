@@ -50,7 +50,7 @@ def build_policy(spec: str, config: Any, trust_zip: bool = False) -> tuple[Any, 
 
     split_model = SplitModel(resolve_model(config.model_profile),
                              [resolve_device(c.device) for c in config.chain])
-    candidates = candidate_plans(split_model, max_plans=config.max_plans)
+    candidates = candidate_plans(split_model, max_plans=config.max_plans, parallel=config.parallel)
     M = split_model.num_devices - 1
     nominal = split_model.evaluate(PlanArray.from_splits([[split_model.num_blocks] * M]), Conditions(1.0))
     obs_spec = ObservationSpec(split_model.num_devices, len(candidates), float(nominal.latency_ms[0]),

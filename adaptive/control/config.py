@@ -43,6 +43,8 @@ class ControllerConfig:
         calibrate: Refit per-device scale factors from measured stage times.
         calibration_weight: Weight of each new measurement in the scale's moving average, (0, 1].
         max_plans: Candidate plans when no trained policy fixes them.
+        parallel: Candidate plans (when no trained policy fixes them) may carry a parallel section
+            (Intra-DP's local operation parallelism; docs/model.md, "Parallel sections").
         history: Bandwidth samples per link in the observation (a trained policy's sidecar wins).
         source_rule: The decision rule published for the source node (the chain's first), which
             applies it to every request with its own fresh uplink estimate: ``table`` (the best
@@ -71,6 +73,7 @@ class ControllerConfig:
     calibrate: bool = True
     calibration_weight: float = 0.3
     max_plans: int = 32
+    parallel: bool = False
     history: int = 4
     source_rule: str = "auto"
     rate_headroom: float = 1.2

@@ -85,10 +85,8 @@ class Controller:
         self.devices: list[DeviceProfile] = [resolve_device(c.device) for c in config.chain]
         base = SplitModel(self.profile, self.devices)  # the profiles as shipped
         self.model = base
-        self.candidates = candidates or candidate_plans(self.model, max_plans=config.max_plans)
-        if self.candidates.plans.has_sections:
-            raise AdaptiveError("the policy's plans carry parallel sections, which nodes do not run live "
-                                "yet: train it with 'parallel: false' (docs/model.md, Parallel sections)")
+        self.candidates = candidates or candidate_plans(self.model, max_plans=config.max_plans,
+                                                        parallel=config.parallel)
         self.obs_spec = obs_spec or _nominal_spec(self.model, self.candidates, config.history)
         if self.obs_spec.num_devices != len(self.devices) or self.obs_spec.num_plans != len(self.candidates):
             raise AdaptiveError(f"policy expects {self.obs_spec.num_devices} devices and "
@@ -299,7 +297,8 @@ class Controller:
                           devices=tuple(c.node for c in self.config.chain), splits=plan.splits,
                           issued_at=round(now, 3), policy=self.policy_name,
                           predicted_ms=round(predicted, 3) if np.isfinite(predicted) else None,
-                          codecs=plan.codecs, num_blocks=self.model.num_blocks)
+                          codecs=plan.codecs, num_blocks=self.model.num_blocks,
+                          section=plan.section.wire if plan.section else None)
         expected = frozenset(c.node for c in self.config.chain if c.node not in dead)
         decision = Decision(version, action, now, predicted, expected=expected)
         with self._lock:
@@ -330,7 +329,8 @@ class Controller:
         for a, ms, rps in zip(table.actions, table.predicted_ms, table.throughput_rps, strict=True):
             plan = self.candidates.plan(a)
             rows.append(RulePlan(plan.splits, plan.codecs, round(ms, 3) if np.isfinite(ms) else None,
-                                 round(rps, 3) if np.isfinite(rps) else None))
+                                 round(rps, 3) if np.isfinite(rps) else None,
+                                 section=plan.section.wire if plan.section else None))
         rule = self._rule(now, "table", tuple(round(e, 4) for e in table.edges_mbps), tuple(rows))
         self._table = table
         rule = self.channel.publish_rule(rule)
@@ -355,7 +355,8 @@ class Controller:
         slow = np.concatenate([obs[: 2 * D], obs[2 * D + H : 2 * D + (D - 1) * H + 1]])
         if self._basis is not None and _basis_holds(self._basis, (ok, latency, slow), margin, slack):
             return None
-        rows = tuple(RulePlan(p.splits, p.codecs) for p in (self.candidates.plan(a) for a in range(P)))
+        rows = tuple(RulePlan(p.splits, p.codecs, section=p.section.wire if p.section else None)
+                     for p in (self.candidates.plan(a) for a in range(P)))
         step_s = getattr(self.policy, "step_s", None) or self.config.interval_s
         actor = actor_rule(latency, ok, spec, obs, step_s, self.policy.to_json())
         rule = self._rule(now, self.policy_name, (), rows, kind="policy", actor=actor)

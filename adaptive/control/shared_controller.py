@@ -351,7 +351,8 @@ class SharedController:
             rows.append(RulePlan(plan.splits, plan.codecs, round(ms, 3) if known else None,
                                  at_mbps=round(float(grid[g]), 4) if known else None,
                                  edge_ms=round(float(edge_ms[g, k]), 3),
-                                 uplink_bits=round(float(bits[g, k]), 1)))
+                                 uplink_bits=round(float(bits[g, k]), 1),
+                                 section=plan.section.wire if plan.section else None))
         devices = (node, *(c.node for c in self.config.chain[1:]))
         rule = RuleMessage(self.channel.next_version(), node, self.profile.model, devices, self.num_blocks,
                            round(now, 3), self.policy_name, edges, tuple(rows),

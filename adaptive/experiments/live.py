@@ -117,8 +117,8 @@ def check_live(scenario: Scenario, shaping: str = "app") -> None:
                 "background load (use --mode sim, or give the scenario a live: block without loads)"
             )
     if scenario.parallel:
-        raise AdaptiveError(f"{scenario.source}: plans.parallel: nodes do not run parallel sections live yet "
-                            "(use --mode sim)")
+        raise AdaptiveError(f"{scenario.source}: plans.parallel: live experiments do not run parallel "
+                            "sections yet (use --mode sim)")
     for spec in scenario.policies:
         if spec.partition(":")[0] not in (*LIVE_POLICIES, "plan"):
             raise AdaptiveError(

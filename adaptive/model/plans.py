@@ -69,6 +69,11 @@ class Section:
     share: float
     parts: int = 1
 
+    @property
+    def wire(self) -> tuple[int, float, int]:
+        """``(stop, share, parts)``: the section as plan and rule messages carry it."""
+        return self.stop, self.share, self.parts
+
     def __post_init__(self) -> None:
         if not 0.0 < self.share < 1.0:
             raise PlanError(f"a section's accelerator share must be in (0, 1), found {self.share}")

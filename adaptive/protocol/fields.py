@@ -11,9 +11,9 @@ import math
 import re
 from typing import Any
 
-__all__ = ["MAX_EPOCH", "MAX_PAYLOAD_BYTES", "MAX_RULE_BYTES", "MAX_VERSION", "VERSION", "SchemaError",
-           "check_id", "check_version", "devices_field",
-           "dump_payload", "epoch_field", "integer", "json_object", "load_payload", "number", "string"]
+__all__ = ["MAX_EPOCH", "MAX_PAYLOAD_BYTES", "MAX_RULE_BYTES", "MAX_SECTION_PARTS", "MAX_VERSION", "VERSION",
+           "SchemaError", "check_id", "check_version", "devices_field", "dump_payload", "epoch_field",
+           "integer", "json_object", "load_payload", "number", "section_field", "string"]
 
 VERSION = 1
 MAX_VERSION = 2**31 - 1  # a plan or rule counter, within one controller epoch
@@ -116,3 +116,18 @@ def load_payload(payload: bytes | str, where: str, limit: int = MAX_PAYLOAD_BYTE
 def dump_payload(obj: dict[str, Any]) -> bytes:
     """Compact JSON bytes; refuses NaN and infinities."""
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def section_field(obj: dict[str, Any], w: str, splits: list[int]) -> tuple[int, float, int] | None:
+    """A plan's optional parallel section (structure; the nodes fit it to the model)."""
+    sec = obj.get("section")
+    if sec is None:
+        return None
+    stop, share, parts = (sec.get(k) if isinstance(sec, dict) else None for k in ("stop", "share", "parts"))
+    if (not isinstance(sec, dict) or set(sec) != {"stop", "share", "parts"} or not splits
+            or isinstance(stop, bool) or not isinstance(stop, int) or stop <= splits[0]
+            or isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1
+            or isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_SECTION_PARTS):
+        raise SchemaError(f"{w}: field 'section': expected {{stop > s1, share in (0, 1), parts in "
+                          f"1..{MAX_SECTION_PARTS}}}, found {sec!r}"[:200])
+    return stop, float(share), parts

@@ -30,7 +30,6 @@ from adaptive.protocol.fields import (
     MAX_EPOCH,
     MAX_PAYLOAD_BYTES,
     MAX_RULE_BYTES,
-    MAX_SECTION_PARTS,
     MAX_VERSION,
     VERSION,
     SchemaError,
@@ -43,6 +42,7 @@ from adaptive.protocol.fields import (
     json_object,
     load_payload,
     number,
+    section_field,
     string,
 )
 
@@ -399,22 +399,7 @@ class PlanMessage:
                    policy=string(obj, "policy", w) or "",
                    predicted_ms=number(obj, "predicted_ms", w, lo=0, optional=True, allow_null=True),
                    codecs=tuple(codecs), num_blocks=num_blocks, epoch=epoch_field(obj, w),
-                   section=_section_field(obj, w, splits))
-
-
-def _section_field(obj: dict[str, Any], w: str, splits: list[int]) -> tuple[int, float, int] | None:
-    """A plan's optional parallel section (structure; the nodes fit it to the model)."""
-    sec = obj.get("section")
-    if sec is None:
-        return None
-    stop, share, parts = (sec.get(k) if isinstance(sec, dict) else None for k in ("stop", "share", "parts"))
-    if (not isinstance(sec, dict) or set(sec) != {"stop", "share", "parts"} or not splits
-            or isinstance(stop, bool) or not isinstance(stop, int) or stop <= splits[0]
-            or isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1
-            or isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_SECTION_PARTS):
-        raise SchemaError(f"{w}: field 'section': expected {{stop > s1, share in (0, 1), parts in "
-                          f"1..{MAX_SECTION_PARTS}}}, found {sec!r}"[:200])
-    return stop, float(share), parts
+                   section=section_field(obj, w, splits))
 
 
 @dataclass(frozen=True)

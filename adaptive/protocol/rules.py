@@ -37,6 +37,7 @@ from adaptive.protocol.fields import (
     integer,
     load_payload,
     number,
+    section_field,
     string,
 )
 from adaptive.protocol.messages import PlanMessage
@@ -67,6 +68,8 @@ class RulePlan:
         at_mbps: The representative bandwidth ``predicted_ms`` is for, Mbit/s (None if unknown).
         edge_ms: Of ``predicted_ms``, the source's own compute, ms (None if unknown).
         uplink_bits: What the plan sends over the source's uplink per request, bits (None if unknown).
+        section: The plan's parallel section ``(stop, share, parts)``, or None
+            (:attr:`adaptive.protocol.messages.PlanMessage.section`).
     """
 
     splits: tuple[int, ...]
@@ -76,6 +79,7 @@ class RulePlan:
     at_mbps: float | None = None
     edge_ms: float | None = None
     uplink_bits: float | None = None
+    section: tuple[int, float, int] | None = None
 
     def latency_at(self, bandwidth_mbps: float) -> float | None:
         """The predicted latency with the uplink at ``bandwidth_mbps`` (the transfer rescaled), ms."""
@@ -218,7 +222,8 @@ class RuleMessage:
         row = self.plans[k]
         return PlanMessage(version=self.version, model=self.model, devices=self.devices, splits=row.splits,
                            issued_at=self.issued_at, policy=self.policy, predicted_ms=row.predicted_ms,
-                           codecs=row.codecs, num_blocks=self.num_blocks, epoch=self.epoch)
+                           codecs=row.codecs, num_blocks=self.num_blocks, epoch=self.epoch,
+                           section=row.section)
 
     def encode(self) -> bytes:
         """Compact JSON bytes."""
@@ -232,6 +237,8 @@ class RuleMessage:
             for key in ("throughput_rps", "at_mbps", "edge_ms", "uplink_bits"):
                 if getattr(p, key) is not None:
                     row[key] = getattr(p, key)
+            if p.section is not None:
+                row["section"] = dict(zip(("stop", "share", "parts"), p.section, strict=True))
             rows.append(row)
         doc = {"v": VERSION, "version": self.version, "kind": self.kind, "source": self.source,
                "model": self.model, "devices": list(self.devices), "num_blocks": self.num_blocks,
@@ -299,4 +306,5 @@ def _row(row: Any, i: int, m: int, num_blocks: int) -> RulePlan:
         raise SchemaError(f"{w}: field 'codecs': expected {m} of none/fp16/int8")
     return RulePlan(tuple(splits), tuple(codecs),
                     *(number(row, key, w, lo=0, optional=True, allow_null=True)
-                      for key in ("predicted_ms", "throughput_rps", "at_mbps", "edge_ms", "uplink_bits")))
+                      for key in ("predicted_ms", "throughput_rps", "at_mbps", "edge_ms", "uplink_bits")),
+                    section=section_field(row, w, splits))

@@ -45,6 +45,7 @@ import numpy as np
 from adaptive.errors import AdaptiveError
 from adaptive.model.mlp import MlpPolicyNet
 from adaptive.model.observation import ObservationSpec
+from adaptive.model.plans import Section
 from adaptive.protocol.messages import PlanMessage
 from adaptive.protocol.rules import RuleMessage, RulePlan
 from adaptive.runtime.wire import Frame
@@ -162,8 +163,9 @@ class SourceDecider:
         if late:
             self.dropped += 1
             return Decided(None, late, dropped=True)
+        section = Section(*plan.section) if plan.section else None
         return Decided(replace(frame, version=plan.version, model=plan.model, devices=plan.devices,
-                               splits=plan.splits, codecs=plan.codecs), "")
+                               splits=plan.splits, codecs=plan.codecs, section=section), "")
 
     def _admit(self, rule: RuleMessage, row: RulePlan, estimate: float | None) -> str:
         """"" to admit a request on ``row`` (and count its work ahead of later ones), else why not."""

@@ -76,10 +76,10 @@ def test_the_live_block_replaces_top_level_keys_and_is_checked_at_load():
     # the pi1 step at 6 s is past a live duration of 5 s: the variant is refused when it is loaded
     with pytest.raises(AdaptiveError, match=r"t \(live\)\.clients\[0\]\.uplink\.steps\[1\]"):
         Scenario.from_dict(doc(live={"duration_s": 5}), "t")
-    for name in shipped_scenarios():  # every shipped one can run live, but parallel sections (not yet)
+    for name in shipped_scenarios():  # every shipped one can run live, but with parallel sections (not yet)
         scenario = Scenario.load(name).for_live()
         if scenario.parallel:
-            with pytest.raises(AdaptiveError, match="nodes do not run parallel sections live yet"):
+            with pytest.raises(AdaptiveError, match="live experiments do not run parallel sections yet"):
                 check_live(scenario)
         else:
             check_live(scenario)

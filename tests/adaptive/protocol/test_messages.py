@@ -45,7 +45,8 @@ RECORDS = {
                                   section=(8, 0.375, 2)),
     "ack": Ack("jetson", 7, False, 1.7e9, "unknown node"),
     "rule": RuleMessage(9, "pi-1", "resnet18", ("pi-1", "jetson"), 14, 1.7e9, "greedy", (2.5, 20.0),
-                        (RulePlan((14,), (), 80.0, 12.5), RulePlan((4,), ("int8",), 55.0), RulePlan((0,)))),
+                        (RulePlan((14,), (), 80.0, 12.5), RulePlan((4,), ("int8",), 55.0),
+                         RulePlan((0,), section=(5, 0.5, 2)))),
     "stats": StatsMessage("pi-1", 1.7e9, (StageTiming(7, 0, 4, 1, 12, 31.5),),
                           (TransferTiming("jetson", 12, 150528, 41.2),)),
 }

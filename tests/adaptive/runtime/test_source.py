@@ -136,3 +136,76 @@ def test_a_slow_request_is_answered_when_its_resend_is_dropped_at_admission():
     assert nodes[0].source.dropped >= 1  # a resend was dropped at admission ...
     [rec] = records  # ... and the request still ended once, with the first attempt's answer
     assert rec.outcome == "ok" and rec.retries >= 1 and 550 < rec.latency_ms < 2000, rec
+
+
+def test_the_controllers_rule_names_parallel_sections_and_the_nodes_run_them():
+    """``parallel: true``: the table rule names sectioned plans; the source stamps them per request;
+    the emulated nodes run them (parts padded to the profile) and every result is the whole model's."""
+    import numpy as np
+    import torch
+
+    from adaptive.nn.zoo import build_model
+
+    model = "mobilenet_v2"
+    profile = resolve_model(model)
+
+    def node(name, device, **kw):
+        from adaptive.runtime.node import emulated_latency, emulated_parts
+
+        corr = profile.correction_for(device)
+        return NodeConfig(node=name, model=model, cluster="lop", device=device,
+                          emulate=emulated_latency(profile, device),
+                          emulate_correction=(corr.c0_ms, corr.c1_ms),
+                          emulate_parts=emulated_parts(profile, resolve_device(device)), **kw)
+
+    broker = EmbeddedBroker(port=0).start()
+    url = parse_broker_url(broker.url)
+    nodes = [NodeRuntime(node(n, d, uplink_mbps=10.0 if n == "pi" else 1000.0), url).start()
+             for n, d in CHAIN]
+    ports = [free_port() for _ in nodes]
+    agents = [attach_monitor(n, {CHAIN[i + 1][0]: ("127.0.0.1", ports[i + 1])} if i < 2 else {},
+                             probe_port=ports[i], probe_interval_s=0.5, interval_s=0.5)
+              for i, n in enumerate(nodes)]
+    config = ControllerConfig.from_dict({"model_profile": model, "cluster": "lop", "interval_s": 0.5,
+                                         "source_rule": "table", "parallel": True, "calibrate": False,
+                                         "chain": [{"node": n, "device": d} for n, d in CHAIN]})
+    policy, candidates, spec, name, on_model = build_policy("greedy", config)
+    assert candidates.plans.has_sections
+    ctl = Controller(config, url, policy, candidates=candidates, obs_spec=spec, policy_name=name,
+                     on_model=on_model)
+    x = np.random.default_rng(4).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with torch.inference_mode():
+        expected = build_model(model)(torch.from_numpy(x)).numpy()
+    wrong = []
+
+    def check(frame):
+        if not np.allclose(frame.tensor(), expected, rtol=0.05, atol=0.05 * np.abs(expected).max()):
+            wrong.append(frame.request_id)
+
+    try:
+        time.sleep(1.5)
+        ctl.start()
+        deadline = time.monotonic() + 20
+        while nodes[0].source.rule is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rule = nodes[0].source.rule
+        assert rule is not None and any(row.section for row in rule.plans), "no sectioned plan in the rule"
+        with InferenceClient("lop", url, "lop", (1, 3, 224, 224), timeout_s=20, on_result=check) as client:
+            for _ in range(12):
+                client.send(x)
+                time.sleep(0.25)
+            deadline = time.monotonic() + 30
+            while client.outstanding() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            records = list(client.records)
+    finally:
+        ctl.close()
+        for a in agents:
+            a.close()
+        for n in nodes:
+            n.close()
+        broker.close()
+    assert len(records) == 12 and all(r.outcome == "ok" for r in records), [r.error for r in records][:3]
+    assert not wrong, f"{len(wrong)} results differ from the whole model"
+    assert sum("@" in r.plan for r in records) >= 9, [r.plan for r in records]  # at 10 Mbit/s: sections
+    print("\n" + ", ".join(f"{r.plan} {r.latency_ms:.0f} ms" for r in records[-4:]))
