@@ -366,12 +366,14 @@ def add_sections(model: Any, plans: Any, lop: np.ndarray, cb: Any, exec_ms: np.n
     """
     overlap = np.zeros((len(cb.clients), lop.size))
     first = np.array([first_stage(plans.splits[p], model.num_blocks) for p in lop])
-    for j in np.unique(first):
-        sel = np.flatnonzero(first == j)
-        rows = lop[sel]
+    parts = plans.parts[lop]
+    for j, c in sorted({(int(a), int(b)) for a, b in zip(first, parts, strict=True)}):
+        sel = np.flatnonzero((first == j) & (parts == c))  # one pass per device and band count:
+        rows = lop[sel]  # no empty bands computed
         cfg = model.section_costs.gather(plans.splits[rows, 0], plans.stop[rows], plans.share[rows],
                                          plans.parts[rows])
-        t = section_schedule(model, cb, int(j), plans.codecs[rows, j - 1], cfg)
+        cfg = SectionConfig(cfg.edge_ms, cfg.part_ms[:, :, :c], cfg.chunk_bytes[:, :c], cfg.join_bytes)
+        t = section_schedule(model, cb, j, plans.codecs[rows, j - 1], cfg)
         exec_ms[0][:, rows] += t.edge_exec
         proc[0][:, rows] += t.edge_proc
         exec_ms[j][:, rows] += t.acc_exec
