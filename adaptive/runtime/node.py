@@ -255,6 +255,7 @@ class NodeRuntime:
                 del x
         self.section_path = SectionPath(self.part, cfg.node, self._send_to, self._reply, self._emit,
                                         self.compute.pad, self._count, self.compute.pad_part)
+        self.control.check_section = self.section_path.check
         self._context = zmq.Context()
         try:
             self._pull, port = bind_data_socket(self._context, cfg, self.curve)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from adaptive.errors import AdaptiveError
@@ -82,6 +83,8 @@ class NodeControlPlane:
         self.rejected = 0  # messages refused
         self.endpoint = ""
         self.num_blocks = 0
+        # why a plan's parallel section does not fit this node's model ("" if it does); set by the node
+        self.check_section: Callable[[tuple[int, ...], tuple[int, float, int]], str] = lambda splits, sec: ""
         self.transport: MqttTransport | None = None
         self._lock = threading.Lock()
         self._gates: dict[str, VersionGate] = {}  # per plan or rule topic: what is in force
@@ -214,6 +217,8 @@ class NodeControlPlane:
         cfg = self.config
         online = set(self.presence.endpoints()) | {cfg.node}
         error = check_plan(plan, cfg.model, self.num_blocks, self.presence.seen() | online, online)
+        if not error and plan.section is not None:
+            error = self.check_section(plan.splits, plan.section)
         if not error:
             with self._lock:
                 self.plan = plan
@@ -225,6 +230,10 @@ class NodeControlPlane:
         """Adopt a decision rule for requests entering here, or say why not (the last good one stays)."""
         cfg = self.config
         error = check_rule(rule, cfg.node, cfg.model, self.num_blocks)
+        for k, row in enumerate(rule.plans):
+            why = self.check_section(row.splits, row.section) if not error and row.section else ""
+            if why:
+                error = f"plans[{k}]: {why}"
         runner = None
         if not error and rule.kind == "policy":
             try:

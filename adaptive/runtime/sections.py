@@ -292,6 +292,14 @@ class SectionPath:
             self._rows[key] = section_rows(self.part, splits, section)
         return self._rows[key]
 
+    def check(self, splits: tuple[int, ...], section: tuple[int, float, int]) -> str:
+        """Why a published section ``(stop, share, parts)`` does not fit this model ("" if it does)."""
+        try:
+            self.rows(tuple(splits), Section(*section))
+        except (SectionError, ValueError, IndexError) as exc:
+            return f"section: {exc}"
+        return ""
+
     def take(self, f: Any, queued_s: float) -> None:
         """A frame of a parallel section: the source's whole request, or one piece at node ``j``.
 

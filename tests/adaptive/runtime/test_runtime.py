@@ -176,6 +176,14 @@ def test_nodes_reject_bad_plans_on_their_ack(cluster):
     assert all(not a.ok for a in bad)
     assert any("unknown node 'ghost'" in a.error for a in bad if a.version == v1)
     assert any("out of range 0..11" in a.error for a in bad if a.version == v2)
+    state = cluster  # a plan whose parallel section does not fit the model: refused on every ack
+    state["version"] += 1
+    v3 = state["version"]
+    msg = PlanMessage(v3, MODEL, NODES, (2, 11), time.time(), "test", None, (), 11, section=(11, 0.5, 1))
+    state["control"].publish(Message(plan_topic(CLUSTER), msg.encode(), 1, True))
+    assert wait(lambda: sum(a.version == v3 for a in cluster["acks"]) >= 3)
+    assert all(not a.ok and "section: section [2, 11) must end" in a.error
+               for a in cluster["acks"] if a.version == v3)
     good = publish(cluster, (3, 7))
     assert wait(lambda: sum(a.version == good and a.ok for a in cluster["acks"]) == 3)
 
