@@ -3,9 +3,10 @@
 Side by side, alternating every 4,000 steps, median of --repeats: adaptive/SplitInference-v0 with
 a uniformly random *valid* action from action_masks() every step, including the resets (TimeLimit
 of 800 steps); the same without masks; and CartPole-v1 with random actions (the usual reference).
-Then SubprocVecEnv with 2 workers for the multi-core path.
+Then SubprocVecEnv with 2 workers for the multi-core path. ``--parallel`` adds the same env with
+parallel-section candidates (``parallel: true``), masked, to the alternation.
 
-Usage: python benchmarks/bench_env.py [--steps 100000] [--repeats 5] [--json]
+Usage: python benchmarks/bench_env.py [--steps 100000] [--repeats 5] [--parallel] [--json]
 """
 
 from __future__ import annotations
@@ -61,17 +62,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parallel", action="store_true", help="also the env with parallel sections")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     split = gym.make("adaptive/SplitInference-v0")
     cartpole = gym.make("CartPole-v1")
     runs = {"split, masked": (split, True), "split, unmasked": (split, False),
             "CartPole-v1": (cartpole, False)}
+    if args.parallel:
+        runs["split with sections, masked"] = (gym.make("adaptive/SplitInference-v0", parallel=True), True)
     for env, _ in runs.values():
         env.reset(seed=0)
     chunk = 4_000  # the three alternate every few thousand steps, so machine noise hits all alike
     rows: dict[str, list[float]] = {k: [] for k in runs}
-    ratios = []
+    ratios, lop_ratios = [], []
     for r in range(args.repeats):
         spent = dict.fromkeys(runs, 0.0)
         for c in range(max(args.steps // chunk, 1)):
@@ -81,11 +85,14 @@ def main() -> None:
         for name in runs:
             rows[name].append(done / spent[name])
         ratios.append(spent["CartPole-v1"] / spent["split, masked"])
+        if args.parallel:
+            lop_ratios.append(spent["CartPole-v1"] / spent["split with sections, masked"])
     out = {k: statistics.median(v) for k, v in rows.items()}
     ratio = statistics.median(ratios)
     out["split, SubprocVecEnv x2 (masks via env_method)"] = vec_rate(args.steps // 5)
     if args.json:
-        print(json.dumps({**out, "masked_vs_cartpole": ratio}, indent=1))
+        extra = {"sections_masked_vs_cartpole": statistics.median(lop_ratios)} if lop_ratios else {}
+        print(json.dumps({**out, "masked_vs_cartpole": ratio, **extra}, indent=1))
         return
     u = split.unwrapped
     print(f"{u.config.model_profile} on {' -> '.join(u.config.devices)}, {u.num_plans} plans, "
@@ -93,6 +100,9 @@ def main() -> None:
     for k, v in out.items():
         print(f"  {k:<48}{v:>12,.0f} steps/s")
     print(f"  split, masked / CartPole-v1, median of the repeats' ratios  {ratio:.2f}x (target >= 0.75x)")
+    if lop_ratios:
+        print(f"  split with sections, masked / CartPole-v1, median           "
+              f"{statistics.median(lop_ratios):.2f}x (target >= 0.75x)")
 
 
 if __name__ == "__main__":
