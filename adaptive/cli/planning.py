@@ -286,8 +286,8 @@ def _run_table(args: argparse.Namespace) -> int:
         raise _error("--bandwidth-grid: expected bandwidths > 0 Mbit/s")
     split_model, cond = _setup(args, bandwidth=False)
     planner, _, kwargs = _planner(args, split_model)
-    results = planner.table(grid, cond, args.objective, **kwargs)
-    layers = planner.layer_table(grid, cond, args.objective, **kwargs) if args.parallel else results
+    layers = planner.layer_table(grid, cond, args.objective, **kwargs)
+    results = planner.table(grid, cond, args.objective, layers=layers, **kwargs)
     rows = []
     for bw, r, lay in zip(grid, results, layers, strict=True):
         bounds = [*r.plan.splits, split_model.num_blocks]
@@ -295,13 +295,13 @@ def _run_table(args: argparse.Namespace) -> int:
                 for s, nxt in itertools.pairwise(bounds)]
         rows.append({"bandwidth_mbps": round(bw, 6), **_plan_dict(planner, r), "split_bytes": sent,
                      **({"best_layer_plan": _plan_dict(planner, lay)} if args.parallel else {})})
-    if args.parallel:
-        return _print_parallel_table(args, split_model, rows)
     if args.json:
         print(json.dumps({"model": split_model.profile.model,
                           "devices": [d.name for d in split_model.devices],
                           "objective": args.objective, "rows": rows}, indent=1))
         return 0
+    if args.parallel:
+        return _print_parallel_table(args, split_model, rows)
     print(f"{split_model.profile.model} on {' -> '.join(d.name for d in split_model.devices)}, "
           f"objective {args.objective}")
     print(f"{'bandwidth_mbps':>15}  {'splits':<16}{'split_KB':<22}{'latency_ms':>11}{'energy_j':>11}")
@@ -314,11 +314,6 @@ def _run_table(args: argparse.Namespace) -> int:
 
 
 def _print_parallel_table(args: argparse.Namespace, split_model: Any, rows: list[dict[str, Any]]) -> int:
-    if args.json:
-        devices = [d.name for d in split_model.devices]
-        print(json.dumps({"model": split_model.profile.model, "devices": devices,
-                          "objective": args.objective, "rows": rows}, indent=1))
-        return 0
     print(f"{split_model.profile.model} on {' -> '.join(d.name for d in split_model.devices)}, "
           f"objective {args.objective}: best layer plan and best plan with parallel sections")
     print(f"{'Mbit/s':>8}  {'layer plan':<20}{'ms':>9}  {'with sections':<26}{'ms':>9}{'gain':>8}")

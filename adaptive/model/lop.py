@@ -27,7 +27,7 @@ from adaptive.model.profiles import DeviceProfile, ModelProfile
 
 __all__ = ["DEFAULT_ROW_EFFICIENCY", "DEFAULT_ROW_OP_MS", "SectionCosts", "SectionTimes", "add_sections",
            "block_heights", "check_sections", "efficiency_curve", "first_stage", "input_band",
-           "parallel_sections", "section_bands", "section_bytes", "section_schedule"]
+           "parallel_sections", "part_ms", "section_bands", "section_bytes", "section_schedule"]
 
 # A band of rho of a block's output rows costs f + (t - f)·h(rho), t the block's time and
 # f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points
@@ -54,6 +54,17 @@ def efficiency_curve(profile: ModelProfile, device: DeviceProfile) -> tuple[np.n
         xs.append(1.0)
         ys.append(1.0)
     return np.array(xs), np.array(ys), float(op_ms)
+
+
+def part_ms(latency_ms: np.ndarray, fixed_ms: np.ndarray, shares: np.ndarray, xs: np.ndarray,
+            ys: np.ndarray) -> np.ndarray:
+    """Each block's time in a part: ``f + (t − f)·h(ρ)``, ms (``h`` through ``(xs, ys)``).
+
+    ``latency_ms`` (``t``), ``fixed_ms`` (``f``, its operators' fixed cost) and ``shares`` (``ρ``,
+    the share of its output rows the part computes) per block. The model and the emulated nodes
+    (:class:`adaptive.runtime.emulation.ComputeEmulation`) both price parts with it.
+    """
+    return fixed_ms + (latency_ms - fixed_ms) * np.interp(shares, xs, ys)
 
 
 def block_heights(profile: ModelProfile) -> list[int]:
@@ -162,9 +173,8 @@ class SectionCosts:
         """``(D, stop − start)`` time of each block's needed rows, blocks ``start..stop-1``."""
         rows = np.array([hi - lo for lo, hi in back[1:]], float)
         rho = rows / np.array(self.heights[start + 1 : stop + 1], float)
-        eff = np.stack([np.interp(rho, xs, ys) for xs, ys, _ in self._curves])
-        fixed = self._fixed[:, start:stop]
-        return fixed + (self._lat[:, start:stop] - fixed) * eff
+        return np.stack([part_ms(self._lat[d, start:stop], self._fixed[d, start:stop], rho, xs, ys)
+                         for d, (xs, ys, _) in enumerate(self._curves)])
 
     @functools.lru_cache(maxsize=65536)  # noqa: B019  (one instance per SplitModel, kept with it)
     def config(self, start: int, stop: int, share: float, parts: int) -> SectionConfig:

@@ -38,7 +38,7 @@ import numpy as np
 from adaptive.errors import AdaptiveError, read_input
 from adaptive.model.latency import ConditionBatch, Conditions, SplitModel
 from adaptive.model.planner import Constraints, Planner
-from adaptive.model.plans import PLAN_SCHEMA, Plan, PlanArray, Section
+from adaptive.model.plans import PLAN_SCHEMA, Plan, PlanArray
 from adaptive.model.section_search import SectionSearch
 
 __all__ = ["CandidatePlans", "ObservationSpec", "ObservedState", "PolicySpec", "candidate_plans"]
@@ -133,7 +133,7 @@ class CandidatePlans:
                                             "section": section}).section if section else None)
         m = len(splits[0]) if splits else 0
         arrays = (np.array(splits, np.int64).reshape(-1, m), np.array(codecs, np.int64).reshape(-1, m))
-        return cls(_plan_array(*arrays, sections), names)
+        return cls(PlanArray.from_rows(*arrays, sections), names)
 
 
 def candidate_plans(model: SplitModel, *,
@@ -168,7 +168,7 @@ def candidate_plans(model: SplitModel, *,
     for label in include:
         key = parse_plan(label, L, D, model.codec_names)
         if key[2] is not None:  # raises if the section does not fit the model
-            model.evaluate(_plan_array(np.array([key[0]]), np.array([key[1]]), [key[2]]),
+            model.evaluate(PlanArray.from_rows(np.array([key[0]]), np.array([key[1]]), [key[2]]),
                            Conditions(bandwidth_mbps=10.0))
         if key not in extremes:
             extremes.append(key)
@@ -191,16 +191,7 @@ def candidate_plans(model: SplitModel, *,
     ordered = ordered[:max(max_plans, len(extremes))]
     splits = np.array([k[0] for k in ordered], np.int64).reshape(-1, M)
     codecs = np.array([k[1] for k in ordered], np.int64).reshape(-1, M)
-    return CandidatePlans(_plan_array(splits, codecs, [k[2] for k in ordered]), model.codec_names)
-
-
-def _plan_array(splits: np.ndarray, codecs: np.ndarray, sections: Sequence[Section | None]) -> PlanArray:
-    """A :class:`PlanArray`, with section arrays only where some plan has a section."""
-    if not any(sections):
-        return PlanArray(splits, codecs)
-    return PlanArray(splits, codecs, np.array([x.stop if x else 0 for x in sections], np.int64),
-                     np.array([x.share if x else 0.0 for x in sections]),
-                     np.array([x.parts if x else 1 for x in sections], np.int64))
+    return CandidatePlans(PlanArray.from_rows(splits, codecs, [k[2] for k in ordered]), model.codec_names)
 
 
 def env_candidate_plans(config: Any) -> CandidatePlans:

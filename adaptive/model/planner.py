@@ -145,12 +145,8 @@ class Planner:
         if len(names) != m:
             raise PlanError(f"expected {m} codec name(s), found {len(names)}")
         codecs = [self.model.codec_index(n) for n in names]
-        splits, codec_arr = np.array([plan.splits], np.int64), np.array([codecs], np.int64)
-        if plan.section is None:
-            return PlanArray(splits, codec_arr)
-        sec = plan.section
-        return PlanArray(splits, codec_arr, np.array([sec.stop]), np.array([sec.share]),
-                         np.array([sec.parts]))
+        return PlanArray.from_rows(np.array([plan.splits], np.int64), np.array([codecs], np.int64),
+                                   [plan.section])
 
     def evaluate(self, plan: Plan, conditions: Conditions) -> Prediction:
         """Prediction for one plan (outputs shaped ``(1, …)``)."""
@@ -395,13 +391,16 @@ class Planner:
         bandwidths_mbps: Sequence[float],
         conditions: Conditions,
         objective: Objective = "latency",
+        layers: list[PlanResult] | None = None,
         **kwargs: object,
     ) -> list[PlanResult]:
         """Best plan for each bandwidth (applied to every link), other conditions fixed.
 
         Intra-DP (seed 001 Sec. 3.2) precomputes such a table so that a live switch is a lookup.
+        ``layers``: :meth:`layer_table` of the same arguments, if the caller has it already.
         """
-        results = self.layer_table(bandwidths_mbps, conditions, objective, **kwargs)
+        results = layers if layers is not None else self.layer_table(bandwidths_mbps, conditions, objective,
+                                                                     **kwargs)
         if not self.parallel:
             return results
         constraints = kwargs.get("constraints", Constraints())

@@ -29,7 +29,7 @@ from math import comb
 import numpy as np
 
 from adaptive.errors import PlanError
-from adaptive.protocol.fields import MAX_SECTION_PARTS
+from adaptive.protocol.fields import MAX_SECTION_PARTS, SchemaError, section_field, section_json
 
 __all__ = [
     "PLAN_SCHEMA",
@@ -106,8 +106,7 @@ class Plan:
         if any(c != "none" for c in self.codecs):
             doc["codecs"] = list(self.codecs)
         if self.section is not None:
-            doc["section"] = {"stop": self.section.stop, "share": self.section.share,
-                              "parts": self.section.parts}
+            doc["section"] = section_json(self.section.wire)
         return doc
 
     @classmethod
@@ -129,13 +128,11 @@ class Plan:
             raise PlanError("plan: field 'splits': expected a list of integers >= 0")
         if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
             raise PlanError("plan: field 'codecs': expected a list of codec names")
-        section = None
-        if sec is not None:
-            if (not isinstance(sec, dict) or set(sec) - {"stop", "share", "parts"}
-                    or not _is_int(sec.get("stop")) or not _is_int(sec.get("parts", 1))
-                    or isinstance(sec.get("share"), bool) or not isinstance(sec.get("share"), int | float)):
-                raise PlanError("plan: field 'section': expected {stop: int, share: number, parts: int}")
-            section = Section(int(sec["stop"]), float(sec["share"]), int(sec.get("parts", 1)))
+        try:
+            wire = section_field(doc, "plan", splits) if sec is not None else None
+        except SchemaError as exc:
+            raise PlanError(str(exc)) from None
+        section = Section(*wire) if wire else None
         extra = set(doc) - {"schema", "splits", "codecs", "section"}
         if extra:
             raise PlanError(f"plan: unknown field(s) {sorted(extra)}")
@@ -189,6 +186,19 @@ class PlanArray:
 
     def __len__(self) -> int:
         return int(self.splits.shape[0])
+
+    @classmethod
+    def from_rows(cls, splits: np.ndarray, codecs: np.ndarray, sections: Sequence[Section | None]
+                  ) -> PlanArray:
+        """Plans from ``(P, M)`` splits and codec indices and a section (or None) each.
+
+        The section arrays exist only where some plan has a section.
+        """
+        if not any(sections):
+            return cls(splits, codecs)
+        return cls(splits, codecs, np.array([x.stop if x else 0 for x in sections], np.int64),
+                   np.array([x.share if x else 0.0 for x in sections]),
+                   np.array([x.parts if x else 1 for x in sections], np.int64))
 
     @classmethod
     def from_splits(cls, splits: np.ndarray | Sequence[Sequence[int]]) -> PlanArray:

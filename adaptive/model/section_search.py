@@ -17,7 +17,7 @@ import numpy as np
 
 from adaptive.model.latency import ConditionBatch
 from adaptive.model.lop import SectionConfig, section_schedule
-from adaptive.model.plans import MAX_PARTS, PlanArray
+from adaptive.model.plans import MAX_PARTS, PlanArray, Section
 
 __all__ = ["DpParts", "SectionSearch"]
 
@@ -146,5 +146,5 @@ class SectionSearch:
             splits += [b] * (nxt - dev)
             codecs += [0] * (nxt - dev - 1) + [int(back[dev]["codec"][b])]
             dev, a = nxt, b
-        return PlanArray(np.array([splits], np.int64), np.array([codecs], np.int64), np.array([stop]),
-                         np.array([float(share)]), np.array([nparts]))
+        return PlanArray.from_rows(np.array([splits], np.int64), np.array([codecs], np.int64),
+                                   [Section(stop, float(share), nparts)])

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from adaptive.model.codecs import BYTES_RATIO, decode, encode
+from adaptive.model.lop import section_bands
 from adaptive.nn.partition import Partition
 from adaptive.nn.spatial import band_shares, block_rows, input_rows, run_rows, sections
 
@@ -229,14 +230,19 @@ def _blocks_in_context(part: Partition, x0: torch.Tensor, cfg: TimingConfig
     mods = [part.segment(i, i + 1) for i in range(part.num_blocks)]
     samples = np.empty((cfg.repeats, len(mods)))
     for r in range(cfg.warmup + cfg.repeats):
-        y = x0
-        for i, mod in enumerate(mods):
-            t0 = time.perf_counter_ns()
-            y = mod(y)
-            if r >= cfg.warmup:
-                samples[r - cfg.warmup, i] = (time.perf_counter_ns() - t0) / 1e6
+        _timed_pass(mods, x0, samples[r - cfg.warmup] if r >= cfg.warmup else None)
     q1, med, q3 = np.percentile(samples, [25, 50, 75], axis=0)
     return med, q3 - q1
+
+
+def _timed_pass(mods: Sequence[Callable[[Any], Any]], x0: torch.Tensor, out_ms: np.ndarray | None) -> None:
+    """One forward pass block by block, each block's time written to ``out_ms`` (None: untimed)."""
+    y = x0
+    for i, mod in enumerate(mods):
+        t0 = time.perf_counter_ns()
+        y = mod(y)
+        if out_ms is not None:
+            out_ms[i] = (time.perf_counter_ns() - t0) / 1e6
 
 
 def _time_segment(part: Partition, i: int, j: int, x0: torch.Tensor, x_i: torch.Tensor,
@@ -312,12 +318,7 @@ def time_parts(part: Partition, jobs: Sequence[tuple[int, int, tuple[int, int]]]
     blocks, parts = np.empty((cfg.repeats, len(mods))), np.empty((cfg.repeats, len(calls)))
     with torch.inference_mode():
         for r in range(cfg.warmup + cfg.repeats):
-            y = x0
-            for i, mod in enumerate(mods):
-                t0 = time.perf_counter_ns()
-                y = mod(y)
-                if r >= cfg.warmup:
-                    blocks[r - cfg.warmup, i] = (time.perf_counter_ns() - t0) / 1e6
+            _timed_pass(mods, x0, blocks[r - cfg.warmup] if r >= cfg.warmup else None)
             for k, fn in enumerate(calls):
                 t0 = time.perf_counter_ns()
                 fn()
@@ -356,9 +357,8 @@ def profile_row_efficiency(part: Partition, cfg: TimingConfig, block_ms: np.ndar
         ranges = [(i, min(i + k, sec.stop)) for k in (1, 3) for i in range(sec.start, sec.stop, k)]
         for start, stop in ranges:
             height = int(part.blocks[stop - 1].output_shape[2])
-            for f in fractions:
-                r = min(max(round(f * height), 1), height - 1) if height > 1 else 1
-                jobs += [(start, stop, (0, r))] + ([(start, stop, (r, height))] if r < height else [])
+            for f in fractions:  # the bands a section of one part has: the top f, then the rest
+                jobs += [(start, stop, band) for band in section_bands(height, f, 1) or ()]
     jobs = list(dict.fromkeys(jobs))  # a short output gives the same rows at several fractions
     if not jobs:
         raise ValueError(f"{part.name} has no parallel section: there are no parts to time")
@@ -372,14 +372,15 @@ def profile_row_efficiency(part: Partition, cfg: TimingConfig, block_ms: np.ndar
     t = np.asarray(block_ms if block_ms is not None else context_ms, float)
     ops = np.array(block_ops(part), float)
     shares = [np.array(band_shares(part, s, e, rows)) for s, e, rows in jobs]
+    hats = [_hats(rho) for rho in shares]  # (blocks, knots) per part: h(ρ_i) = hats_i @ y
 
     def mape(pred: np.ndarray) -> float:
         return float(np.mean(np.abs(pred - measured) / measured) * 100)
 
     def fit(op_ms: float) -> tuple[np.ndarray, np.ndarray]:
         fixed = np.minimum(op_ms * ops, t)
-        A = np.stack([((t - fixed)[s:e, None] * _hats(rho)).sum(axis=0)
-                      for (s, e, _), rho in zip(jobs, shares, strict=True)])
+        A = np.stack([((t - fixed)[s:e, None] * hat).sum(axis=0)
+                      for (s, e, _), hat in zip(jobs, hats, strict=True)])
         c = np.array([fixed[s:e].sum() for s, e, _ in jobs])
         y, *_ = np.linalg.lstsq(A / measured[:, None], 1 - c / measured, rcond=None)
         y = np.round(np.maximum.accumulate(np.maximum(y, 1e-3)), 4)  # a wider band never costs less

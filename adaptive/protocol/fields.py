@@ -13,7 +13,8 @@ from typing import Any
 
 __all__ = ["MAX_EPOCH", "MAX_PAYLOAD_BYTES", "MAX_RULE_BYTES", "MAX_SECTION_PARTS", "MAX_VERSION", "VERSION",
            "SchemaError", "check_id", "check_version", "devices_field", "dump_payload", "epoch_field",
-           "integer", "json_object", "load_payload", "number", "section_field", "string"]
+           "integer", "json_object", "load_payload", "number", "section_field", "section_json",
+           "string"]
 
 VERSION = 1
 MAX_VERSION = 2**31 - 1  # a plan or rule counter, within one controller epoch
@@ -131,3 +132,8 @@ def section_field(obj: dict[str, Any], w: str, splits: list[int]) -> tuple[int, 
         raise SchemaError(f"{w}: field 'section': expected {{stop > s1, share in (0, 1), parts in "
                           f"1..{MAX_SECTION_PARTS}}}, found {sec!r}"[:200])
     return stop, float(share), parts
+
+
+def section_json(section: tuple[int, float, int]) -> dict[str, Any]:
+    """``(stop, share, parts)`` as messages carry it (:func:`section_field` reads it back)."""
+    return dict(zip(("stop", "share", "parts"), section, strict=True))

@@ -43,6 +43,7 @@ from adaptive.protocol.fields import (
     load_payload,
     number,
     section_field,
+    section_json,
     string,
 )
 
@@ -370,7 +371,7 @@ class PlanMessage:
         if self.epoch:
             obj["epoch"] = self.epoch
         if self.section is not None:
-            obj["section"] = dict(zip(("stop", "share", "parts"), self.section, strict=True))
+            obj["section"] = section_json(self.section)
         return dump_payload(obj)
 
     @classmethod

@@ -38,6 +38,7 @@ from adaptive.protocol.fields import (
     load_payload,
     number,
     section_field,
+    section_json,
     string,
 )
 from adaptive.protocol.messages import PlanMessage
@@ -238,7 +239,7 @@ class RuleMessage:
                 if getattr(p, key) is not None:
                     row[key] = getattr(p, key)
             if p.section is not None:
-                row["section"] = dict(zip(("stop", "share", "parts"), p.section, strict=True))
+                row["section"] = section_json(p.section)
             rows.append(row)
         doc = {"v": VERSION, "version": self.version, "kind": self.kind, "source": self.source,
                "model": self.model, "devices": list(self.devices), "num_blocks": self.num_blocks,

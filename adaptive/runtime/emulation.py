@@ -19,6 +19,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from adaptive.model.lop import part_ms
 from adaptive.runtime.shaping import LinkShaper
 
 __all__ = ["ComputeEmulation", "PartCosts", "UplinkEmulation"]
@@ -43,14 +46,13 @@ class PartCosts:
     op_ms: float = 0.0
     ops: tuple[int, ...] = ()
 
-    def share(self, rho: float) -> float:
-        """``h(ρ)``, piecewise linear through ``(0, 0)`` and :attr:`points`."""
+    def time_ms(self, latency_ms: Sequence[float], start: int, shares: Sequence[float]) -> float:
+        """A part computing ``shares`` of blocks ``start, start + 1, …`` with these block times, ms."""
+        n = len(shares)
+        lat = np.asarray(latency_ms[start : start + n], float)
+        ops = np.array([self.ops[i] if i < len(self.ops) else 0 for i in range(start, start + n)], float)
         xs, ys = (0.0, *(p[0] for p in self.points)), (0.0, *(p[1] for p in self.points))
-        for k in range(1, len(xs)):
-            if rho <= xs[k] or k == len(xs) - 1:
-                w = (rho - xs[k - 1]) / (xs[k] - xs[k - 1])
-                return ys[k - 1] + w * (ys[k] - ys[k - 1])
-        return ys[-1]
+        return float(part_ms(lat, np.minimum(ops * self.op_ms, lat), np.asarray(shares, float), xs, ys).sum())
 
 
 class ComputeEmulation:
@@ -77,21 +79,11 @@ class ComputeEmulation:
         """How long a part computing ``shares`` of blocks ``start, start + 1, …`` takes here, s."""
         if self.latency_ms is None:
             return compute_s * self.slowdown
-        total = 0.0
-        for i, rho in enumerate(shares, start):
-            t = self.latency_ms[i]
-            ops = self.parts.ops[i] if i < len(self.parts.ops) else 0
-            fixed = min(ops * self.parts.op_ms, t)
-            total += fixed + (t - fixed) * self.parts.share(rho)
-        return total / 1e3 * self.slowdown
+        return self.parts.time_ms(self.latency_ms, start, shares) / 1e3 * self.slowdown
 
     def pad_part(self, start: int, shares: Sequence[float], compute_s: float) -> float:
         """Sleep so the part takes what the emulated device would; return the part's time, s."""
-        target = self.part_target_s(start, shares, compute_s)
-        if target > compute_s:
-            time.sleep(target - compute_s)
-            return target
-        return compute_s
+        return _sleep_to(self.part_target_s(start, shares, compute_s), compute_s)
 
     def target_s(self, start: int, stop: int, batch: int, compute_s: float) -> float:
         """How long blocks ``[start, stop)`` of a batch take on the emulated device, s."""
@@ -103,11 +95,15 @@ class ComputeEmulation:
 
     def pad(self, start: int, stop: int, batch: int, compute_s: float) -> float:
         """Sleep so the stage takes what the emulated device would; return the stage time, s."""
-        target = self.target_s(start, stop, batch, compute_s)
-        if target > compute_s:
-            time.sleep(target - compute_s)
-            return target
-        return compute_s
+        return _sleep_to(self.target_s(start, stop, batch, compute_s), compute_s)
+
+
+def _sleep_to(target_s: float, spent_s: float) -> float:
+    """Sleep what is left of ``target_s`` after ``spent_s``; return the longer of the two, s."""
+    if target_s > spent_s:
+        time.sleep(target_s - spent_s)
+        return target_s
+    return spent_s
 
 
 class UplinkEmulation:

@@ -46,7 +46,8 @@ import numpy as np
 
 from adaptive.errors import AdaptiveError
 from adaptive.model import codecs
-from adaptive.model.plans import MAX_PARTS, Section
+from adaptive.model.plans import Section
+from adaptive.protocol.fields import SchemaError, section_field, section_json
 
 __all__ = ["MAX_HEADER_BYTES", "Frame", "WireError", "decode_frame", "encode_frame", "tensor_frame"]
 
@@ -147,8 +148,7 @@ def encode_frame(frame: Frame) -> list[bytes]:
         header.update(model=frame.model, devices=list(frame.devices), splits=list(frame.splits),
                       codecs=list(frame.codecs))
         if frame.section is not None:
-            header["section"] = {"stop": frame.section.stop, "share": frame.section.share,
-                                 "parts": frame.section.parts}
+            header["section"] = section_json(frame.section.wire)
         if frame.part is not None:
             header["part"] = frame.part
     if frame.retry:
@@ -248,23 +248,22 @@ def decode_frame(parts: list[bytes] | list[memoryview], max_payload: int = DEFAU
 
 def _section(h: dict[str, Any], splits: tuple[int, ...]) -> tuple[Section | None, int | None]:
     """The plan's parallel section and the frame's piece of it (structure only; nodes fit it to the model)."""
-    sec, part = h.get("section"), h.get("part")
-    if sec is None:
+    part = h.get("part")
+    if h.get("section") is None:
         if part is not None:
             raise WireError("header field 'part' needs a plan with a section")
         return None, None
     if not splits:
         raise WireError("header field 'section' needs a plan (model, devices, splits)")
-    stop, share, parts = (sec.get(k) if isinstance(sec, dict) else None for k in ("stop", "share", "parts"))
-    if (not isinstance(sec, dict) or set(sec) != {"stop", "share", "parts"}
-            or isinstance(stop, bool) or not isinstance(stop, int) or not splits[0] < stop <= 100_000
-            or isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1
-            or isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_PARTS):
-        raise WireError(f"header field 'section': expected {{stop > s1, share in (0, 1), parts in "
-                        f"1..{MAX_PARTS}}}, found {sec!r}"[:200])
-    if part is not None and (isinstance(part, bool) or not isinstance(part, int) or not 0 <= part <= parts):
-        raise WireError(f"header field 'part': expected an integer in 0..{parts}, found {part!r}"[:160])
-    return Section(stop, float(share), parts), part
+    try:
+        section = Section(*section_field(h, "header", list(splits)))  # type: ignore[misc]
+    except SchemaError as exc:
+        raise WireError(str(exc)) from None
+    if part is not None and (isinstance(part, bool) or not isinstance(part, int)
+                             or not 0 <= part <= section.parts):
+        raise WireError(f"header field 'part': expected an integer in 0..{section.parts}, "
+                        f"found {part!r}"[:160])
+    return section, part
 
 
 def _plan(h: dict[str, Any], kind: str) -> tuple[str, tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
