@@ -68,8 +68,8 @@ class SectionRows:
     sends: tuple[tuple[int, int], ...]
     edge: tuple[int, int]
     edge_reads: tuple[int, int]
-    band_shares: tuple[tuple[float, ...], ...] = ()
-    edge_shares: tuple[float, ...] = ()
+    band_shares: tuple[tuple[float, ...], ...]
+    edge_shares: tuple[float, ...]
 
 
 def section_rows(part: Partition, splits: tuple[int, ...], section: Section) -> SectionRows:
@@ -130,6 +130,11 @@ def edge_band(part: Partition, rows: SectionRows, x: np.ndarray) -> np.ndarray:
     """The source's own band of the section's output, from the whole section input ``x``."""
     lo, hi = rows.edge_reads
     return run_band(part, rows, x[:, :, lo:hi], rows.edge_reads, rows.edge)
+
+
+def _plan_of(frame: Any) -> tuple[Any, ...]:
+    """What every piece of one request must agree on: its plan."""
+    return frame.model, frame.devices, frame.splits, frame.codecs, frame.section
 
 
 @dataclass
@@ -221,6 +226,8 @@ class SectionAssembler:
         rows, part = state.rows, frame.part
         if part in state.received:
             raise SectionError(f"piece {part} of the section arrived twice")
+        if _plan_of(frame) != _plan_of(state.first):
+            raise SectionError(f"piece {part} carries another plan than the request's other pieces")
         x = frame.tensor()
         if part < len(rows.bands):
             lo, hi = rows.sends[part]
@@ -229,8 +236,8 @@ class SectionAssembler:
             if x.shape != want:
                 raise SectionError(f"chunk {part} has shape {list(x.shape)}, expected {list(want)} "
                                    f"(input rows [{lo}, {hi}))")
-            if state.buffer is None:
-                state.buffer = np.empty((1, shape_in[1], shape_in[2], shape_in[3]), np.float32)
+            if state.buffer is None:  # up to the last row node j's bands read
+                state.buffer = np.empty((1, shape_in[1], rows.reads[-1][1], shape_in[3]), np.float32)
             state.buffer[:, :, lo:hi] = x
         else:
             state.first = frame  # the source's band carries its trace: the request goes on with it

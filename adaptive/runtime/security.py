@@ -132,13 +132,16 @@ class CurveKeys:
         """Why ``frame``, received as ``part`` on a CURVE server, may not come from its sender ("" if it may).
 
         A ``work`` frame at hop 0 must come from the client it names, further on from a node before
-        its hop; a ``result`` or ``error`` from one of ``nodes`` (those that announced themselves).
+        its hop (a piece of a parallel section: from the plan's first node, which alone sends them);
+        a ``result`` or ``error`` from one of ``nodes`` (those that announced themselves).
         """
         try:
             sender = part.get("User-Id") or ""
         except (zmq.ZMQError, UnicodeDecodeError):
             sender = ""
-        if frame.kind == "work":
+        if frame.kind == "work" and frame.part is not None:  # a section's piece: only its source sends one
+            ok = frame.hop > 0 and sender == frame.devices[0]
+        elif frame.kind == "work":
             ok = sender == frame.client if frame.hop == 0 else sender in frame.devices[:frame.hop]
         else:
             ok = sender in nodes

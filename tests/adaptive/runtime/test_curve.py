@@ -134,3 +134,23 @@ def test_a_secret_key_is_never_readable_by_others_not_even_before_a_chmod(tmp_pa
     assert (tmp_path / "controller.ed25519").stat().st_mode & 0o077 == 0
     signed = signing.Signer(tmp_path / "controller.ed25519").sign("t", b'{"a":1}')
     assert signing.Verifier(tmp_path / "controller.ed25519.pub").open("t", signed) == b'{"a":1}'
+
+
+def test_only_a_sections_source_may_send_its_pieces():
+    """A section's piece comes from the plan's first node; any earlier hop may send a whole activation."""
+    from types import SimpleNamespace
+
+    from adaptive.model.plans import Section
+
+    def sent_by(key):  # what CURVE's ZAP handler puts on a received message: the sender's key id
+        return SimpleNamespace(get=lambda prop: key if prop == "User-Id" else None)
+
+    base = Frame(kind="work", request_id="r", client="c", reply_to="tcp://127.0.0.1:1", version=1, hop=2,
+                 position=0, shape=(1,), model=MODEL, devices=("pi", "mid", "accel"), splits=(0, 0),
+                 section=Section(5, 0.5))
+    piece = tensor_frame(base, np.zeros((1, 3, 4, 32), np.float32), part=0)
+    whole = tensor_frame(base, np.zeros((1, 3, 32, 32), np.float32), section=None)
+    assert CurveKeys.check_sender(sent_by("pi"), piece) == ""
+    assert "came from key 'mid'" in CurveKeys.check_sender(sent_by("mid"), piece)
+    assert CurveKeys.check_sender(sent_by("mid"), whole) == ""
+    assert "came from key 'c'" in CurveKeys.check_sender(sent_by("c"), piece)

@@ -81,6 +81,10 @@ def test_sections_and_pieces_that_do_not_fit_are_refused(mobilenet):
     assembler.add(third, rows)
     with pytest.raises(SectionError, match="no room"):
         assembler.add(tensor_frame(frames[0], frames[0].tensor(), request_id="r11"), rows)
+    forged = SectionAssembler(mobilenet)  # a piece of the same request under another plan
+    forged.add(frames[0], rows)
+    with pytest.raises(SectionError, match="carries another plan"):
+        forged.add(tensor_frame(frames[1], frames[1].tensor(), codecs=("none", "fp16")), rows)
     assembler.timeout_s = 0.0
     assert [f.request_id for f in assembler.expired()] == ["r10"]
     assert len(assembler) == 0
