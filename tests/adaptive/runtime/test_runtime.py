@@ -135,34 +135,46 @@ def test_hundred_plan_switches_under_load_lose_nothing_and_compute_the_model(clu
     assert len(records) >= 300
 
 
-def test_every_request_with_its_own_plan_loses_nothing_and_computes_the_model(cluster):
-    """No plan topic involved: each request carries a different random plan (splits and codecs)."""
-    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+def send_own_plans(cluster, client_id, plans, seed, tolerance):
+    """Send one request per plan (each carrying its own), at most 4 in flight; check every result.
+
+    Returns ``({request id: plan}, records)`` once all are answered, after asserting that none was
+    lost and that every result is the whole model's within ``tolerance`` of its scale.
+    """
+    x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
     with torch.inference_mode():
         expected = build_model(MODEL)(torch.from_numpy(x)).numpy()
     L = cluster["nodes"][0].part.num_blocks
-    space = enumerate_plans(L, 3, np.ones((3, L + 1), bool))
-    rng = np.random.default_rng(5)
-    names = ("none", "fp16", "int8")
     publish(cluster, (L, L))  # only so that the client knows the first node's cluster and version
-    wrong, plans = [], {}
+    wrong, sent = [], {}
 
     def check(frame):
-        if not np.allclose(frame.tensor(), expected, rtol=0.05, atol=0.05 * np.abs(expected).max()):
+        scale = tolerance * np.abs(expected).max()
+        if not np.allclose(frame.tensor(), expected, rtol=tolerance, atol=scale):
             wrong.append(frame.request_id)
 
-    with InferenceClient("own", cluster["url"], CLUSTER, SHAPE, timeout_s=15, on_result=check) as client:
-        for row in rng.choice(len(space), 300, replace=False):
-            plan = PlanMessage(1, MODEL, NODES, tuple(int(v) for v in space.splits[row]), time.time(), "test",
-                               None, tuple(names[c] for c in space.codecs[row]), L)
-            plans[client.send(x, plan=plan)] = plan
+    with InferenceClient(client_id, cluster["url"], CLUSTER, SHAPE, timeout_s=15, on_result=check) as client:
+        for plan in plans:
+            sent[client.send(x, plan=plan)] = plan
             while client.outstanding() >= 4:
                 time.sleep(0.002)
         assert wait(lambda: client.outstanding() == 0, 30)
         records = list(client.records)
-    assert len(records) == 300 and all(r.outcome == "ok" for r in records), \
+    assert len(records) == len(plans) and all(r.outcome == "ok" for r in records), \
         [r.error for r in records if r.outcome != "ok"][:3]
     assert not wrong, f"{len(wrong)} results differ from the whole model"
+    return sent, records
+
+
+def test_every_request_with_its_own_plan_loses_nothing_and_computes_the_model(cluster):
+    """No plan topic involved: each request carries a different random plan (splits and codecs)."""
+    L = cluster["nodes"][0].part.num_blocks
+    space = enumerate_plans(L, 3, np.ones((3, L + 1), bool))
+    names = ("none", "fp16", "int8")
+    rows = np.random.default_rng(5).choice(len(space), 300, replace=False)
+    own = [PlanMessage(1, MODEL, NODES, tuple(int(v) for v in space.splits[row]), time.time(), "test", None,
+                       tuple(names[c] for c in space.codecs[row]), L) for row in rows]
+    plans, records = send_own_plans(cluster, "own", own, 2, 0.05)
     for r in records:  # each ran where its own plan said
         assert r.plan == plan_label(plans[r.id].splits, plans[r.id].codecs)
         assert {h.split(":")[0] for h in r.hops.split()} == set(plans[r.id].working_nodes())
@@ -365,9 +377,6 @@ def test_parallel_sections_mixed_with_layer_plans_lose_nothing_and_compute_the_m
     from adaptive.model.plans import SHARES, Section
     from adaptive.runtime.sections import SectionError, section_rows
 
-    x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
-    with torch.inference_mode():
-        expected = build_model(MODEL)(torch.from_numpy(x)).numpy()
     part = cluster["nodes"][0].part
     L = part.num_blocks
     rng = np.random.default_rng(7)
@@ -381,30 +390,15 @@ def test_parallel_sections_mixed_with_layer_plans_lose_nothing_and_compute_the_m
         except SectionError:
             continue
         sectioned.append((splits, section))
-    publish(cluster, (L, L))
-    wrong, sent = [], {}
-
-    def check(frame):
-        if not np.allclose(frame.tensor(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()):
-            wrong.append(frame.request_id)
-
-    with InferenceClient("lop", cluster["url"], CLUSTER, SHAPE, timeout_s=15, on_result=check) as client:
-        for i in range(120):  # the plan changes every request: a section, or a layer plan, in turn
-            if i % 3 == 2:
-                splits, section = (int(rng.integers(0, L + 1)),) * 2, None
-            else:
-                splits, section = sectioned[i % len(sectioned)]
-            plan = PlanMessage(1, MODEL, NODES, splits, time.time(), "test", None, (), L,
-                               section=(section.stop, section.share, section.parts) if section else None)
-            sent[client.send(x, plan=plan)] = plan_label(splits, (), section)
-            while client.outstanding() >= 4:
-                time.sleep(0.002)
-        assert wait(lambda: client.outstanding() == 0, 30)
-        records = list(client.records)
-    assert len(records) == 120 and all(r.outcome == "ok" for r in records), \
-        [r.error for r in records if r.outcome != "ok"][:3]
-    assert not wrong, f"{len(wrong)} results differ from the whole model"
-    assert all(r.plan == sent[r.id] for r in records)
+    plans = []
+    for i in range(120):  # the plan changes every request: a section, or a layer plan, in turn
+        splits, section = ((int(rng.integers(0, L + 1)),) * 2, None) if i % 3 == 2 else sectioned[i % 40]
+        plans.append(PlanMessage(1, MODEL, NODES, splits, time.time(), "test", None, (), L,
+                                 section=section.wire if section else None))
+    sent, records = send_own_plans(cluster, "lop", plans, 3, 1e-4)  # exact: no lossy codec
+    labels = {rid: plan_label(p.splits, (), Section(*p.section) if p.section else None)
+              for rid, p in sent.items()}
+    assert all(r.plan == labels[r.id] for r in records)
     assert sum("@" in r.plan for r in records) == 80
 
 

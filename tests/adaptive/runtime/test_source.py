@@ -13,7 +13,7 @@ from adaptive.lab.ports import free_port
 from adaptive.model.profiles import resolve_device, resolve_model
 from adaptive.protocol.messages import Message
 from adaptive.runtime.client import InferenceClient, plan_label
-from adaptive.runtime.node import NodeConfig, NodeRuntime, attach_monitor
+from adaptive.runtime.node import NodeConfig, NodeRuntime, attach_monitor, emulated_latency, emulated_parts
 from agents.wiring import build_policy
 from monitor.transport import MqttTransport, parse_broker_url
 
@@ -22,24 +22,38 @@ MODEL, CLUSTER = "resnet20_cifar", "src"
 CHAIN = [("pi", "raspberry-pi-4"), ("jetson", "jetson-nano"), ("jetson2", "jetson-agx-orin")]
 
 
-def emulated(name, device, **kw):
-    profile = resolve_model(MODEL)
+def emulated(name, device, model=MODEL, cluster=CLUSTER, **kw):
+    """A node padding its stages (and parts of sections) to ``device``'s profile."""
+    profile = resolve_model(model)
     corr = profile.correction_for(device)
-    return NodeConfig(node=name, model=MODEL, cluster=CLUSTER, device=device,
-                      emulate=tuple(float(x) for x in profile.latency_for(device)),
-                      emulate_correction=(corr.c0_ms, corr.c1_ms),
-                      emulate_batch=resolve_device(device).batch_per_extra_item, **kw)
+    return NodeConfig(node=name, model=model, cluster=cluster, device=device,
+                      emulate=emulated_latency(profile, device), emulate_correction=(corr.c0_ms, corr.c1_ms),
+                      emulate_batch=resolve_device(device).batch_per_extra_item,
+                      emulate_parts=emulated_parts(profile, resolve_device(device)), **kw)
+
+
+def start_chain(url, uplink_mbps, model=MODEL, cluster=CLUSTER):
+    """The three emulated nodes of CHAIN, each with a monitor probing the next; the source's uplink shaped."""
+    nodes = [NodeRuntime(emulated(n, d, model, cluster, uplink_mbps=uplink_mbps if i == 0 else 1000.0),
+                         url).start() for i, (n, d) in enumerate(CHAIN)]
+    ports = [free_port() for _ in nodes]
+    agents = [attach_monitor(n, {CHAIN[i + 1][0]: ("127.0.0.1", ports[i + 1])} if i < 2 else {},
+                             probe_port=ports[i], probe_interval_s=0.5, interval_s=0.5)
+              for i, n in enumerate(nodes)]
+    return nodes, agents
+
+
+def close_all(*parts):
+    """Close controllers, agents and nodes (lists or single objects) in order."""
+    for p in parts:
+        for x in (p if isinstance(p, list) else [p]):
+            x.close()
 
 
 def test_the_source_follows_uplink_steps_per_request():
     broker = EmbeddedBroker(port=0).start()
     url = parse_broker_url(broker.url)
-    nodes = [NodeRuntime(emulated(n, d, uplink_mbps=30.0 if n == "pi" else 1000.0), url).start()
-             for n, d in CHAIN]
-    ports = [free_port() for _ in nodes]
-    agents = [attach_monitor(n, {CHAIN[i + 1][0]: ("127.0.0.1", ports[i + 1])} if i < 2 else {},
-                             probe_port=ports[i], probe_interval_s=0.5, interval_s=0.5)
-              for i, n in enumerate(nodes)]
+    nodes, agents = start_chain(url, 30.0)
     config = ControllerConfig.from_dict({"model_profile": MODEL, "cluster": CLUSTER, "interval_s": 0.5,
                                          "source_rule": True,
                                          "chain": [{"node": n, "device": d} for n, d in CHAIN]})
@@ -72,13 +86,7 @@ def test_the_source_follows_uplink_steps_per_request():
             client.run(4.0, rate_hz=10)
             records = list(client.records)
     finally:
-        control.close()
-        ctl.close()
-        for a in agents:
-            a.close()
-        for n in nodes:
-            n.close()
-        broker.close()
+        close_all(control, ctl, agents, nodes, broker)
     assert records and all(r.outcome == "ok" for r in records), [r.error for r in records if r.error][:3]
     before = [r.plan for r in records if r.sent_at < steps[0]]
     assert before.count(label[high]) >= 0.8 * len(before)  # 30 Mbit/s: offload
@@ -127,12 +135,7 @@ def test_a_slow_request_is_answered_when_its_resend_is_dropped_at_admission():
                              source="pi") as client:
             records = client.run(0.01, rate_hz=1)  # one request, then its answer
     finally:
-        control.close()
-        for a in agents:
-            a.close()
-        for n in nodes:
-            n.close()
-        broker.close()
+        close_all(control, agents, nodes, broker)
     assert nodes[0].source.dropped >= 1  # a resend was dropped at admission ...
     [rec] = records  # ... and the request still ended once, with the first attempt's answer
     assert rec.outcome == "ok" and rec.retries >= 1 and 550 < rec.latency_ms < 2000, rec
@@ -147,25 +150,9 @@ def test_the_controllers_rule_names_parallel_sections_and_the_nodes_run_them():
     from adaptive.nn.zoo import build_model
 
     model = "mobilenet_v2"
-    profile = resolve_model(model)
-
-    def node(name, device, **kw):
-        from adaptive.runtime.node import emulated_latency, emulated_parts
-
-        corr = profile.correction_for(device)
-        return NodeConfig(node=name, model=model, cluster="lop", device=device,
-                          emulate=emulated_latency(profile, device),
-                          emulate_correction=(corr.c0_ms, corr.c1_ms),
-                          emulate_parts=emulated_parts(profile, resolve_device(device)), **kw)
-
     broker = EmbeddedBroker(port=0).start()
     url = parse_broker_url(broker.url)
-    nodes = [NodeRuntime(node(n, d, uplink_mbps=10.0 if n == "pi" else 1000.0), url).start()
-             for n, d in CHAIN]
-    ports = [free_port() for _ in nodes]
-    agents = [attach_monitor(n, {CHAIN[i + 1][0]: ("127.0.0.1", ports[i + 1])} if i < 2 else {},
-                             probe_port=ports[i], probe_interval_s=0.5, interval_s=0.5)
-              for i, n in enumerate(nodes)]
+    nodes, agents = start_chain(url, 10.0, model, "lop")
     config = ControllerConfig.from_dict({"model_profile": model, "cluster": "lop", "interval_s": 0.5,
                                          "source_rule": "table", "parallel": True, "calibrate": False,
                                          "chain": [{"node": n, "device": d} for n, d in CHAIN]})
@@ -199,12 +186,7 @@ def test_the_controllers_rule_names_parallel_sections_and_the_nodes_run_them():
                 time.sleep(0.05)
             records = list(client.records)
     finally:
-        ctl.close()
-        for a in agents:
-            a.close()
-        for n in nodes:
-            n.close()
-        broker.close()
+        close_all(ctl, agents, nodes, broker)
     assert len(records) == 12 and all(r.outcome == "ok" for r in records), [r.error for r in records][:3]
     assert not wrong, f"{len(wrong)} results differ from the whole model"
     assert sum("@" in r.plan for r in records) >= 9, [r.plan for r in records]  # at 10 Mbit/s: sections
