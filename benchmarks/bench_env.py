@@ -58,6 +58,16 @@ def vec_rate(steps: int) -> float:
         venv.close()
 
 
+def reset_ms(env: gym.Env, n: int = 10) -> float:
+    """Median time of ``n`` resets (each precomputes a whole episode), ms."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        env.reset(seed=10_000 + i)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
@@ -97,6 +107,9 @@ def main() -> None:
     u = split.unwrapped
     print(f"{u.config.model_profile} on {' -> '.join(u.config.devices)}, {u.num_plans} plans, "
           f"{u.obs_spec.size}-dim observation; median of {args.repeats} x {args.steps} steps")
+    for name, (env, _) in runs.items():
+        if name.endswith("masked") and "unmasked" not in name:
+            print(f"  {name}: {env.unwrapped.num_plans} plans, reset {reset_ms(env):.1f} ms (median of 10)")
     for k, v in out.items():
         print(f"  {k:<48}{v:>12,.0f} steps/s")
     print(f"  split, masked / CartPole-v1, median of the repeats' ratios  {ratio:.2f}x (target >= 0.75x)")

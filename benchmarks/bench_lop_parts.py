@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import time
 
 import numpy as np
 import torch
 
-from adaptive.model.lop import SectionCosts
+from adaptive.model.lop import SectionCosts, section_bands
 from adaptive.model.profiles import model_from_dict, resolve_device
 from adaptive.nn.partition import partition
 from adaptive.nn.profiler import (
@@ -37,10 +39,32 @@ from adaptive.nn.profiler import (
     profile_row_efficiency,
     time_parts,
 )
+from adaptive.nn.spatial import run_rows
 from adaptive.nn.zoo import build_model, default_input_shape
 
 SECTIONS = [(0, 4), (0, 7), (4, 11), (7, 14), (11, 19), (14, 19), (0, 19)]
 FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def _row_overhead(part, repeats: int) -> float:
+    """Median over SECTIONS of a whole section run by ``run_rows`` / by its traced blocks (interleaved)."""
+    torch.manual_seed(2)
+    acts = [a.clone() for a in part.activations(torch.randn(part.input_shape))]
+    ratios = []
+    with torch.inference_mode():
+        for start, stop in SECTIONS:
+            x, height_out = acts[start], int(acts[stop].shape[2])
+            calls = (functools.partial(part.segment(start, stop), x),
+                     functools.partial(run_rows, part, start, stop, x, (0, int(x.shape[2])), (0, height_out)))
+            ms = np.empty((repeats, 2))
+            for r in range(3 + repeats):
+                for k, fn in enumerate(calls):
+                    t0 = time.perf_counter_ns()
+                    fn()
+                    if r >= 3:
+                        ms[r - 3, k] = time.perf_counter_ns() - t0
+            ratios.append(float(np.median(ms[:, 1]) / np.median(ms[:, 0])))
+    return float(np.median(ratios))
 
 
 def main() -> None:
@@ -65,10 +89,8 @@ def main() -> None:
 
     jobs, predicted, proportional = [], [], []
     for start, stop in SECTIONS:
-        height = costs.heights[stop]
-        for f in FRACTIONS:
-            r = round(f * height)
-            for rows, side in (((0, r), "acc"), ((r, height), "edge")):
+        for f in FRACTIONS:  # the accelerator's top band and the edge's rest, as the model cuts them
+            for rows, side in zip(section_bands(costs.heights[stop], f, 1), ("acc", "edge"), strict=True):
                 c, lin = costs.config(start, stop, f, 1), linear.config(start, stop, f, 1)
                 jobs.append((start, stop, rows))
                 pick = (lambda x: x.part_ms[0, 0]) if side == "acc" else (lambda x: x.edge_ms[0])
@@ -80,12 +102,14 @@ def main() -> None:
     measured, whole_ms = timed[: len(jobs)], timed[len(jobs) :]
     whole_pred = np.array([block_ms[s:e].sum() for s, e in SECTIONS])
     mape_whole = float(np.mean(np.abs(whole_pred - whole_ms) / whole_ms) * 100)
+    overhead = _row_overhead(part, args.repeats)
     predicted_a, proportional_a = np.array(predicted), np.array(proportional)
     mape = float(np.mean(np.abs(predicted_a - measured) / measured) * 100)
     mape_lin = float(np.mean(np.abs(proportional_a - measured) / measured) * 100)
     result = {"machine": machine_description(), "curve": rows_fit.points, "op_ms": rows_fit.op_ms,
               "curve_fit_mape_pct": rows_fit.mape_fitted_pct, "mape_pct": mape,
               "mape_proportional_pct": mape_lin, "mape_whole_sections_pct": mape_whole,
+              "row_interpreter_over_traced": overhead,
               "parts": [{"blocks": [s, e], "rows": list(rows), "measured_ms": float(m), "predicted_ms": p}
                         for (s, e, rows), m, p in zip(jobs, measured, predicted, strict=True)]}
     if args.json:
@@ -102,6 +126,8 @@ def main() -> None:
           f"{mape_lin:.1f}%")
     print(f"the same sections whole (all rows) against the profile's block sums: MAPE {mape_whole:.1f}% "
           "(the layer model's own error in this run)")
+    print(f"a whole section run by run_rows takes {overhead:.2f}x its traced blocks "
+          "(median over the sections)")
 
 
 if __name__ == "__main__":
