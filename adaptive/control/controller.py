@@ -111,6 +111,7 @@ class Controller:
         self.decisions: deque[Decision] = deque(maxlen=1000)  # newest last; bounded: a daemon runs for months
         self.observed: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._stepping = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,7 +266,10 @@ class Controller:
         Returns the default plan published, if any. Nothing is decided while the broker is away:
         the telemetry is frozen and nobody would hear.
         """
-        now = time.time() if now is None else now
+        with self._stepping:  # the loop's tick and a caller's step() would interleave their versions
+            return self._step(time.time() if now is None else now)
+
+    def _step(self, now: float) -> Decision | None:
         if not self.connected():
             return None
         obs, mask, dead, cond = self._observe(now)
