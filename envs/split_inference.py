@@ -109,6 +109,7 @@ class SplitInferenceEnv(gym.Env):
         if cfg.device_scales:  # the devices as measured: costs change, the action set does not
             names = [f"d{i}" for i in range(len(devices))]
             self.model = SplitModel(*scaled_profiles(profile, devices, list(cfg.device_scales), names))
+        self.model.check_plans(self.candidates.plans)  # once: every episode evaluates them unchecked
         D, M, P = self.model.num_devices, self.model.num_devices - 1, len(self.candidates)
         self.num_devices, self.num_links, self.num_plans = D, M, P
         nominal = profiled.evaluate(PlanArray.from_splits([[self.model.num_blocks] * M]),
@@ -197,26 +198,15 @@ class SplitInferenceEnv(gym.Env):
         idx = np.arange(warm, n) - lag
         hist = np.stack([rep_bw[idx - cfg.history + 1 + h] for h in range(cfg.history)], axis=1)
         reported = ConditionBatch(hist[:, -1], truth.propagation_ms, rep_load[idx], clients[idx], avail[idx])
-        # ground truth: each candidate under the rate its own transfers really get; the (step, plan)
-        # pairs where that differs from the instantaneous rate are evaluated again. One model call
-        # covers truth, those pairs and the reported state.
+        # ground truth: each candidate under the rate its own transfers really get (per-plan
+        # bandwidth); one model call covers it and the reported state
         eff = self._effective_bandwidth(bw_ahead[warm:], T)
-        pred = self.model.evaluate(self.candidates.plans, ConditionBatch(
-            *(np.concatenate(parts) for parts in zip(truth, reported, strict=True))))
+        seen_bw = np.broadcast_to(reported.bandwidth_mbps[:, None, :], eff.shape)
+        pred = self.model.evaluate_unchecked(self.candidates.plans, ConditionBatch(  # checked at __init__
+            np.concatenate([eff, seen_bw]),
+            *(np.concatenate(parts) for parts in zip(truth[1:], reported[1:], strict=True))))
         self._lat, self._energy = pred.latency_ms[:T].copy(), pred.energy_j[:T].copy()
         self._feasible = pred.feasible[:T].copy()
-        # the (step, plan) pairs whose transfers get another rate than the instantaneous one are
-        # evaluated again: one call for all of them (each row keeps only its own plan's column)
-        moved = np.any(~np.isclose(eff, bw[steps][:, None, :], rtol=1e-9, atol=0.0), axis=2)
-        rows, cols = np.nonzero(moved)
-        if rows.size:
-            again = ConditionBatch(eff[rows, cols], truth.propagation_ms[rows], truth.cpu_load[rows],
-                                   truth.clients[rows], truth.available_mb[rows])
-            one = self.model.evaluate(self.candidates.plans, again)
-            k = np.arange(rows.size)
-            self._lat[rows, cols] = one.latency_ms[k, cols]
-            self._energy[rows, cols] = one.energy_j[k, cols]
-            self._feasible[rows, cols] = one.feasible[k, cols]
         self._bw_true = bw[steps]
         seen = pred._replace(latency_ms=pred.latency_ms[T:], feasible=pred.feasible[T:])
         self._masks = seen.feasible.copy()

@@ -74,7 +74,9 @@ class ConditionBatch(NamedTuple):
     """``B`` sets of conditions as arrays (see :class:`Conditions` for units and ranges).
 
     Attributes:
-        bandwidth_mbps: ``(B, M)``.
+        bandwidth_mbps: ``(B, M)``, or ``(B, P, M)``: the rate each of the ``P`` plans evaluated
+            with it gets (e.g. a transfer's rate integrated over a changing link), for
+            :meth:`SplitModel.evaluate_unchecked`.
         propagation_ms: ``(B, M)``.
         cpu_load: ``(B, D)``.
         clients: ``(B,)``.
@@ -91,6 +93,20 @@ class ConditionBatch(NamedTuple):
     def concat(cls, batches: Sequence[ConditionBatch]) -> ConditionBatch:
         """The conditions of several batches, in order."""
         return cls(*(np.concatenate([getattr(b, f) for b in batches]) for f in cls._fields))
+
+    def plans(self, cols: np.ndarray) -> ConditionBatch:
+        """The batch as plans ``cols`` see it: their own rates when bandwidth is per plan."""
+        if self.bandwidth_mbps.ndim == 2:
+            return self
+        return self._replace(bandwidth_mbps=self.bandwidth_mbps[:, cols])
+
+    def link_rate(self, link: int, ndim: int) -> np.ndarray:
+        """Link ``link``'s rate shaped to broadcast against ``(B, n, …)`` with ``ndim`` axes after B.
+
+        Per-plan bandwidth (after :meth:`plans`) gives ``(B, n, 1, …)``; a batch-wide rate ``(B, 1, …)``.
+        """
+        bw = self.bandwidth_mbps[..., link]
+        return bw.reshape(bw.shape + (1,) * (ndim - bw.ndim + 1))
 
 
 class Prediction(NamedTuple):
@@ -267,7 +283,7 @@ class SplitModel:
 
         ``src < dst`` goes forward over links ``src+1..dst``; ``src > dst`` goes back (the
         result). Each hop uses the link coefficients of its receiving device. One hop is seed
-        000 Eq. 4 with Q0 scaled to the bandwidth; several hops pipeline packets (seed 002).
+        000 Eq. 4 with the wire time moved to the bandwidth; several hops pipeline packets (seed 002).
 
         Returns:
             ``(B, *nbytes.shape)`` array.
@@ -279,15 +295,16 @@ class SplitModel:
         hop_by_hop = 0.0  # store-and-forward: seed 000 Eq. 4 on each hop in turn
         for h in range(src + step, dst + step, step):
             link = max(h, h - step) - 1  # link index joining devices h-step and h
-            bw = cb.bandwidth_mbps[:, link].reshape((-1,) + (1,) * (kb.ndim - 1))
-            q0 = self._q0[h] * self._ref[h] / bw
-            # a message shorter than the MTU is its own first and last packet: a 40-byte result
-            # does not pay a full packet's serialisation (30 ms at 0.4 Mbit/s)
+            bw = cb.link_rate(link, kb.ndim - 1)
+            # Eq. 4 was measured at B_ref: at rate B every byte's serialisation changes by
+            # 8/B − 8/B_ref ms per KB; the host's per-KB cost above the wire time does not scale
+            q0 = np.maximum(self._q0[h] + 8.0 / bw - 8.0 / self._ref[h], 0.0)
+            # the last fragment: a message shorter than the MTU is its own first and last packet
             pkt = np.minimum(self._mtu[h], 1e3 * kb)
             frag = q0 * pkt / 1e3
-            first = self._tfp[h] + 8e-3 * (pkt / bw - self._mtu[h] / self._ref[h])
+            first = self._tfp[h]  # its serialisation is inside q0 · kb
             hop_bulk = q0 * kb + self._q1[h] - frag
-            hop_fixed = first + cb.propagation_ms[:, link].reshape(bw.shape)
+            hop_fixed = first + cb.propagation_ms[:, link].reshape((-1,) + (1,) * (bw.ndim - 1))
             bulk = hop_bulk if bulk is None else np.maximum(bulk, hop_bulk)
             tail = tail + frag + hop_fixed
             hop_by_hop = hop_by_hop + hop_bulk + frag + hop_fixed
@@ -315,8 +332,7 @@ class SplitModel:
         comm = self.path_comm(src, dst, nbytes, cb)
         lo, hi = min(src, dst), max(src, dst)
         ones = np.ones((len(cb.clients),) + (1,) * raw.ndim)
-        slow = sum(8e-3 * nbytes[None] / cb.bandwidth_mbps[:, h].reshape((-1,) + (1,) * raw.ndim)
-                   for h in range(lo, hi)) if naive else 0.0
+        slow = sum(8e-3 * nbytes[None] / cb.link_rate(h, raw.ndim) for h in range(lo, hi)) if naive else 0.0
         return Transfer(
             comm=comm,
             out_src=ones * (self._out[src, 0] * kb + self._out[src, 1]),
@@ -448,7 +464,7 @@ class SplitModel:
                     idx = np.setdiff1d(idx, lop, assume_unique=True)
                 if idx.size == 0:
                     continue
-                t = self.transfer(i, j, self.split_bytes[a[idx, j]], k[idx, j - 1], cb)
+                t = self.transfer(i, j, self.split_bytes[a[idx, j]], k[idx, j - 1], cb.plans(idx))
                 comm[j][:, idx] += t.comm
                 proc[j][:, idx] += t.in_dst
                 proc[i][:, idx] += t.out_src
@@ -459,9 +475,9 @@ class SplitModel:
         for j in range(1, D):
             idx = np.flatnonzero(last == j)
             if idx.size:
-                out, back, inn = self.result_return(j, cb)
+                out, back, inn = self.result_return(j, cb.plans(idx))
                 proc[j][:, idx] += out[:, None]
-                comm[0][:, idx] += back[:, None]
+                comm[0][:, idx] += back if back.ndim == 2 else back[:, None]
                 proc[0][:, idx] += inn[:, None]
         base[0, lop] = self.exec_base(0, 0, plans.splits[lop, :1].ravel())  # d0 runs [0, s1), then its band
         exec_ms = base[:, None, :] * scale[:, :, None] + codec_ms * slow[:, :, None]

@@ -375,7 +375,9 @@ def add_sections(model: Any, plans: Any, lop: np.ndarray, cb: Any, exec_ms: np.n
     the sum of its work.
     """
     overlap = np.zeros((len(cb.clients), lop.size))
-    first = np.array([first_stage(plans.splits[p], model.num_blocks) for p in lop])
+    bounds = np.column_stack([plans.splits[lop], np.full(lop.size, model.num_blocks)])
+    grows = np.diff(bounds, axis=1) > 0  # first_stage for every plan at once
+    first = np.where(grows.any(axis=1), grows.argmax(axis=1) + 1, 0)
     parts = plans.parts[lop]
     for j, c in sorted({(int(a), int(b)) for a, b in zip(first, parts, strict=True)}):
         sel = np.flatnonzero((first == j) & (parts == c))  # one pass per device and band count:
@@ -383,7 +385,7 @@ def add_sections(model: Any, plans: Any, lop: np.ndarray, cb: Any, exec_ms: np.n
         cfg = model.section_costs.gather(plans.splits[rows, 0], plans.stop[rows], plans.share[rows],
                                          plans.parts[rows])
         cfg = SectionConfig(cfg.edge_ms, cfg.part_ms[:, :, :c], cfg.chunk_bytes[:, :c], cfg.join_bytes)
-        t = section_schedule(model, cb, j, plans.codecs[rows, j - 1], cfg)
+        t = section_schedule(model, cb.plans(rows), j, plans.codecs[rows, j - 1], cfg)
         exec_ms[0][:, rows] += t.edge_exec
         proc[0][:, rows] += t.edge_proc
         exec_ms[j][:, rows] += t.acc_exec

@@ -23,8 +23,8 @@ exactly: communication is tabulated on a bandwidth grid and interpolated linearl
 ``1 / bandwidth``, which is exact for single-hop transfers (seed 000 Eq. 4 is affine in it) and
 within a grid interval's curvature for multi-hop ones. A plan with a parallel section overlaps
 compute and transfer: what it overlaps is tabulated over the uplink and the edge's background load
-(accelerators unloaded) and taken off its latency: exact without background load, within 2% with
-it in the tests.
+(accelerators unloaded) and taken off its latency: exact without background load but in the grid
+interval where its critical path changes (within 0.1% there), within 2% with load in the tests.
 """
 
 from __future__ import annotations

@@ -39,11 +39,11 @@ def reference(model, devices, splits, codecs, *, bw, prop=0.0, load=0.0, clients
 
     def hop_terms(recv, link, nbytes):
         dev = devices[recv]
-        q0 = dev.link.per_kb_ms * dev.link.ref_bandwidth_mbps / bw[link]
-        mtu, ref_bw = dev.link.mtu_bytes, dev.link.ref_bandwidth_mbps
-        packet = min(mtu, nbytes)  # a message under one MTU is its only packet
+        # 1 KB takes 8/B ms on the wire at B Mbit/s; Q0 holds it at the reference rate
+        q0 = max(dev.link.per_kb_ms + 8.0 / bw[link] - 8.0 / dev.link.ref_bandwidth_mbps, 0.0)
+        packet = min(dev.link.mtu_bytes, nbytes)  # a message under one MTU is its only packet
         frag = q0 * packet / 1e3
-        first = dev.link.first_packet_ms + 8e-3 * (packet / bw[link] - mtu / ref_bw)
+        first = dev.link.first_packet_ms
         return q0 * nbytes / 1e3 + dev.link.offset_ms - frag, frag + first + prop[link]
 
     def path(src, dst, nbytes):

@@ -6,6 +6,8 @@ so a reader can check it without running anything.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -38,38 +40,45 @@ def test_eq1_to_eq10_single_split_at_reference_bandwidth(toy, edge, accel):
     assert p.naive_latency_ms[0] == pytest.approx(4.4)
 
 
-def test_bandwidth_scales_q0_and_first_packet_plus_propagation(toy, edge, accel):
+def test_bandwidth_moves_the_wire_time_plus_propagation(toy, edge, accel):
     m = SplitModel(toy, [edge, accel], return_result=False)
     p = one(m, [2], Conditions(bandwidth_mbps=100, propagation_ms=3.0))
-    # Q0' = 0.008*1000/100 = 0.08 ms/KB -> 4.0 ms for 50 KB; Q1 = -0.4
-    # first packet: 2.0 + 8e-3*1500*(1/100 - 1/1000) = 2.108; propagation 3.0
-    assert p.comm_ms[0, 1] == pytest.approx(4.0 - 0.4 + 2.108 + 3.0)
+    # Q0' = 0.008 + 8/100 - 8/1000 = 0.08 ms/KB -> 4.0 ms for 50 KB; Q1 = -0.4
+    # first packet: T_FP 2.0 (its serialisation is in Q0'); propagation 3.0
+    assert p.comm_ms[0, 1] == pytest.approx(4.0 - 0.4 + 2.0 + 3.0)
+
+
+def test_only_the_wire_time_scales_with_bandwidth(toy, edge, accel):
+    """A Q0 above the wire time at B_ref keeps that host cost per KB; it is not multiplied by B_ref / B."""
+    slow_host = dataclasses.replace(accel, link=dataclasses.replace(accel.link, per_kb_ms=0.010))
+    m = SplitModel(toy, [edge, slow_host], return_result=False)
+    # at 2 Mbit/s: Q0' = 0.010 + 4 - 0.008 = 4.002 ms/KB (not 0.010 * 500 = 5.0) -> 200.1 ms for 50 KB
+    p = one(m, [2], Conditions(bandwidth_mbps=2))
+    assert p.comm_ms[0, 1] == pytest.approx(4.002 * 50 - 0.4 + 2.0)
 
 
 def test_result_returns_to_first_device(toy, edge, accel):
     m = SplitModel(toy, [edge, accel], return_result=True)
     p = one(m, [2], Conditions(bandwidth_mbps=1000))
-    # back to edge, receiver edge: the 400-byte result is its own first packet, so T_FP 1.0 loses
-    # the serialisation of the rest of a 1500-byte one: 1.0 + 8e-3*(400 - 1500)/1000 = 0.9912;
-    # 0.01*0.4 - 0.5 + 0.9912 = 0.4952; edge in: 0.001*0.4 + 0.2 = 0.2004
-    assert p.comm_ms[0, 0] == pytest.approx(0.4952)
+    # back to edge, receiver edge: 0.01*0.4 - 0.5 + T_FP 1.0 = 0.504; edge in: 0.001*0.4 + 0.2 = 0.2004
+    assert p.comm_ms[0, 0] == pytest.approx(0.504)
     assert p.proc_ms[0, 0] == pytest.approx(0.4 + 0.2004)
-    assert p.latency_ms[0] == pytest.approx(6.70512 + 0.4952 + 0.2004)
+    assert p.latency_ms[0] == pytest.approx(6.70512 + 0.504 + 0.2004)
     # at 0.4 Mbit/s a full packet would take 30 ms; the result's 400 bytes take 8:
-    # Q0' = 0.01*1000/0.4 = 25 ms/KB -> 10 ms; first packet 1.0 + 8e-3*(400/0.4 - 1500/1000) = 8.988
+    # Q0' = 0.01 + 8/0.4 - 8/1000 = 20.002 ms/KB -> 8.0008 ms; Q1 -0.5; T_FP 1.0
     slow = one(m, [2], Conditions(bandwidth_mbps=0.4))
-    assert slow.comm_ms[0, 0] == pytest.approx(10.0 - 0.5 + 8.988)
+    assert slow.comm_ms[0, 0] == pytest.approx(8.0008 - 0.5 + 1.0)
 
 
 def test_multi_hop_pipelining_when_a_device_is_skipped(toy, edge, accel, accel2):
     m = SplitModel(toy, [edge, accel, accel2], return_result=False)
     p = one(m, [1, 1], Conditions(bandwidth_mbps=100))
     # 100 KB from edge to accel2 through accel, both links 100 Mbit/s, fragment 1500 B:
-    # hop into accel:  Q0' = 0.08, frag = 0.12, bulk = 8 - 0.4 - 0.12 = 7.48, fixed = 2.108
-    # hop into accel2: same bulk 7.48, fixed = 1.5 + 0.108 = 1.608
-    # pipelined = max(bulk) + sum(frag + fixed) = 7.48 + (0.12 + 2.108) + (0.12 + 1.608) = 11.436
-    # hop by hop = (8 - 0.4 + 2.108) + (8 - 0.4 + 1.608) = 18.916 -> take the smaller
-    assert p.comm_ms[0, 2] == pytest.approx(11.436)
+    # hop into accel:  Q0' = 0.08, frag = 0.12, bulk = 8 - 0.4 - 0.12 = 7.48, fixed = T_FP 2.0
+    # hop into accel2: same bulk 7.48, fixed = 1.5
+    # pipelined = max(bulk) + sum(frag + fixed) = 7.48 + (0.12 + 2.0) + (0.12 + 1.5) = 11.22
+    # hop by hop = (8 - 0.4 + 2.0) + (8 - 0.4 + 1.5) = 18.7 -> take the smaller
+    assert p.comm_ms[0, 2] == pytest.approx(11.22)
     assert p.comm_ms[0, 1] == 0.0
     # the skipped device neither computes nor moves data
     assert p.exec_ms[0, 1] == 0.0 and p.proc_ms[0, 1] == 0.0
@@ -78,9 +87,9 @@ def test_multi_hop_pipelining_when_a_device_is_skipped(toy, edge, accel, accel2)
 def test_multi_hop_never_slower_than_store_and_forward(toy, edge, accel, accel2):
     m = SplitModel(toy, [edge, accel, accel2], return_result=False)
     p = one(m, [2, 2], Conditions(bandwidth_mbps=[100, 1000]))
-    # 50 KB; hop 1 (100 Mbit/s): 4.0 - 0.4 + 2.108 = 5.708; hop 2 (1000): 0.4 - 0.4 + 1.5 = 1.5
-    # pipelined: bulk max(3.48, -0.012) + (0.12 + 2.108) + (0.012 + 1.5) = 7.22 > 7.208
-    assert p.comm_ms[0, 2] == pytest.approx(7.208)
+    # 50 KB; hop 1 (100 Mbit/s): 4.0 - 0.4 + 2.0 = 5.6; hop 2 (1000): 0.4 - 0.4 + 1.5 = 1.5
+    # pipelined: bulk max(3.48, -0.012) + (0.12 + 2.0) + (0.012 + 1.5) = 7.112 > 7.1
+    assert p.comm_ms[0, 2] == pytest.approx(7.1)
 
 
 def test_eq2_codec_layers_enter_the_correction(toy, edge, accel, accel2):

@@ -199,3 +199,26 @@ def test_concat_keeps_sections():
     both = PlanArray.concat([a, b])
     assert both.section_of(0) is None and both.section_of(2) == Section(2, 0.25, 3)
     assert list(itertools.chain(both.stop)) == [0, 0, 2]
+
+
+def test_per_plan_bandwidth_equals_each_plan_under_its_own_rate():
+    """A (B, P, M) bandwidth gives each plan its own rate (the env's transfers integrated over a trace)."""
+    from adaptive.model.latency import ConditionBatch
+    from adaptive.model.observation import candidate_plans
+
+    model = SplitModel(resolve_model("mobilenet_v2"),
+                       [resolve_device(d) for d in ("raspberry-pi-4", "jetson-nano", "jetson-agx-orin")])
+    plans = candidate_plans(model, parallel=True).plans
+    assert plans.has_sections
+    rng = np.random.default_rng(0)
+    B, P = 6, len(plans)
+    bw = rng.uniform(0.5, 200.0, (B, P, 2))
+    rest = (np.full((B, 2), 0.5), rng.uniform(0, 0.9, (B, 3)), rng.integers(1, 4, B).astype(float),
+            np.full((B, 3), 4000.0))
+    joint = model.evaluate(plans, ConditionBatch(bw, *rest))
+    for p in range(P):
+        alone = model.evaluate(plans, ConditionBatch(bw[:, p], *rest))
+        for field in ("latency_ms", "energy_j", "comm_ms", "naive_latency_ms", "bottleneck_ms"):
+            np.testing.assert_allclose(getattr(joint, field)[:, p], getattr(alone, field)[:, p], rtol=1e-12)
+    first_rate = model.evaluate(plans, ConditionBatch(bw[:, 0], *rest))
+    assert not np.allclose(joint.latency_ms, first_rate.latency_ms)
