@@ -2,7 +2,8 @@
 
 Nodes report measured stage times (:class:`adaptive.protocol.messages.StatsMessage`). For each
 node, :class:`Calibration` keeps a scale factor, an exponentially weighted mean of measured over
-predicted stage time, where the prediction comes from the shipped profiles. A controller rebuilds
+predicted stage time, where the prediction comes from the shipped profiles (for a node's bands of a
+parallel section, the profile's part times: ``docs/model.md``, "Parallel sections"). A controller rebuilds
 its latency model from the scaled profiles whenever a scale has moved 2% from the one its model was
 built with (:meth:`Calibration.update` says when), so predictions, the policy's observations and the
 rules track the real devices. :class:`RequestRates` measures each source's request rate from the
@@ -18,8 +19,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from adaptive.errors import PlanError
 from adaptive.model.latency import SplitModel
-from adaptive.protocol.messages import StatsMessage
+from adaptive.protocol.messages import StageTiming, StatsMessage
 
 __all__ = ["Calibration", "RequestRates"]
 
@@ -57,12 +59,17 @@ class Calibration:
         base_model, idx = found
         ratios = []
         for st in stats.stages:
-            a, b = np.array([st.start]), np.array([st.stop])
-            base = float(base_model.exec_base(idx, a, b)[0])
-            # the first device serves its own client; accelerators batch (seed 000 Sec. V-D)
-            device = base_model.devices[idx]
-            batching = 1 + device.batch_per_extra_item * (st.batch - 1) if idx else 1.0
-            predicted = base * batching
+            if st.section is not None:  # this node's band(s) of a parallel section, on its profile
+                predicted = self._section_ms(base_model, idx, st)
+                if predicted is None:
+                    continue
+            else:
+                a, b = np.array([st.start]), np.array([st.stop])
+                base = float(base_model.exec_base(idx, a, b)[0])
+                # the first device serves its own client; accelerators batch (seed 000 Sec. V-D)
+                device = base_model.devices[idx]
+                batching = 1 + device.batch_per_extra_item * (st.batch - 1) if idx else 1.0
+                predicted = base * batching
             if predicted < 0.5 or st.exec_ms <= 0:
                 continue  # too small to compare reliably
             # a guard against a broken measurement, wide enough for devices emulated far slower
@@ -77,6 +84,16 @@ class Calibration:
             self.history.append((time.time(), dict(self.scales)))
             drift = max(abs(self.scales[n] / self._built[n] - 1) for n in self.scales)
         return drift > self.rebuild_drift
+
+    @staticmethod
+    def _section_ms(model: SplitModel, idx: int, st: StageTiming) -> float | None:
+        """The profile's time for a node's share of a section (its band at the source, else its bands)."""
+        _, share, parts = st.section  # type: ignore[misc]
+        try:
+            cfg = model.section_costs.config(st.start, st.stop, share, parts)
+        except PlanError:
+            return None  # a node measured a section this model cannot price: nothing to learn from it
+        return float(cfg.edge_ms[0] if idx == 0 else cfg.part_ms[idx, :parts].sum())
 
     def adopt(self, scales: Mapping[str, float]) -> None:
         """Start from scales measured earlier (e.g. by a previous controller); unknown nodes are ignored."""
@@ -110,7 +127,8 @@ class RequestRates:
         """Fold in a source's stats (a moving mean of requests started per second)."""
         if stats.node not in self.sources:
             return
-        requests = sum(st.count * st.batch for st in stats.stages)
+        # a request's first stage starts at block 0 (a sectioned one may also report its band after it)
+        requests = sum(st.count * st.batch for st in stats.stages if st.start == 0)
         with self._lock:
             rate, at = self._rates.get(stats.node, (0.0, 0.0))
             span = stats.ts - at if 0 < stats.ts - at < 5 else 1.0

@@ -465,6 +465,9 @@ class StageTiming:
         batch: Batch size of the executions.
         count: Executions measured.
         exec_ms: Median execution time, ms (compute, plus padding when emulating a device).
+        section: When the timing is this node's share of a plan's parallel section of blocks
+            ``[start, stop)``: that section ``(stop, share, parts)``, and ``exec_ms`` is the band the
+            source computed, or the bands the next node computed; None for a whole stage.
     """
 
     version: int
@@ -473,6 +476,15 @@ class StageTiming:
     batch: int
     count: int
     exec_ms: float
+    section: tuple[int, float, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The timing as stats messages carry it (``section`` only when there is one)."""
+        out: dict[str, Any] = {"version": self.version, "start": self.start, "stop": self.stop,
+                               "batch": self.batch, "count": self.count, "exec_ms": self.exec_ms}
+        if self.section is not None:
+            out["section"] = section_json(self.section)
+        return out
 
 
 @dataclass(frozen=True)
@@ -514,7 +526,7 @@ class StatsMessage:
     def encode(self) -> bytes:
         """Compact JSON bytes."""
         return dump_payload({"v": VERSION, "node": self.node, "ts": self.ts,
-                      "stages": [s.__dict__ for s in self.stages],
+                      "stages": [s.to_json() for s in self.stages],
                       "transfers": [t.__dict__ for t in self.transfers]})
 
     @classmethod
@@ -530,12 +542,16 @@ class StatsMessage:
         st = []
         for item in stages:
             item = json_object(item, f"{w}.stages")
-            timing = StageTiming(integer(item, "version", w, 1, MAX_VERSION), integer(item, "start", w),
+            start = integer(item, "start", w)
+            timing = StageTiming(integer(item, "version", w, 1, MAX_VERSION), start,
                                  integer(item, "stop", w), integer(item, "batch", w, 1),
                                  integer(item, "count", w, 1),
-                                 float(number(item, "exec_ms", w, lo=0)))
+                                 float(number(item, "exec_ms", w, lo=0)), section_field(item, w, [start]))
             if timing.stop < timing.start:
                 raise SchemaError(f"{w}: stage stop {timing.stop} is before its start {timing.start}")
+            if timing.section is not None and timing.section[0] != timing.stop:
+                raise SchemaError(f"{w}: a section's timing ends at its stop {timing.section[0]}, "
+                                  f"not {timing.stop}")
             st.append(timing)
         tr = []
         for item in transfers:

@@ -145,14 +145,18 @@ class NodeStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stages: dict[tuple[int, int, int, int], list[float]] = defaultdict(list)
+        self._stages: dict[tuple[Any, ...], list[float]] = defaultdict(list)
         self._transfers: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
-    def stage(self, versions: set[int], start: int, stop: int, batch: int, ms: float) -> None:
-        """Blocks ``[start, stop)`` of a batch took ``ms`` (filed under each plan version in it)."""
+    def stage(self, versions: set[int], start: int, stop: int, batch: int, ms: float,
+              section: tuple[int, float, int] | None = None) -> None:
+        """Blocks ``[start, stop)`` of a batch took ``ms`` (filed under each plan version in it).
+
+        ``section``: the time is this node's share of that parallel section of ``[start, stop)``.
+        """
         with self._lock:
             for version in versions:
-                self._stages[(version, start, stop, batch)].append(ms)
+                self._stages[(version, start, stop, batch, section)].append(ms)
 
     def transfer(self, peer: str, nbytes: int, ms: float) -> None:
         """``nbytes`` went to ``peer`` in ``ms``."""
@@ -166,8 +170,8 @@ class NodeStats:
             transfers, self._transfers = self._transfers, defaultdict(list)
         if not stages and not transfers:
             return None
-        timings = tuple(StageTiming(v, a, b, n, len(ms), round(statistics.median(ms), 3))
-                        for (v, a, b, n), ms in list(stages.items())[:64])
+        timings = tuple(StageTiming(v, a, b, n, len(ms), round(statistics.median(ms), 3), sec)
+                        for (v, a, b, n, sec), ms in list(stages.items())[:64])
         sent = tuple(TransferTiming(peer, len(x), int(statistics.median(b for b, _ in x)),
                                     round(statistics.median(m for _, m in x), 3))
                      for peer, x in list(transfers.items())[:64] if peer != "unknown")
@@ -254,7 +258,8 @@ class NodeRuntime:
             for x in self.part.activations(torch.zeros(shape)):
                 del x
         self.section_path = SectionPath(self.part, cfg.node, self._send_to, self._reply, self._emit,
-                                        self.compute.pad, self._count, self.compute.pad_part)
+                                        self.compute.pad, self._count, self.compute.pad_part,
+                                        record=self.stats.stage)
         self.control.check_section = self.section_path.check
         self._context = zmq.Context()
         try:

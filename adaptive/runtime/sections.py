@@ -278,15 +278,20 @@ class SectionPath:
         pad: ``pad(start, stop, batch, seconds) -> seconds``: compute emulation of a stage.
         count: Called once per request this node has done its share of.
         pad_part: ``pad_part(start, shares, seconds) -> seconds``: compute emulation of a band.
+        record: ``record(versions, start, stop, batch, ms, section)``: compute time for the node's
+            stats (:meth:`adaptive.runtime.node.NodeStats.stage`): whole stages with ``section``
+            None, and the node's bands of a section with the plan's section.
     """
 
     def __init__(self, part: Partition, node: str, send: Callable[[str, Any], bool],
                  reply: Callable[[Any], None], emit: Callable[..., None],
                  pad: Callable[[int, int, int, float], float], count: Callable[[], None],
-                 pad_part: Callable[[int, tuple[float, ...], float], float] | None = None) -> None:
+                 pad_part: Callable[[int, tuple[float, ...], float], float] | None = None,
+                 record: Callable[..., None] | None = None) -> None:
         self.part, self.node = part, node
         self.send, self.reply, self.emit, self.pad, self.count = send, reply, emit, pad, count
         self.pad_part = pad_part or (lambda start, shares, seconds: seconds)
+        self.record = record or (lambda *args: None)
         self.assembler = SectionAssembler(part, pad=self.pad_part)
         self._rows: dict[tuple[Any, ...], SectionRows] = {}
 
@@ -334,7 +339,11 @@ class SectionPath:
             self.reply(f.error_reply(f"node {self.node} refused the request's section: "
                                      f"{str(exc).splitlines()[0][:200]}"))
             return
-        self.emit(head, y, stop, 0.0, compute_s + self.pad(start, stop, 1, time.perf_counter() - t0), 1)
+        rest_s = self.pad(start, stop, 1, time.perf_counter() - t0) if stop > start else 0.0
+        self.record({head.version}, rows.start, rows.stop, 1, compute_s * 1e3, head.section.wire)
+        if stop > start:
+            self.record({head.version}, start, stop, 1, rest_s * 1e3, None)
+        self.emit(head, y, stop, 0.0, compute_s + rest_s, 1)
 
     def expire(self) -> None:
         """Answer the requests whose pieces did not all arrive in time."""
@@ -359,7 +368,11 @@ class SectionPath:
                 return
         t1 = time.perf_counter()
         band = edge_band(self.part, rows, x)
-        spent = ahead + self.pad_part(rows.start, rows.edge_shares, time.perf_counter() - t1)
+        band_s = self.pad_part(rows.start, rows.edge_shares, time.perf_counter() - t1)
+        if rows.start:
+            self.record({f.version}, 0, rows.start, 1, ahead * 1e3, None)
+        self.record({f.version}, rows.start, rows.stop, 1, band_s * 1e3, f.section.wire)
+        spent = ahead + band_s
         self.count()
         trace = (*f.trace, (self.node, queued_ms, round(spent * 1e3, 3), 1))
         last = tensor_frame(f, band, codec, hop=rows.j, position=rows.stop, part=len(rows.bands), trace=trace)

@@ -52,6 +52,32 @@ def test_calibration_converges_to_the_measured_ratio_and_asks_for_a_rebuild_once
     assert cal.snapshot() == pytest.approx({"pi": 2.5, "jetson": 3.0}, rel=1e-3)
 
 
+def test_calibration_learns_from_a_sections_bands_on_both_sides():
+    """A node's bands of a parallel section count as its compute, against the profile's part times."""
+    chain = SplitModel(resolve_model("mobilenet_v2"),
+                       [resolve_device(d) for d in ("raspberry-pi-4", "jetson-nano")])
+    cfg = chain.section_costs.config(0, 5, 0.5, 2)
+    edge_ms, accel_ms = float(cfg.edge_ms[0]), float(cfg.part_ms[1, :2].sum())
+    assert edge_ms > 1.0 and accel_ms > 0.5
+    cal = Calibration({"pi": (chain, 0), "jetson": (chain, 1)}, weight=1.0)
+
+    def band(node, ms, section=(5, 0.5, 2)):
+        return StatsMessage(node, time.time(), (StageTiming(1, 0, section[0], 1, 3, ms, section),), ())
+
+    cal.update(band("pi", 2.0 * edge_ms))
+    cal.update(band("jetson", 4.0 * accel_ms))
+    assert cal.snapshot() == pytest.approx({"pi": 2.0, "jetson": 4.0})
+    L = chain.num_blocks
+    assert not cal.update(band("pi", 1.0, section=(L, 0.5, 2)))  # the classifier is no section: ignored
+    assert cal.snapshot()["pi"] == pytest.approx(2.0)
+    # a source that reports its stage and then its band started one request, not two
+    rates = RequestRates(["pi"])
+    both = StatsMessage("pi", 100.0, (StageTiming(1, 0, 2, 1, 4, 3.0),
+                                      StageTiming(1, 2, 5, 1, 4, 2.0, (5, 0.5, 1))))
+    rates.update(both)
+    assert rates.rate("pi", now=100.5) == pytest.approx(4.0)
+
+
 def test_request_rates_follow_the_sources_and_go_stale():
     rates = RequestRates(["pi"], stale_s=3.0)
     rates.update(stats("pi", 0, 3, 1.0, count=5, ts=100.0))

@@ -47,7 +47,8 @@ RECORDS = {
     "rule": RuleMessage(9, "pi-1", "resnet18", ("pi-1", "jetson"), 14, 1.7e9, "greedy", (2.5, 20.0),
                         (RulePlan((14,), (), 80.0, 12.5), RulePlan((4,), ("int8",), 55.0),
                          RulePlan((0,), section=(5, 0.5, 2)))),
-    "stats": StatsMessage("pi-1", 1.7e9, (StageTiming(7, 0, 4, 1, 12, 31.5),),
+    "stats": StatsMessage("pi-1", 1.7e9, (StageTiming(7, 0, 4, 1, 12, 31.5),
+                                          StageTiming(8, 4, 9, 1, 3, 12.0, (9, 0.375, 2))),
                           (TransferTiming("jetson", 12, 150528, 41.2),)),
 }
 
@@ -90,6 +91,8 @@ def test_topics():
         ("plan", lambda d: d.update(section={"stop": 8, "share": 0.5, "parts": 5}), "'section'"),
         ("plan", lambda d: d.update(section={"stop": 8, "share": 0.5}), "'section'"),
         ("ack", lambda d: d.update(ok="yes"), "true or false"),
+        ("stats", lambda d: d["stages"][1].update(section={"stop": 9, "share": 1, "parts": 2}), "'section'"),
+        ("stats", lambda d: d["stages"][1].update(section={"stop": 9, "share": 0.5}), "'section'"),
     ],
 )
 def test_invalid_messages_name_the_field(kind, mutate, message):

@@ -14,7 +14,7 @@ import zmq
 from adaptive.lab.broker import EmbeddedBroker
 from adaptive.model.plans import enumerate_plans
 from adaptive.nn.zoo import build_model
-from adaptive.protocol.messages import Ack, Message, PlanMessage, plan_topic
+from adaptive.protocol.messages import Ack, Message, PlanMessage, StatsMessage, plan_topic
 from adaptive.runtime.client import InferenceClient, plan_label
 from adaptive.runtime.node import NodeConfig, NodeRuntime, check_plan
 from adaptive.runtime.wire import Frame, decode_frame, encode_frame, tensor_frame
@@ -395,11 +395,24 @@ def test_parallel_sections_mixed_with_layer_plans_lose_nothing_and_compute_the_m
         splits, section = ((int(rng.integers(0, L + 1)),) * 2, None) if i % 3 == 2 else sectioned[i % 40]
         plans.append(PlanMessage(1, MODEL, NODES, splits, time.time(), "test", None, (), L,
                                  section=section.wire if section else None))
-    sent, records = send_own_plans(cluster, "lop", plans, 3, 1e-4)  # exact: no lossy codec
+    reports: list[StatsMessage] = []  # what the nodes tell the controller's calibration
+    listen = MqttTransport(cluster["url"], "test-stats",
+                           subscriptions=[(f"adaptive/{CLUSTER}/node/+/stats", 1)],
+                           on_message=lambda t, p: reports.append(StatsMessage.decode(p))).start()
+    try:
+        sent, records = send_own_plans(cluster, "lop", plans, 3, 1e-4)  # exact: no lossy codec
+        time.sleep(1.5)  # one more stats period
+    finally:
+        listen.close()
     labels = {rid: plan_label(p.splits, (), Section(*p.section) if p.section else None)
               for rid, p in sent.items()}
     assert all(r.plan == labels[r.id] for r in records)
     assert sum("@" in r.plan for r in records) == 80
+    bands = {(m.node, st.start, st.stop, st.section) for m in reports for st in m.stages if st.section}
+    # the source reports its band, node j its bands: jetson when it runs a stage, else jetson2
+    assert {node for node, *_ in bands} == set(NODES)
+    assert all(st.exec_ms > 0 for m in reports for st in m.stages if st.section)
+    assert all(stop == section[0] for _, _, stop, section in bands)
 
 
 def test_a_section_or_piece_that_does_not_fit_gets_an_error_and_the_node_serves_on(cluster):
