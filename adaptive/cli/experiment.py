@@ -153,12 +153,15 @@ def _cell(value: Any, spec: str) -> str:
 
 
 def _print_compare(c: dict[str, Any]) -> None:
-    print(f"{'sim vs live':<18}{'live ms':>9}{'sim ms':>9}{'ratio':>7}{'live p95':>10}{'sim p95':>9}")
+    print(f"{'sim vs live':<18}{'live ms':>9}{'sim ms':>9}{'ratio':>7}{'live p95':>10}{'sim p95':>9}"
+          f"{'seg. MAPE':>10}")
     fmt = _cell
     for r in c["policies"]:
+        mape = r.get("segment_mape_pct")
         print(
             f"{r['policy']:<18}{fmt(r['live_mean_ms'], '>9.1f')}{fmt(r['sim_mean_ms'], '>9.1f')}"
             f"{fmt(r['mean_ratio'], '>7.3f')}{fmt(r['live_p95_ms'], '>10.1f')}{fmt(r['sim_p95_ms'], '>9.1f')}"
+            f"{fmt(mape, '>9.1f')}{'%' if mape is not None else ' '}"
         )
     verdict = (
         f"means within 10%: {'yes' if c['within_10pct'] else 'no'}; ranking "

@@ -116,9 +116,6 @@ def check_live(scenario: Scenario, shaping: str = "app") -> None:
                 f"{scenario.source}: accelerators '{a.name}' load: live runs do not emulate "
                 "background load (use --mode sim, or give the scenario a live: block without loads)"
             )
-    if scenario.parallel:
-        raise AdaptiveError(f"{scenario.source}: plans.parallel: live experiments do not run parallel "
-                            "sections yet (use --mode sim)")
     for spec in scenario.policies:
         if spec.partition(":")[0] not in (*LIVE_POLICIES, "plan"):
             raise AdaptiveError(
@@ -250,7 +247,7 @@ class _LiveRun:
             "chain": [{"node": edges[0], "device": s.edge_device},
                       *({"node": a.name, "device": a.device} for a in s.accelerators)],
             "sources": [{"node": n, "device": s.edge_device} for n in edges[1:]],
-            "interval_s": 1.0, "stale_after_s": 3.0, "source_rule": "table"})
+            "interval_s": 1.0, "stale_after_s": 3.0, "source_rule": "table", "parallel": s.parallel})
         self.env_overrides = {
             "min_edge_blocks": s.min_edge_blocks, "codecs": list(s.codecs),
             "include_plans": list(s.include_plans),
@@ -259,11 +256,10 @@ class _LiveRun:
         }
         self.statics: dict[str, int] = {}
         for spec in s.policies:  # a bad policy fails here, before anything starts
-            if spec == "static-hindsight" or spec.startswith("plan:"):
+            if spec.removesuffix(":layers") == "static-hindsight" or spec.startswith("plan:"):
                 self.statics[spec] = _fixed_plan(spec, s, self.cond)
             else:
-                env = None if spec.startswith("ppo") else self.env_overrides
-                build_multi_policy(spec, self.ctl_cfg, env=env)
+                build_multi_policy(spec.removesuffix(":layers"), self.ctl_cfg, env=self.env_for(spec))
         self.calibrated: dict[str, float] = dict(self.declared)
         self.requests: list[dict[str, Any]] = []
         self.runs: list[dict[str, Any]] = []
@@ -272,6 +268,16 @@ class _LiveRun:
         self.interrupted = False
         self.stop = threading.Event()
         self.progress = LiveProgress(phases=len(s.policies) * repeats)
+
+    def env_for(self, spec: str) -> dict[str, Any] | None:
+        """The env config a policy's candidates come from (a trained policy brings its own).
+
+        Plans with sections when the scenario allows them, unless ``NAME:layers`` asks for layer plans.
+        """
+        if spec.startswith("ppo"):
+            return None
+        layers = spec.endswith(":layers") and not spec.startswith("plan:")
+        return {**self.env_overrides, "parallel": self.s.parallel and not layers}
 
     def write_uplinks(self, out: Path) -> list[Path]:
         """What each edge's emulated uplink replays, one CSV per client."""
@@ -347,10 +353,9 @@ class _Phase:
         from agents.wiring import build_multi_policy
 
         run, s = self.run_, self.run_.s
-        fixed = spec == "static-hindsight" or spec.startswith("plan:")
-        wiring = build_multi_policy("static" if fixed else spec, run.ctl_cfg,
-                                    static_plan=run.statics.get(spec),
-                                    env=None if spec.startswith("ppo") else run.env_overrides)
+        fixed = spec in run.statics
+        wiring = build_multi_policy("static" if fixed else spec.removesuffix(":layers"), run.ctl_cfg,
+                                    static_plan=run.statics.get(spec), env=run.env_for(spec))
         controller = SharedController(run.ctl_cfg, self.lab.address, wiring.policy, spec=wiring.spec,
                                       candidates=wiring.candidates, deadline_ms=wiring.deadline_ms,
                                       step_s=wiring.step_s, policy_name=spec, on_shared=wiring.on_shared,
@@ -465,7 +470,10 @@ def _rows(s: Scenario, cond: dict[str, np.ndarray], policy: str, repeat: int, re
     share = {}
     for i in range(len(candidates)):
         p = candidates.plan(i)
-        share[plan_label(p.splits, p.codecs)] = p.splits[0] / max(L, 1)
+        edge = float(p.splits[0])
+        if p.section is not None:  # the edge's band: its share of the section's rows
+            edge += (1.0 - p.section.share) * (p.section.stop - p.splits[0])
+        share[plan_label(p.splits, p.codecs, p.section)] = edge / max(L, 1)
     T = cond["active"].shape[0]
     rows = []
     for k, c in enumerate(s.clients):

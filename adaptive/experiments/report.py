@@ -238,9 +238,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dict[str, Any]:
     """Sim against live, from two summaries' ``policies``: per policy, and whether they rank alike.
 
-    Per policy: mean and p95 latency in each mode, their ratios (live / sim) and whether the
-    means agree within 10%. The ranking is by mean latency; a pair of policies whose simulated
-    means are within ``tie`` of each other is a tie, which no order of the live means contradicts.
+    Per policy: mean and p95 latency in each mode, their ratios (live / sim), whether the means
+    agree within 10%, and the mean absolute percentage error of the sim's mean over the segments
+    both measured (relative to live). The ranking is by mean latency; a pair of policies whose
+    simulated means are within ``tie`` of each other is a tie, which no order of the live means
+    contradicts.
     """
     rows = []
     for name, lp in live.items():
@@ -248,6 +250,9 @@ def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dic
         if sp is None:
             continue
         mean_ratio = _ratio(lp["mean_ms"], sp["mean_ms"])
+        pairs = [(a["mean_ms"], b["mean_ms"]) for a, b in zip(lp.get("segments", []), sp.get("segments", []),
+                                                                strict=False)
+                 if a["mean_ms"] and b["mean_ms"] is not None]
         rows.append(
             {
                 "policy": name,
@@ -260,6 +265,9 @@ def compare(live: dict[str, Any], sim: dict[str, Any], tie: float = 0.05) -> dic
                 "live_drop_rate": lp["drop_rate"],
                 "sim_drop_rate": sp["drop_rate"],
                 "within_10pct": mean_ratio is not None and abs(mean_ratio - 1) <= 0.10,
+                "segment_mape_pct": (round(100 * float(np.mean([abs(s_ - l_) / l_ for l_, s_ in pairs])), 2)
+                                     if pairs else None),
+                "segments_compared": len(pairs),
             }
         )
     ties, wrong = [], []
@@ -496,14 +504,16 @@ def _live_markdown(summary: dict[str, Any]) -> list[str]:
             "controller calibrated live. Ratios are live / sim.",
             "",
             "| policy | live mean ms | sim mean ms | ratio | live p95 | sim p95 | ratio | live drops "
-            "| sim drops |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| sim drops | per-segment MAPE |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in cmp_["policies"]:
+            mape = r.get("segment_mape_pct")
             lines.append(
                 f"| {r['policy']} | {_fmt(r['live_mean_ms'])} | {_fmt(r['sim_mean_ms'])} | "
                 f"{_fmt(r['mean_ratio'], '.3f')} | {_fmt(r['live_p95_ms'])} | {_fmt(r['sim_p95_ms'])} | "
-                f"{_fmt(r['p95_ratio'], '.3f')} | {pct(r['live_drop_rate'])} | {pct(r['sim_drop_rate'])} |"
+                f"{_fmt(r['p95_ratio'], '.3f')} | {pct(r['live_drop_rate'])} | {pct(r['sim_drop_rate'])} | "
+                f"{_fmt(mape, '.1f')}% over {r.get('segments_compared', 0)} |"
             )
         far = [r["policy"] for r in cmp_["policies"] if not r["within_10pct"]]
         lines += [

@@ -43,7 +43,7 @@ from adaptive.errors import AdaptiveError, read_input
 __all__ = ["AcceleratorSpec", "ClientSpec", "Scenario", "Schedule", "shipped_scenarios"]
 
 SCHEMA = "adaptive.scenario/v1"
-_LABEL = re.compile(r"^\d+(,\d+)*(/[a-z0-9]+(,[a-z0-9]+)*)?$")
+_LABEL = re.compile(r"^(\d+-\d+@[0-9.]+(x\d+)?|\d+)(,\d+)*(/[a-z0-9]+(,[a-z0-9]+)*)?$")  # 3,7 or 3-5@0.5,7
 _ID = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
 
@@ -533,6 +533,8 @@ def _plans(doc: dict[str, Any], source: str, policies: list[str]) -> tuple[int, 
         if p.startswith("plan:"):
             if not _LABEL.match(p[5:]):
                 raise _fail(f"{source}.policies", f"'{p}': expected plan:SPLITS, e.g. plan:1,8")
+            if "@" in p and not parallel:
+                raise _fail(f"{source}.policies", f"'{p}': a plan with a section needs plans.parallel: true")
             if p[5:] not in include:
                 include = [*include, p[5:]]
     return min_edge, codecs, include, parallel

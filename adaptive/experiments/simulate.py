@@ -102,14 +102,14 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
     if name == "ppo":
         return _ppo_env(spec, path, scenario, devices)
     if name == "plan":
-        from adaptive.model.plans import parse_plan_label
+        from adaptive.model.plans import parse_plan
         from agents.multi_policies import FixedPlan
 
         env = MultiClientEnv(base)
         cands = env.candidates
-        want = parse_plan_label(path, env.chain.chains[0].num_blocks, len(devices), cands.codec_names)
-        keys = [(tuple(int(x) for x in cands.plans.splits[i]), tuple(int(x) for x in cands.plans.codecs[i]))
-                if cands.plans.section_of(i) is None else None for i in range(len(cands))]
+        want = parse_plan(path, env.chain.chains[0].num_blocks, len(devices), cands.codec_names)
+        keys = [(tuple(int(x) for x in cands.plans.splits[i]), tuple(int(x) for x in cands.plans.codecs[i]),
+                 cands.plans.section_of(i)) for i in range(len(cands))]
         return env, FixedPlan(env, keys.index(want)), K
     if name not in HEURISTICS or (path and not layers):
         raise AdaptiveError(

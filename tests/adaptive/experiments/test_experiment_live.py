@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -76,13 +77,12 @@ def test_the_live_block_replaces_top_level_keys_and_is_checked_at_load():
     # the pi1 step at 6 s is past a live duration of 5 s: the variant is refused when it is loaded
     with pytest.raises(AdaptiveError, match=r"t \(live\)\.clients\[0\]\.uplink\.steps\[1\]"):
         Scenario.from_dict(doc(live={"duration_s": 5}), "t")
-    for name in shipped_scenarios():  # every shipped one can run live, but with parallel sections (not yet)
-        scenario = Scenario.load(name).for_live()
-        if scenario.parallel:
-            with pytest.raises(AdaptiveError, match="live experiments do not run parallel sections yet"):
-                check_live(scenario)
-        else:
-            check_live(scenario)
+    for name in shipped_scenarios():  # every shipped one can run live, parallel sections too
+        check_live(Scenario.load(name).for_live())
+    live = Scenario.load("intradp-lop").for_live()
+    assert live.parallel and "plan:0-5@0.5,0/none,int8" in live.policies
+    with pytest.raises(AdaptiveError, match=r"a plan with a section needs plans\.parallel: true"):
+        Scenario.from_dict(doc(policies=["plan:0-5@0.5,0"]), "t")
 
 
 def test_requests_are_binned_into_the_simulations_rows():
@@ -133,6 +133,16 @@ def test_compare_reports_ratios_ties_and_disagreements():
     assert c["sim_order"] == ["a", "b", "c", "d"] and c["live_order"] == ["b", "a", "d", "c"]
     c = compare({"a": pol(101), "c": pol(190)}, sim)
     assert c["within_10pct"] and c["ranking_agrees"] and [r["policy"] for r in c["policies"]] == ["a", "c"]
+    assert rows["a"]["segment_mape_pct"] is None  # no segments measured
+
+    def segs(*means):
+        return {**pol(float(np.mean([m for m in means if m is not None]))),
+                "segments": [{"mean_ms": m} for m in means]}
+
+    # per segment |sim - live| / live: 10/100, 30/300, and a segment live did not measure is skipped
+    c = compare({"a": segs(100.0, 300.0, None)}, {"a": segs(110.0, 270.0, 50.0)})
+    assert c["policies"][0]["segment_mape_pct"] == pytest.approx(10.0)
+    assert c["policies"][0]["segments_compared"] == 2
 
 
 def test_the_report_says_why_the_modes_differ_where_the_records_show_it():
