@@ -112,7 +112,7 @@ def replay_env(model_profile: str, devices: list[str], uplink_csv: str, window_s
 
 def static_plans(model_profile: str, devices: list[str], uplink_csv: str, window_s: float
                  ) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
-    """The two static baselines for a replayed window: ``{name: (splits, codecs)}``.
+    """The two static layer-plan baselines for a replayed window: ``{name: (splits, codecs)}``.
 
     ``static-hindsight`` is the fixed plan with the least mean latency over the window and
     ``static-mean`` the best plan for its mean conditions (Neurosurgeon-style), both on the
@@ -121,7 +121,7 @@ def static_plans(model_profile: str, devices: list[str], uplink_csv: str, window
     """
     from agents.policies import make_heuristic
 
-    env, options = replay_env(model_profile, devices, uplink_csv, window_s)
+    env, options = replay_env(model_profile, devices, uplink_csv, window_s, parallel=False)
     env.reset(seed=0, options=options)
     out = {}
     for name in ("static-hindsight", "static-mean"):

@@ -48,12 +48,14 @@ def rules() -> tuple[RuleMessage, RuleMessage]:
     allowed = np.ones(P, bool)
     pred, ok = grid_choices(model, cands, cond, allowed)
     latency = np.where(pred.feasible, pred.latency_ms, np.inf)
-    rows = tuple(RulePlan(p.splits, p.codecs) for p in (cands.plan(a) for a in range(P)))
+    rows = tuple(RulePlan(p.splits, p.codecs, section=p.section.wire if p.section else None)
+                 for p in (cands.plan(a) for a in range(P)))
     actor = actor_rule(latency, ok, obs_spec, np.zeros(obs_spec.size), net.step_s or 0.25, net.to_json())
     policy = RuleMessage(1, "pi", "mobilenet_v2", DEVICES, model.num_blocks, 0.0, "ppo", (), rows, "policy",
                          actor)
     table = decision_table(model, cands, cond, allowed)
-    bins = tuple(RulePlan(cands.plan(a).splits, cands.plan(a).codecs) for a in table.actions)
+    bins = tuple(RulePlan(p.splits, p.codecs, section=p.section.wire if p.section else None)
+                 for p in (cands.plan(a) for a in table.actions))
     table_rule = RuleMessage(2, "pi", "mobilenet_v2", DEVICES, model.num_blocks, 0.0, "greedy",
                              tuple(table.edges_mbps), bins)
     return RuleMessage.decode(policy.encode()), table_rule

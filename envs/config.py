@@ -105,7 +105,7 @@ class EnvConfig:
     codecs: tuple[str, ...] = ()
     min_edge_blocks: int = 0
     include_plans: tuple[str, ...] = ()
-    parallel: bool = False
+    parallel: bool = True
 
     default_file: ClassVar[str] = "default.yaml"
 
@@ -218,6 +218,7 @@ class MultiClientConfig(EnvConfig):
     """
 
     max_steps: int = 800
+    parallel: bool = False  # the shipped joint policy chooses among layer plans
     client_rate_rps: tuple[float, float] = (1.0, 8.0)
     deadline_ms: float = 1000.0
     drop_penalty: float = 5.0

@@ -94,14 +94,18 @@ def _add_controller(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole system on one machine in about three minutes",
+    p = sub.add_parser("demo", help="the whole system on one machine in about four minutes",
                        description="Broker, three emulated nodes with monitors, the controller and a client; "
-                                   "adaptive (decided per request at the pi) vs static plans chosen in "
-                                   "hindsight and for the mean bandwidth vs device-only on a real trace.")
+                                   "adaptive (decided per request at the pi, with parallel sections) vs "
+                                   "adaptive with layer plans only vs static plans chosen in hindsight and "
+                                   "for the mean bandwidth vs device-only on a real trace.")
     p.add_argument("--model", default="mobilenet_v2", help="zoo model with a shipped profile")
     p.add_argument("--policy", default="auto",
                    help="auto | ppo[:PATH] | greedy | hysteresis | static (default auto: the shipped PPO "
                         "policy, trained for mobilenet_v2 on this chain, else hysteresis)")
+    p.add_argument("--layers-policy", default="auto",
+                   help="policy of the 'adaptive-layers' phase (default auto: the shipped PPO policy trained "
+                        "on layer plans, or the --policy heuristic on layer candidates)")
     p.add_argument("--trace", help="bandwidth trace CSV for the pi's uplink (default: a shipped 5G trace)")
     p.add_argument("--trace-median-mbps", type=float, default=8.0, help="scale the trace to this median")
     p.add_argument("--duration", type=float, default=120.0,
@@ -394,7 +398,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         return _run_clients_demo(args)
     from agents.wiring import build_policy, static_plans
 
-    summary = run_demo(DemoConfig(model=args.model, policy=args.policy, trace=args.trace,
+    summary = run_demo(DemoConfig(model=args.model, policy=args.policy, layers_policy=args.layers_policy,
+                                  trace=args.trace,
                                   trace_median_mbps=args.trace_median_mbps, duration_s=args.duration,
                                   out=args.out, view=not args.no_view), build_policy, static_plans)
     print(f"\n{summary['model']} on pi -> jetson -> jetson2, policy {summary['policy']} "
@@ -410,10 +415,18 @@ def _run_demo(args: argparse.Namespace) -> int:
     for p in summary["phases"]:
         if p.get("same_as"):
             print(f"({p['phase']} is the plan of {p['same_as']}: not run twice)")
-    ratio = summary["adaptive_vs_better_static"]
-    if ratio is not None:
-        print(f"adaptive / {summary['better_static']} (the better static): mean x{ratio:.3f}, "
-              f"{100 * abs(1 - ratio):.1f}% {'lower' if ratio < 1 else 'higher'}")
+    better = summary["better_static"]
+    for key, text in (("adaptive_vs_better_static", f"adaptive / {better} (the better static)"),
+                      ("adaptive_vs_layers", "adaptive / adaptive-layers (layer plans only)"),
+                      ("layers_vs_better_static", f"adaptive-layers / {better}")):
+        ratio = summary[key]
+        if ratio is not None:
+            word = "lower" if ratio < 1 else "higher"
+            print(f"{text}: mean x{ratio:.3f}, {100 * abs(1 - ratio):.1f}% {word}")
+    results = summary["results"]
+    print(f"results: {results['checked']} checked against the whole model, {results['same_top1']} same "
+          f"top-1; {results['lossless']} of plans without lossy codecs, largest error "
+          f"{results['lossless_max_rel_error']:.1e} of the output's range")
     print(f"plot, requests.csv, summary.json and node logs in {args.out}")
     return 0
 

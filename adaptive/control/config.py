@@ -44,7 +44,8 @@ class ControllerConfig:
         calibration_weight: Weight of each new measurement in the scale's moving average, (0, 1].
         max_plans: Candidate plans when no trained policy fixes them.
         parallel: Candidate plans (when no trained policy fixes them) may carry a parallel section
-            (Intra-DP's local operation parallelism; docs/model.md, "Parallel sections").
+            (Intra-DP's local operation parallelism; docs/model.md, "Parallel sections"); false:
+            layer plans only.
         history: Bandwidth samples per link in the observation (a trained policy's sidecar wins).
         source_rule: The decision rule published for the source node (the chain's first), which
             applies it to every request with its own fresh uplink estimate: ``table`` (the best
@@ -73,7 +74,7 @@ class ControllerConfig:
     calibrate: bool = True
     calibration_weight: float = 0.3
     max_plans: int = 32
-    parallel: bool = False
+    parallel: bool = True
     history: int = 4
     source_rule: str = "auto"
     rate_headroom: float = 1.2

@@ -1,4 +1,4 @@
-"""``adaptive demo``: a whole emulated cluster on one machine, in about three minutes.
+"""``adaptive demo``: a whole emulated cluster on one machine, in about four minutes.
 
 It starts the embedded MQTT broker; three node processes — a slow ``pi`` edge emulating a
 Raspberry Pi 4, a ``jetson`` (Jetson Nano) and a second accelerator ``jetson2`` (AGX Orin) — each
@@ -6,11 +6,17 @@ padding its stages to its device's latency and running its monitor agent in-proc
 controller and a closed-loop client. The ``pi``'s uplink replays a real bandwidth trace; the
 accelerators share a 1 Gbit/s LAN.
 
-Every phase sees the same stretch of the trace (the replay restarts for each):
+Every phase sees the same stretch of the trace (the replay restarts for each); static plans are
+layer plans:
 
 * ``adaptive``: two-level control. The controller publishes its decision rule (the PPO actor
   itself, or a table for a heuristic policy) and the ``pi`` picks every request's plan from it with
-  its own fresh uplink estimate;
+  its own fresh uplink estimate. Its plans may carry a parallel section (Intra-DP's local operation
+  parallelism): the ``pi`` and the ``jetson`` compute row bands of the same blocks at once while the
+  uplink streams the ``jetson``'s input rows;
+* ``adaptive-layers``: the same two-level control restricted to layer plans (the shipped PPO
+  policy trained without sections, or the heuristic on layer candidates), from a fresh controller
+  as the first phase had;
 * ``static-hindsight``: the single plan with the least mean latency over the phase, chosen in
   hindsight on the environment replaying the same series (``uplink.csv``), whose true costs
   integrate each transfer over the changing bandwidth;
@@ -18,8 +24,9 @@ Every phase sees the same stretch of the trace (the replay restarts for each):
 * ``device-only``.
 
 A static baseline that is the same plan as an earlier one is not run twice: its row points to that
-phase. A live terminal view shows bandwidth, plan and latency; at the end a summary table is
-printed and a plot, the per-request CSV and a JSON summary are saved.
+phase. Every result is checked against the whole model run in the demo's process on the same
+input. A live terminal view shows bandwidth, plan and latency; at the end a summary table is printed
+and a plot, the per-request CSV and a JSON summary are saved.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from adaptive.errors import AdaptiveError
-from adaptive.lab.cluster import EDGE_PROBE_INTERVAL_S, Cluster, NodeSpec
+from adaptive.lab.cluster import EDGE_PROBE_INTERVAL_S, Cluster, NodeSpec, ResultCheck
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -51,10 +58,13 @@ class DemoConfig:
         model: Zoo model with a shipped profile (default MobileNetV2).
         policy: ``auto`` (the shipped PPO policy if it was trained for this model and chain, else
             ``hysteresis``), ``ppo[:PATH]``, ``greedy``, ``hysteresis`` or ``static``.
+        layers_policy: The policy of the ``adaptive-layers`` phase: ``auto`` (the shipped PPO policy
+            trained on layer plans for the shipped one, else the same heuristic on layer candidates;
+            a PPO policy of layer plans only is its own twin), or a spec as ``policy``.
         trace: Bandwidth trace CSV for the ``pi`` uplink (default: a shipped 5G driving trace).
         trace_median_mbps: The trace is scaled to this median, Mbit/s.
-        duration_s: Three times the length of a phase, s (a fourth phase runs when the three
-            static baselines are distinct plans).
+        duration_s: Three times the length of a phase, s (five phases when the three static
+            baselines are distinct plans).
         out: Directory for the plot, CSV and JSON.
         view: Show the live terminal view.
         cluster: Cluster id.
@@ -62,6 +72,7 @@ class DemoConfig:
 
     model: str = "mobilenet_v2"
     policy: str = "auto"
+    layers_policy: str = "auto"
     trace: str | None = None
     trace_median_mbps: float = 8.0
     duration_s: float = 120.0
@@ -91,10 +102,11 @@ def _nodes(cfg: DemoConfig, trace: Path) -> list[NodeSpec]:
     return nodes
 
 
-def _controller_config(cfg: DemoConfig) -> Any:
+def _controller_config(cfg: DemoConfig, parallel: bool = True) -> Any:
     from adaptive.control.controller import ControllerConfig
 
     return ControllerConfig.from_dict({
+        "parallel": parallel,
         "model_profile": cfg.model, "cluster": cfg.cluster,
         "chain": [{"node": n, "device": d} for n, d in CHAIN],
         "interval_s": 1.0, "min_dwell_s": 2.0, "stale_after_s": 3.0, "source_rule": "auto",
@@ -106,7 +118,8 @@ def _controller_config(cfg: DemoConfig) -> Any:
 
 PolicyBuilder = Callable[[str, Any], tuple[Any, Any, Any, str, Any]]
 StaticChooser = Callable[[str, list[str], str, float], dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]
-PHASES = ("adaptive", "static-hindsight", "static-mean", "device-only")
+PHASES = ("adaptive", "adaptive-layers", "static-hindsight", "static-mean", "device-only")
+ADAPTIVE = ("adaptive", "adaptive-layers")
 
 
 def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticChooser) -> dict[str, Any]:
@@ -131,12 +144,16 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
     series = load_trace_series(trace_file, 1.0, cfg.trace_median_mbps)
     uplink_csv = out / "uplink.csv"  # what the pi's emulated uplink replays, for the static choices
     uplink_csv.write_text("time_s,bandwidth_mbps\n" + "".join(f"{t},{v:.4f}\n" for t, v in enumerate(series)))
-    ctl_cfg = _controller_config(cfg)
-    wiring = build_policy(_policy_spec(cfg), ctl_cfg)
-    demo = _Demo(cfg, series, wiring)
+    spec = _policy_spec(cfg)
+    wirings = {"adaptive": (build_policy(spec, _controller_config(cfg)), _controller_config(cfg))}
+    layers_spec = _layers_spec(cfg, spec, wirings["adaptive"][0][1])
+    if layers_spec is not None:
+        layer_cfg = _controller_config(cfg, parallel=False)
+        wirings["adaptive-layers"] = (build_policy(layers_spec, layer_cfg), layer_cfg)
+    demo = _Demo(cfg, series, wirings)
     with Cluster(cfg.model, _nodes(cfg, trace_file), cluster=cfg.cluster, logs=out) as lab:
         lab.start(90.0)
-        demo.run(lab, ctl_cfg, lambda window_s: static_plans(cfg.model, [d for _, d in CHAIN],
+        demo.run(lab, lambda window_s: static_plans(cfg.model, [d for _, d in CHAIN],
                                                              str(uplink_csv), window_s))
     return demo.summary(trace_file, out)
 
@@ -144,11 +161,11 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
 class _Demo:
     """The demo's phases on a started cluster, and what they measured."""
 
-    def __init__(self, cfg: DemoConfig, series: Any, wiring: tuple[Any, Any, Any, str, Any]) -> None:
+    def __init__(self, cfg: DemoConfig, series: Any, wirings: dict[str, tuple[Any, Any]]) -> None:
         self.cfg = cfg
         self.series = series
-        self.wiring = wiring
-        self.policy_name = wiring[3]
+        self.wirings = wirings  # adaptive phase -> (policy wiring, controller config)
+        self.policy_name = wirings["adaptive"][0][3]
         self.phase_s = cfg.duration_s / 3
         self.phases: list[dict[str, Any]] = []
         self.records: list[tuple[str, Any]] = []
@@ -157,39 +174,56 @@ class _Demo:
         self.rule_kind: str | None = None
         self.controller: Any = None
         self.client: Any = None
+        self.check: ResultCheck | None = None  # every result against the whole model
         self.view: _View | None = None
 
-    def run(self, lab: Cluster, ctl_cfg: Any, choose_static: Callable[[float], dict[str, Any]]) -> None:
-        """Every phase in turn: adaptive, then the static baselines on the same window."""
-        from adaptive.control.controller import Controller
-
-        policy, candidates, obs_spec, name, on_model = self.wiring
-        self.controller = Controller(ctl_cfg, lab.address, policy, candidates=candidates, obs_spec=obs_spec,
-                                     policy_name=name, on_model=on_model).start()
+    def run(self, lab: Cluster, choose_static: Callable[[float], dict[str, Any]]) -> None:
+        """Every phase in turn: the adaptive ones, then the static baselines on the same window."""
         try:
-            self.controller.step()  # the first plan and rule, before any request
-            self.rule_kind = self.controller.rule_kind
-            # plan-less requests: the pi stamps each one from its rule
-            self.client = lab.client("demo", timeout_s=30.0, source_decides=True)
             self.view = _View(self.cfg) if self.cfg.view else None
-            L = self.controller.model.num_blocks
-            fixed: dict[str, Any] = {"static-hindsight": None, "static-mean": None,
-                                     "device-only": ((L,) * (len(CHAIN) - 1), ())}
+            fixed: dict[str, Any] = {"static-hindsight": None, "static-mean": None, "device-only": None}
             for phase in PHASES:
-                if phase == "static-hindsight":  # the adaptive phase is over: keep what it measured
-                    self.scales = [round(self.controller.scales[n], 3) for n, _ in CHAIN]
+                if phase == "static-hindsight":  # the adaptive phases are over
+                    L = self.controller.model.num_blocks
                     fixed.update(choose_static(self.phase_s))
-                same = next((p["phase"] for p in self.phases if p.get("fixed") == fixed.get(phase)), None)
-                if phase != "adaptive" and same is not None:
+                    fixed["device-only"] = ((L,) * (len(CHAIN) - 1), ())
+                same = (next((p["phase"] for p in self.phases if p.get("fixed") == fixed.get(phase)), None)
+                        if phase not in ADAPTIVE else None if phase in self.wirings else "adaptive")
+                if same is not None:
                     self.phases.append({**next(p for p in self.phases if p["phase"] == same), "phase": phase,
                                         "same_as": same})
                     continue
+                if phase in ADAPTIVE:
+                    self._start_controller(lab, phase)
                 self._phase(lab, phase, fixed.get(phase))
+                if phase == "adaptive":  # what the first controller calibrated over its phase
+                    self.scales = [round(self.controller.scales[n], 3) for n, _ in CHAIN]
         finally:
             if self.view is not None:
                 self.view.close()
-            if not self.controller.closed:
+            if self.controller is not None and not self.controller.closed:
                 self.controller.close()
+
+    def _start_controller(self, lab: Cluster, phase: str) -> None:
+        """A fresh controller with the phase's policy; the pi decides each request from its rule."""
+        from adaptive.control.controller import Controller
+
+        if self.controller is not None and not self.controller.closed:
+            self.controller.close()
+        (policy, candidates, obs_spec, name, on_model), ctl_cfg = self.wirings[phase]
+        self.controller = Controller(ctl_cfg, lab.address, policy, candidates=candidates, obs_spec=obs_spec,
+                                     policy_name=name, on_model=on_model).start()
+        self.controller.step()  # the first plan and rule, before any request
+        if phase == "adaptive":
+            self.rule_kind = self.controller.rule_kind
+        late = self.controller.wait_rules(10.0)
+        if late:
+            raise AdaptiveError(f"{', '.join(late)} did not apply the {phase} phase's first rule in 10 s")
+        if self.client is None:  # plan-less requests: the pi stamps each one from its rule
+            from adaptive.nn.zoo import default_input_shape
+
+            self.check = ResultCheck(self.cfg.model, default_input_shape(self.cfg.model))
+            self.client = lab.client("demo", timeout_s=30.0, source_decides=True, on_result=self.check)
 
     def _phase(self, lab: Cluster, phase: str, plan: tuple[tuple[int, ...], tuple[str, ...]] | None) -> None:
         """One phase: restart the uplink's replay, pin the phase's plan if it has one, drive the client."""
@@ -210,7 +244,7 @@ class _Demo:
         done = len(self.client.records)
         end = start + self.phase_s
         while time.time() < end:
-            self.client.run(min(1.0, max(end - time.time(), 0.05)), concurrency=1)
+            self.client.run(min(1.0, max(end - time.time(), 0.05)), concurrency=1, inputs=self.check.inputs)
             self._tick(lab, phase, start, done)
         phase_records = self.client.records[done:]
         self.records += [(phase, r) for r in phase_records]
@@ -244,12 +278,16 @@ class _Demo:
                 p["plan"] = {"splits": list(fixed_plan[0]), "codecs": list(fixed_plan[1])}
         by = {p["phase"]: p for p in phases}
         better = min(("static-hindsight", "static-mean"), key=lambda k: by[k]["mean_ms"] or float("inf"))
-        ratio = by["adaptive"]["mean_ms"] / by[better]["mean_ms"] if by[better]["mean_ms"] else None
         summary = {
             "model": self.cfg.model, "policy": self.policy_name, "rule": self.rule_kind,
+            "layers_policy": self.wirings.get("adaptive-layers", self.wirings["adaptive"])[0][3],
             "device_scales": self.scales, "trace": trace_file.name,
             "trace_median_mbps": self.cfg.trace_median_mbps, "phase_s": self.phase_s, "phases": phases,
-            "better_static": better, "adaptive_vs_better_static": round(ratio, 3) if ratio else None,
+            "better_static": better,
+            "adaptive_vs_better_static": _ratio(by["adaptive"], by[better]),
+            "adaptive_vs_layers": _ratio(by["adaptive"], by["adaptive-layers"]),
+            "layers_vs_better_static": _ratio(by["adaptive-layers"], by[better]),
+            "results": self.check.summary() if self.check is not None else {},
         }
         write_records([r for _, r in self.records], out / "requests.csv")  # one row per request, all phases
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -267,6 +305,21 @@ def _policy_spec(cfg: DemoConfig) -> str:
     sidecar = PolicySpec.load(Path(str(resources.files("agents.trained").joinpath("ppo_default.json"))))
     match = sidecar.model_profile == cfg.model and list(sidecar.devices) == [d for _, d in CHAIN]
     return "ppo" if match else "hysteresis"
+
+
+def _layers_spec(cfg: DemoConfig, spec: str, candidates: Any) -> str | None:
+    """The ``adaptive-layers`` phase's policy spec; None: the adaptive policy has layer plans only."""
+    if cfg.layers_policy != "auto":
+        return cfg.layers_policy
+    if not spec.startswith("ppo"):
+        return spec  # the same heuristic, on the layer candidates of a controller without sections
+    if not candidates.plans.has_sections:
+        return None
+    return "ppo:" + str(resources.files("agents.trained").joinpath("ppo_layers.zip"))
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    return round(a["mean_ms"] / b["mean_ms"], 3) if a["mean_ms"] and b["mean_ms"] else None
 
 
 def _estimate(collector: Any) -> float:
@@ -371,9 +424,8 @@ def _plot(timeline: list[Any], records: list[Any], trace: Any, path: Path, cfg: 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
-    phases = ("adaptive", "static-hindsight", "static-mean", "device-only")
-    colors = {"adaptive": "tab:green", "static-hindsight": "tab:purple", "static-mean": "tab:orange",
-              "device-only": "tab:gray"}
+    colors = {"adaptive": "tab:green", "adaptive-layers": "tab:cyan", "static-hindsight": "tab:purple",
+              "static-mean": "tab:orange", "device-only": "tab:gray"}
     adaptive = [x for x in timeline if x[1] == "adaptive"]
     axes[0].step(np.arange(len(trace) + 1), [*trace, trace[-1]], where="post", color="black",
                  label="pi uplink (trace)")
@@ -383,7 +435,7 @@ def _plot(timeline: list[Any], records: list[Any], trace: Any, path: Path, cfg: 
     axes[0].set_ylabel("Mbit/s")
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
-    for phase in phases:
+    for phase in PHASES:
         rs = [r for p, r in records if p == phase and r.outcome == "ok"]
         if rs:
             t0 = min(r.sent_at for r in rs)
@@ -398,15 +450,18 @@ def _plot(timeline: list[Any], records: list[Any], trace: Any, path: Path, cfg: 
     axes[1].set_ylabel("latency, ms")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=8)
-    ran = [r for p, r in records if p == "adaptive" and r.outcome == "ok"]
-    labels = sorted({r.plan for r in ran},
-                    key=lambda text: ([int(x) for x in text.split("/")[0].split(",") if x], text))
-    if ran:
-        t0 = min(r.sent_at for r in ran)
-        axes[2].plot([r.sent_at - t0 for r in ran], [labels.index(r.plan) for r in ran], ".", ms=3,
-                     color="tab:green")
+    ran = {phase: [r for p, r in records if p == phase and r.outcome == "ok"] for phase in ADAPTIVE}
+    labels = sorted({r.plan for rs in ran.values() for r in rs},
+                    key=lambda text: ([int(x) for x in text.split("/")[0].split(",") if x.isdigit()], text))
+    for phase, rs in ran.items():
+        if rs:
+            t0 = min(r.sent_at for r in rs)
+            axes[2].plot([r.sent_at - t0 for r in rs], [labels.index(r.plan) for r in rs],
+                         "." if phase == "adaptive" else "x", ms=3, color=colors[phase], label=phase)
     axes[2].set_yticks(range(len(labels)), [f"[{x}]" for x in labels], fontsize=7)
-    axes[2].set_ylabel("plan (adaptive)")
+    axes[2].set_ylabel("plan (adaptive phases)")
+    if any(ran.values()):
+        axes[2].legend(fontsize=8)
     axes[2].set_xlabel("time in phase, s")
     axes[0].set_title(f"adaptive demo: {cfg.model}, policy {policy}")
     fig.tight_layout()

@@ -130,7 +130,8 @@ def run_clients_demo(cfg: ClientsDemoConfig, build_multi_policy: MultiBuilder,
         "model_profile": cfg.model, "cluster": cfg.cluster,
         "chain": [{"node": pis[0], "device": EDGE}, {"node": "jetson", "device": ACCEL}],
         "sources": [{"node": p, "device": EDGE} for p in pis[1:]],
-        "interval_s": 1.0, "stale_after_s": 3.0, "source_rule": "table"})
+        # the joint policies choose among layer plans (adaptive/MultiClient-v0 has no sections)
+        "interval_s": 1.0, "stale_after_s": 3.0, "source_rule": "table", "parallel": False})
     for spec in cfg.policies:  # a bad policy fails here, before anything starts
         if spec != "static":
             build_multi_policy(spec, ctl_cfg)

@@ -32,7 +32,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -500,18 +500,20 @@ class InferenceClient:
         with self._lock:
             return len(self._pending)
 
-    def run(self, duration_s: float, *, rate_hz: float | None = None,
-            concurrency: int = 1) -> list[RequestRecord]:
+    def run(self, duration_s: float, *, rate_hz: float | None = None, concurrency: int = 1,
+            inputs: Sequence[np.ndarray] | None = None) -> list[RequestRecord]:
         """Send load for ``duration_s``, then wait for the stragglers; return this run's records.
 
-        Open loop at ``rate_hz``, or closed loop with ``concurrency`` requests in flight.
+        Open loop at ``rate_hz``, or closed loop with ``concurrency`` requests in flight. Request
+        ``n`` (the number in its id) sends ``inputs[n % len(inputs)]``, else a random input.
         """
+        send = self.send if not inputs else lambda: self.send(inputs[self.requests % len(inputs)])
         first = len(self.records)
         end = time.monotonic() + duration_s
         if rate_hz:
             period, next_at = 1.0 / rate_hz, time.monotonic()
             while time.monotonic() < end and not self._halt.is_set():
-                self.send()
+                send()
                 next_at += period
                 time.sleep(max(0.0, next_at - time.monotonic()))
         else:
@@ -520,7 +522,7 @@ class InferenceClient:
                     while len(self._pending) >= concurrency and not self._halt.is_set():
                         self._answered.wait(0.1)
                 if time.monotonic() < end and not self._halt.is_set():
-                    self.send()
+                    send()
         deadline = time.monotonic() + self.timeout_s + 1
         while self.outstanding() and time.monotonic() < deadline:
             time.sleep(0.05)

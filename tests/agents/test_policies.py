@@ -180,15 +180,16 @@ def test_learning_cli_bad_input(args, message):
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_evaluate_with_parallel_sections_from_a_config_file(tmp_path):
-    """``parallel: true`` in a config: the shipped PPO (trained on layer plans) is left out, saying why."""
+def test_evaluate_with_layer_plans_only_from_a_config_file(tmp_path):
+    """``parallel: false`` in a config: the shipped PPO (trained with sections) is left out, saying why."""
     from pathlib import Path
 
     import yaml
 
     doc = yaml.safe_load((Path(envs.__file__).parent / "data" / "default.yaml").read_text())
-    doc["env"].update(parallel=True, max_steps=40)
-    config = tmp_path / "lop.yaml"
+    assert doc["env"]["parallel"] is True  # the default: candidates with parallel sections
+    doc["env"].update(parallel=False, max_steps=40)
+    config = tmp_path / "layers.yaml"
     config.write_text(yaml.safe_dump(doc))
     proc = run_cli("evaluate", "--config", str(config), "--episodes", "1")
     assert proc.returncode == 0, proc.stderr

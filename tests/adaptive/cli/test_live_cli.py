@@ -25,7 +25,8 @@ def test_demo_runs_its_phases_and_loses_nothing(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy"] == "ppo" and summary["rule"] == "policy"  # the shipped actor, at the pi
     phases = {p["phase"]: p for p in summary["phases"]}
-    assert list(phases) == ["adaptive", "static-hindsight", "static-mean", "device-only"]
+    assert list(phases) == ["adaptive", "adaptive-layers", "static-hindsight", "static-mean", "device-only"]
+    assert summary["layers_policy"] == "ppo" and "same_as" not in phases["adaptive-layers"]
     measured = [p for p in phases.values() if "same_as" not in p]
     for phase in measured:
         assert phase["requests"] > 5, phase
@@ -37,12 +38,18 @@ def test_demo_runs_its_phases_and_loses_nothing(tmp_path):
     better = min(phases["static-hindsight"]["mean_ms"], phases["static-mean"]["mean_ms"])
     ratio = phases["adaptive"]["mean_ms"] / better
     assert summary["adaptive_vs_better_static"] == pytest.approx(ratio, abs=1e-3)
+    layers = phases["adaptive"]["mean_ms"] / phases["adaptive-layers"]["mean_ms"]
+    assert summary["adaptive_vs_layers"] == pytest.approx(layers, abs=1e-3)
+    results = summary["results"]  # every result against the whole model run in the demo
+    assert results["checked"] == sum(p["requests"] for p in measured)
+    assert results["same_top1"] == results["checked"] and results["lossless_max_rel_error"] < 1e-4
     with (out / "requests.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == sum(p["requests"] for p in measured)
     assert {r["outcome"] for r in rows} == {"ok"}
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "device-only" in proc.stdout and "the better static" in proc.stdout
+    assert "layer plans only" in proc.stdout
 
 
 def test_demo_with_three_clients_loses_nothing_and_predicts_each_client(tmp_path):
