@@ -139,7 +139,7 @@ def run_live(
     repeats: int = 1,
     on_progress: Callable[[LiveProgress], None] | None = None,
     cluster: str = "experiment",
-    batch_window_ms: float = 10.0,
+    batch_window_ms: float | None = None,
     shaping: str = "app",
 ) -> dict[str, Any]:
     """Run every policy of ``scenario`` live; return ``{"rows", "runs", "requests", "live"}``.
@@ -149,9 +149,13 @@ def run_live(
     controller calibrated them, the results checked against the whole model, requests lost, and
     whether the run was interrupted (Ctrl-C stops every process and keeps what was recorded).
     Node logs go to ``out``. ``shaping``: ``app`` (each edge's uplink emulated by its node) or
-    ``netns`` (kernel-shaped links; root).
+    ``netns`` (kernel-shaped links; root). ``batch_window_ms``: how long an accelerator waits to
+    batch requests of several clients; by default 10 ms with several clients and none with one (a
+    lone client's request would wait for a batch that never forms, a delay the model does not have).
     """
     check_live(scenario, shaping)
+    if batch_window_ms is None:
+        batch_window_ms = 10.0 if len(scenario.clients) > 1 else 0.0
     if repeats < 1:
         raise AdaptiveError("--repeats must be >= 1")
     out.mkdir(parents=True, exist_ok=True)
@@ -276,8 +280,13 @@ class _LiveRun:
         """
         if spec.startswith("ppo"):
             return None
+        from adaptive.experiments.simulate import layer_labels
+
         layers = spec.endswith(":layers") and not spec.startswith("plan:")
-        return {**self.env_overrides, "parallel": self.s.parallel and not layers}
+        if not layers:
+            return {**self.env_overrides, "parallel": self.s.parallel}
+        return {**self.env_overrides, "parallel": False,
+                "include_plans": layer_labels(self.env_overrides["include_plans"])}
 
     def write_uplinks(self, out: Path) -> list[Path]:
         """What each edge's emulated uplink replays, one CSV per client."""

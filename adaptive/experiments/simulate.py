@@ -95,7 +95,7 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         "deadline_ms": scenario.clients[0].deadline_ms,
         "min_edge_blocks": scenario.min_edge_blocks,
         "codecs": list(scenario.codecs),
-        "include_plans": list(scenario.include_plans),
+        "include_plans": layer_labels(scenario.include_plans) if layers else list(scenario.include_plans),
         "link_delay_ms": list(scenario.link_delay_ms),
         "parallel": scenario.parallel and not layers,
     }
@@ -120,6 +120,11 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
 
     env = MultiClientEnv(base)
     return env, make_multi_heuristic(name, env), K
+
+
+def layer_labels(labels: Any) -> list[str]:
+    """The labels of layer plans among ``labels`` (a ``NAME:layers`` policy's candidates take no section)."""
+    return [x for x in labels if "@" not in x]
 
 
 def _ppo_env(spec: str, path: str, scenario: Scenario, devices: list[str]) -> tuple[Any, Any, int]:

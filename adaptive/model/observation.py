@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptive.errors import AdaptiveError, read_input
+from adaptive.errors import AdaptiveError, PlanError, read_input
 from adaptive.model.latency import ConditionBatch, Conditions, SplitModel
 from adaptive.model.planner import Constraints, Planner
 from adaptive.model.plans import PLAN_SCHEMA, Plan, PlanArray
@@ -167,6 +167,8 @@ def candidate_plans(model: SplitModel, *,
 
     for label in include:
         key = parse_plan(label, L, D, model.codec_names)
+        if key[2] is not None and not parallel:
+            raise PlanError(f"plan '{label}' has a parallel section: include it only with parallel: true")
         if key[2] is not None:  # raises if the section does not fit the model
             model.evaluate(PlanArray.from_rows(np.array([key[0]]), np.array([key[1]]), [key[2]]),
                            Conditions(bandwidth_mbps=10.0))

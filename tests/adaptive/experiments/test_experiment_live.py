@@ -81,6 +81,11 @@ def test_the_live_block_replaces_top_level_keys_and_is_checked_at_load():
         check_live(Scenario.load(name).for_live())
     live = Scenario.load("intradp-lop").for_live()
     assert live.parallel and "plan:0-5@0.5,0/none,int8" in live.policies
+    from adaptive.experiments.simulate import policy_env
+
+    # the fixed sectioned plan is among every candidate set but a NAME:layers policy's, live and in sim
+    assert policy_env("greedy", live)[0].candidates.plans.has_sections
+    assert not policy_env("greedy:layers", live)[0].candidates.plans.has_sections
     with pytest.raises(AdaptiveError, match=r"a plan with a section needs plans\.parallel: true"):
         Scenario.from_dict(doc(policies=["plan:0-5@0.5,0"]), "t")
 

@@ -222,3 +222,14 @@ def test_per_plan_bandwidth_equals_each_plan_under_its_own_rate():
             np.testing.assert_allclose(getattr(joint, field)[:, p], getattr(alone, field)[:, p], rtol=1e-12)
     first_rate = model.evaluate(plans, ConditionBatch(bw[:, 0], *rest))
     assert not np.allclose(joint.latency_ms, first_rate.latency_ms)
+
+
+def test_a_sectioned_plan_is_included_only_among_parallel_candidates():
+    from adaptive.model.observation import candidate_plans
+
+    model = SplitModel(resolve_model("mobilenet_v2"),
+                       [resolve_device(d) for d in ("raspberry-pi-4", "jetson-nano", "jetson-agx-orin")])
+    with_it = candidate_plans(model, include=["0-5@0.5,0/none,int8"], parallel=True)
+    assert with_it.index(Plan((0, 0), ("none", "int8"), Section(5, 0.5, 1))) >= 0
+    with pytest.raises(PlanError, match="only with parallel: true"):
+        candidate_plans(model, include=["0-5@0.5,0/none,int8"], parallel=False)
