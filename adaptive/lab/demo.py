@@ -12,8 +12,8 @@ layer plans:
 * ``adaptive``: two-level control. The controller publishes its decision rule (the PPO actor
   itself, or a table for a heuristic policy) and the ``pi`` picks every request's plan from it with
   its own fresh uplink estimate. Its plans may carry a parallel section (Intra-DP's local operation
-  parallelism): the ``pi`` and the ``jetson`` compute row bands of the same blocks at once while the
-  uplink streams the ``jetson``'s input rows;
+  parallelism): the ``pi`` and the next node that runs a stage compute row bands of the same blocks
+  at once while the uplink streams that node's input rows;
 * ``adaptive-layers``: the same two-level control restricted to layer plans (the shipped PPO
   policy trained without sections, or the heuristic on layer candidates), from a fresh controller
   as the first phase had;
@@ -145,7 +145,8 @@ def run_demo(cfg: DemoConfig, build_policy: PolicyBuilder, static_plans: StaticC
     uplink_csv = out / "uplink.csv"  # what the pi's emulated uplink replays, for the static choices
     uplink_csv.write_text("time_s,bandwidth_mbps\n" + "".join(f"{t},{v:.4f}\n" for t, v in enumerate(series)))
     spec = _policy_spec(cfg)
-    wirings = {"adaptive": (build_policy(spec, _controller_config(cfg)), _controller_config(cfg))}
+    ctl_cfg = _controller_config(cfg)
+    wirings = {"adaptive": (build_policy(spec, ctl_cfg), ctl_cfg)}
     layers_spec = _layers_spec(cfg, spec, wirings["adaptive"][0][1])
     if layers_spec is not None:
         layer_cfg = _controller_config(cfg, parallel=False)
