@@ -59,18 +59,8 @@ class Calibration:
         base_model, idx = found
         ratios = []
         for st in stats.stages:
-            if st.section is not None:  # this node's band(s) of a parallel section, on its profile
-                predicted = self._section_ms(base_model, idx, st)
-                if predicted is None:
-                    continue
-            else:
-                a, b = np.array([st.start]), np.array([st.stop])
-                base = float(base_model.exec_base(idx, a, b)[0])
-                # the first device serves its own client; accelerators batch (seed 000 Sec. V-D)
-                device = base_model.devices[idx]
-                batching = 1 + device.batch_per_extra_item * (st.batch - 1) if idx else 1.0
-                predicted = base * batching
-            if predicted < 0.5 or st.exec_ms <= 0:
+            predicted = self._predicted_ms(base_model, idx, st)
+            if predicted is None or predicted < 0.5 or st.exec_ms <= 0:
                 continue  # too small to compare reliably
             # a guard against a broken measurement, wide enough for devices emulated far slower
             # than their profile (an experiment's live run slows Orins 30x)
@@ -86,13 +76,24 @@ class Calibration:
         return drift > self.rebuild_drift
 
     @staticmethod
-    def _section_ms(model: SplitModel, idx: int, st: StageTiming) -> float | None:
-        """The profile's time for a node's share of a section (its band at the source, else its bands)."""
-        _, share, parts = st.section  # type: ignore[misc]
+    def _predicted_ms(model: SplitModel, idx: int, st: StageTiming) -> float | None:
+        """The profile's time for a timing of the node at chain position ``idx``; None if it does not fit.
+
+        A whole stage is Eq. 1-2 (accelerators batch, seed 000 Sec. V-D); a node's share of a parallel
+        section is its band at the source, else its bands. Blocks outside the model (a node running
+        another model, or a forged report) teach nothing.
+        """
+        if not 0 <= st.start <= st.stop <= model.num_blocks:
+            return None
+        if st.section is None:
+            base = float(model.exec_base(idx, np.array([st.start]), np.array([st.stop]))[0])
+            device = model.devices[idx]
+            return base * (1 + device.batch_per_extra_item * (st.batch - 1) if idx else 1.0)
+        _, share, parts = st.section
         try:
             cfg = model.section_costs.config(st.start, st.stop, share, parts)
         except PlanError:
-            return None  # a node measured a section this model cannot price: nothing to learn from it
+            return None  # a section this model cannot price
         return float(cfg.edge_ms[0] if idx == 0 else cfg.part_ms[idx, :parts].sum())
 
     def adopt(self, scales: Mapping[str, float]) -> None:

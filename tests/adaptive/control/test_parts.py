@@ -48,6 +48,9 @@ def test_calibration_converges_to_the_measured_ratio_and_asks_for_a_rebuild_once
     assert not cal.update(stats("jetson", 0, L, 3 * predicted))  # at its value: no rebuild
     assert not cal.update(stats("ghost", 0, L, 1.0))  # a node it does not know moves nothing
     assert not cal.update(stats("jetson", 0, 0, 5.0))  # an empty stage is too small to compare
+    # blocks past the model's end (another model, or a forged report) teach nothing and raise nothing
+    assert not cal.update(stats("jetson", 0, L + 7, 1e4)) and not cal.update(stats("pi", L + 1, L + 3, 1e4))
+    assert cal.snapshot()["jetson"] == pytest.approx(3.0, rel=1e-3) and cal.snapshot()["pi"] == 1.0
     cal.adopt({"pi": 2.5, "ghost": 9.0, "jetson": -1})
     assert cal.snapshot() == pytest.approx({"pi": 2.5, "jetson": 3.0}, rel=1e-3)
 
