@@ -254,7 +254,6 @@ class _LiveRun:
             "interval_s": 1.0, "stale_after_s": 3.0, "source_rule": "table", "parallel": s.parallel})
         self.env_overrides = {
             "min_edge_blocks": s.min_edge_blocks, "codecs": list(s.codecs),
-            "include_plans": list(s.include_plans),
             "link_delay_ms": list(s.link_delay_ms), "deadline_ms": s.clients[0].deadline_ms,
             "accel_link_mbps": s.accel_link_mbps, "device_scales": scales,
         }
@@ -280,13 +279,9 @@ class _LiveRun:
         """
         if spec.startswith("ppo"):
             return None
-        from adaptive.experiments.simulate import layer_labels
+        from adaptive.experiments.simulate import plan_options
 
-        layers = spec.endswith(":layers") and not spec.startswith("plan:")
-        if not layers:
-            return {**self.env_overrides, "parallel": self.s.parallel}
-        return {**self.env_overrides, "parallel": False,
-                "include_plans": layer_labels(self.env_overrides["include_plans"])}
+        return {**self.env_overrides, **plan_options(spec, self.s)}
 
     def write_uplinks(self, out: Path) -> list[Path]:
         """What each edge's emulated uplink replays, one CSV per client."""

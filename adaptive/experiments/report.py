@@ -509,11 +509,12 @@ def _live_markdown(summary: dict[str, Any]) -> list[str]:
         ]
         for r in cmp_["policies"]:
             mape = r.get("segment_mape_pct")
+            seg = f"{mape:.1f}% over {r['segments_compared']}" if mape is not None else "-"
             lines.append(
                 f"| {r['policy']} | {_fmt(r['live_mean_ms'])} | {_fmt(r['sim_mean_ms'])} | "
                 f"{_fmt(r['mean_ratio'], '.3f')} | {_fmt(r['live_p95_ms'])} | {_fmt(r['sim_p95_ms'])} | "
                 f"{_fmt(r['p95_ratio'], '.3f')} | {pct(r['live_drop_rate'])} | {pct(r['sim_drop_rate'])} | "
-                f"{_fmt(mape, '.1f')}% over {r.get('segments_compared', 0)} |"
+                f"{seg} |"
             )
         far = [r["policy"] for r in cmp_["policies"] if not r["within_10pct"]]
         lines += [

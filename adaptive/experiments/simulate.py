@@ -95,9 +95,8 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
         "deadline_ms": scenario.clients[0].deadline_ms,
         "min_edge_blocks": scenario.min_edge_blocks,
         "codecs": list(scenario.codecs),
-        "include_plans": layer_labels(scenario.include_plans) if layers else list(scenario.include_plans),
         "link_delay_ms": list(scenario.link_delay_ms),
-        "parallel": scenario.parallel and not layers,
+        **plan_options(spec, scenario),
     }
     if name == "ppo":
         return _ppo_env(spec, path, scenario, devices)
@@ -122,9 +121,16 @@ def policy_env(spec: str, scenario: Scenario) -> tuple[Any, Any, int]:
     return env, make_multi_heuristic(name, env), K
 
 
-def layer_labels(labels: Any) -> list[str]:
-    """The labels of layer plans among ``labels`` (a ``NAME:layers`` policy's candidates take no section)."""
-    return [x for x in labels if "@" not in x]
+def plan_options(spec: str, scenario: Scenario) -> dict[str, Any]:
+    """The env keys that make a policy's candidates, live and in sim: the plans to include, sections or not.
+
+    ``NAME:layers`` chooses among layer plans: no sections, and none of the scenario's included
+    labels that has one (a ``plan:`` policy's sectioned plan).
+    """
+    name, _, path = spec.partition(":")
+    layers = path == "layers" and name != "plan"
+    return {"include_plans": [x for x in scenario.include_plans if not (layers and "@" in x)],
+            "parallel": scenario.parallel and not layers}
 
 
 def _ppo_env(spec: str, path: str, scenario: Scenario, devices: list[str]) -> tuple[Any, Any, int]:

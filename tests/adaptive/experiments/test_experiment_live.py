@@ -86,6 +86,13 @@ def test_the_live_block_replaces_top_level_keys_and_is_checked_at_load():
     # the fixed sectioned plan is among every candidate set but a NAME:layers policy's, live and in sim
     assert policy_env("greedy", live)[0].candidates.plans.has_sections
     assert not policy_env("greedy:layers", live)[0].candidates.plans.has_sections
+    from adaptive.experiments.live import _LiveRun
+    from agents.wiring import build_multi_policy
+
+    run = _LiveRun(live, "t", None, 1)  # the live controllers' candidates: the same sets
+    for spec, sections in (("greedy", True), ("greedy:layers", False)):
+        wiring = build_multi_policy(spec.removesuffix(":layers"), run.ctl_cfg, env=run.env_for(spec))
+        assert wiring.candidates.plans.has_sections == sections
     with pytest.raises(AdaptiveError, match=r"a plan with a section needs plans\.parallel: true"):
         Scenario.from_dict(doc(policies=["plan:0-5@0.5,0"]), "t")
 
