@@ -23,22 +23,12 @@ import numpy as np
 
 from adaptive.errors import PlanError
 from adaptive.model.plans import MAX_PARTS, SHARES, validate_section
-from adaptive.model.profiles import DeviceProfile, ModelProfile
+from adaptive.model.profiles import DEFAULT_ROW_EFFICIENCY, DEFAULT_ROW_OP_MS, DeviceProfile, ModelProfile
 
 __all__ = ["DEFAULT_ROW_EFFICIENCY", "DEFAULT_ROW_OP_MS", "SectionCosts", "SectionTimes", "add_sections",
            "block_heights", "check_sections", "efficiency_curve", "first_stage", "input_band",
            "parallel_sections", "part_ms", "section_bands", "section_bytes", "section_schedule"]
 
-# A band of rho of a block's output rows costs f + (t - f)·h(rho), t the block's time and
-# f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points
-# and (0, 0). CPU: the median of three fits by 'adaptive profile model --row-fractions' for
-# MobileNetV2 on the development VM (docs/model.md, "Parallel sections"); GPU: an assumption, not a
-# measurement (a small band leaves a GPU's cores idle: 0.2 + 0.8 rho; no fixed part).
-DEFAULT_ROW_EFFICIENCY: dict[str, tuple[tuple[float, float], ...]] = {
-    "cpu": ((0.125, 0.06), (0.25, 0.15), (0.5, 0.33), (0.75, 0.57), (1.0, 1.05)),
-    "gpu": ((0.125, 0.3), (0.25, 0.4), (0.5, 0.6), (0.75, 0.8), (1.0, 1.0)),
-}
-DEFAULT_ROW_OP_MS: dict[str, float] = {"cpu": 0.053, "gpu": 0.0}
 
 
 def efficiency_curve(profile: ModelProfile, device: DeviceProfile) -> tuple[np.ndarray, np.ndarray, float]:
@@ -46,8 +36,7 @@ def efficiency_curve(profile: ModelProfile, device: DeviceProfile) -> tuple[np.n
 
     The points end at rows share 1 (``(1, 1)`` is added when the profile's end before it).
     """
-    points = profile.row_efficiency.get(device.name) or DEFAULT_ROW_EFFICIENCY[device.accelerator]
-    op_ms = profile.row_op_ms.get(device.name, DEFAULT_ROW_OP_MS[device.accelerator])
+    points, op_ms = profile.row_costs(device)
     xs = [0.0, *(p[0] for p in points)]
     ys = [0.0, *(p[1] for p in points)]
     if xs[-1] < 1.0:

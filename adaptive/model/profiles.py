@@ -34,6 +34,8 @@ import numpy as np
 from adaptive.errors import AdaptiveError, ProfileError, read_input
 
 __all__ = [
+    "DEFAULT_ROW_EFFICIENCY",
+    "DEFAULT_ROW_OP_MS",
     "Block",
     "Codec",
     "Correction",
@@ -56,6 +58,17 @@ __all__ = [
 DEVICE_SCHEMA = "adaptive.device/v1"
 MODEL_SCHEMA = "adaptive.model/v1"
 _DEFAULT_LOAD_SENSITIVITY = {"cpu": 1.0, "gpu": 0.25}
+
+# A band of rho of a block's output rows costs f + (t - f)·h(rho), t the block's time and
+# f = min(ops·op_ms, t) the fixed cost of its operators; h piecewise linear through these points
+# and (0, 0). CPU: the median of three fits by 'adaptive profile model --row-fractions' for
+# MobileNetV2 on the development VM (docs/model.md, "Parallel sections"); GPU: an assumption, not a
+# measurement (a small band leaves a GPU's cores idle: 0.2 + 0.8 rho; no fixed part).
+DEFAULT_ROW_EFFICIENCY: dict[str, tuple[tuple[float, float], ...]] = {
+    "cpu": ((0.125, 0.06), (0.25, 0.15), (0.5, 0.33), (0.75, 0.57), (1.0, 1.05)),
+    "gpu": ((0.125, 0.3), (0.25, 0.4), (0.5, 0.6), (0.75, 0.8), (1.0, 1.0)),
+}
+DEFAULT_ROW_OP_MS: dict[str, float] = {"cpu": 0.053, "gpu": 0.0}
 
 
 @dataclass(frozen=True)
@@ -250,6 +263,15 @@ class ModelProfile:
     def split_bytes(self) -> np.ndarray:
         """Bytes crossing a cut at each split position ``0..L`` (input, then block outputs)."""
         return np.array([self.input_bytes, *(b.output_bytes for b in self.blocks)], dtype=float)
+
+    def row_costs(self, device: DeviceProfile) -> tuple[tuple[tuple[float, float], ...], float]:
+        """``device``'s row-efficiency points and fixed cost of one operator in a part, ms.
+
+        Measured ones if the profile has them, else the defaults of its kind
+        (:data:`DEFAULT_ROW_EFFICIENCY`, :data:`DEFAULT_ROW_OP_MS`).
+        """
+        points = self.row_efficiency.get(device.name) or DEFAULT_ROW_EFFICIENCY[device.accelerator]
+        return points, self.row_op_ms.get(device.name, DEFAULT_ROW_OP_MS[device.accelerator])
 
     def latency_for(self, device: str) -> np.ndarray:
         """Per-block latency on ``device``; a clear error if the profile has none."""
@@ -577,7 +599,7 @@ def resolve_model(spec: str) -> ModelProfile:
 
 def scaled_profiles(profile: ModelProfile, devices: list[DeviceProfile], scales: list[float],
                     nodes: list[str]) -> tuple[ModelProfile, list[DeviceProfile]]:
-    """Profiles in which node ``i``'s compute (blocks, correction, codec costs) is ``scales[i]``×.
+    """Profiles in which node ``i``'s compute (blocks, correction, codec costs, parts) is ``scales[i]``×.
 
     Each node gets its own copy of its device, named ``<device>@<node>``, so two nodes with the same
     device profile are scaled separately. Link, data-movement and power data stay as they are.
@@ -587,11 +609,15 @@ def scaled_profiles(profile: ModelProfile, devices: list[DeviceProfile], scales:
     correction = dict(profile.correction)
     encode = [dict(c.encode) for c in profile.codecs]
     decode = [dict(c.decode) for c in profile.codecs]
+    rows, op_ms = dict(profile.row_efficiency), dict(profile.row_op_ms)
     renamed = []
     for dev, k, node in zip(devices, scales, nodes, strict=True):
         name = f"{dev.name}@{node}"
         renamed.append(dataclasses.replace(dev, name=name))
         latency[name] = profile.latency_for(dev.name) * k
+        # a part keeps its device's row curve; its operators' fixed cost is compute too
+        rows[name], op_ms[name] = profile.row_costs(dev)
+        op_ms[name] *= k
         if dev.name in profile.latency_spread_ms:
             spread[name] = profile.latency_spread_ms[dev.name] * k
         corr = profile.correction_for(dev.name)
@@ -605,4 +631,5 @@ def scaled_profiles(profile: ModelProfile, devices: list[DeviceProfile], scales:
     codecs = tuple(dataclasses.replace(c, encode=encode[i], decode=decode[i])
                    for i, c in enumerate(profile.codecs))
     return (dataclasses.replace(profile, latency_ms=latency, latency_spread_ms=spread,
-                                correction=correction, codecs=codecs), renamed)
+                                correction=correction, codecs=codecs, row_efficiency=rows,
+                                row_op_ms=op_ms), renamed)

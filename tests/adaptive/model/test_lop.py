@@ -233,3 +233,18 @@ def test_a_sectioned_plan_is_included_only_among_parallel_candidates():
     assert with_it.index(Plan((0, 0), ("none", "int8"), Section(5, 0.5, 1))) >= 0
     with pytest.raises(PlanError, match="only with parallel: true"):
         candidate_plans(model, include=["0-5@0.5,0/none,int8"], parallel=False)
+
+
+def test_scaled_devices_scale_their_parts_too():
+    """A device slowed k times (calibration, device_scales) computes every band k times slower, as an
+    emulated node with --slowdown k pads it: its row curve and operators' fixed cost come along."""
+    from adaptive.model.profiles import scaled_profiles
+
+    profile = resolve_model("mobilenet_v2")
+    devices = [resolve_device(d) for d in ("raspberry-pi-4", "jetson-nano", "jetson-agx-orin")]
+    base = SplitModel(profile, devices).section_costs.config(0, 5, 0.5, 2)
+    scaled = SplitModel(*scaled_profiles(profile, devices, [3.0, 1.0, 7.0], ["pi", "nano", "orin"]))
+    cfg = scaled.section_costs.config(0, 5, 0.5, 2)
+    assert cfg.edge_ms[0] == pytest.approx(3.0 * base.edge_ms[0])  # the Pi's fixed cost per operator too
+    np.testing.assert_allclose(cfg.part_ms[2], 7.0 * base.part_ms[2])
+    np.testing.assert_allclose(cfg.part_ms[1], base.part_ms[1])
