@@ -182,14 +182,16 @@ class _Demo:
         """Every phase in turn: the adaptive ones, then the static baselines on the same window."""
         try:
             self.view = _View(self.cfg) if self.cfg.view else None
-            fixed: dict[str, Any] = {"static-hindsight": None, "static-mean": None, "device-only": None}
+            fixed: dict[str, Any] = {}  # the static phases' plans, chosen once the adaptive ones are over
             for phase in PHASES:
                 if phase == "static-hindsight":  # the adaptive phases are over
                     L = self.controller.model.num_blocks
                     fixed.update(choose_static(self.phase_s))
                     fixed["device-only"] = ((L,) * (len(CHAIN) - 1), ())
-                same = (next((p["phase"] for p in self.phases if p.get("fixed") == fixed.get(phase)), None)
-                        if phase not in ADAPTIVE else None if phase in self.wirings else "adaptive")
+                if phase in ADAPTIVE:  # no layer-plan twin: the adaptive policy has layer plans only
+                    same = None if phase in self.wirings else "adaptive"
+                else:  # a static plan an earlier phase ran
+                    same = next((p["phase"] for p in self.phases if p.get("fixed") == fixed[phase]), None)
                 if same is not None:
                     self.phases.append({**next(p for p in self.phases if p["phase"] == same), "phase": phase,
                                         "same_as": same})
