@@ -467,6 +467,7 @@ def _drive(client: Any, spec: Any, check: Any, t0: float, duration_s: float, sto
 def _rows(s: Scenario, cond: dict[str, np.ndarray], policy: str, repeat: int, requests: list[dict[str, Any]],
           candidates: Any) -> list[dict[str, Any]]:
     """Requests binned into the simulation's rows: per step, per present client."""
+    from adaptive.experiments.simulate import edge_share
     from adaptive.model.plans import plan_label
     from adaptive.model.profiles import resolve_model
 
@@ -474,10 +475,7 @@ def _rows(s: Scenario, cond: dict[str, np.ndarray], policy: str, repeat: int, re
     share = {}
     for i in range(len(candidates)):
         p = candidates.plan(i)
-        edge = float(p.splits[0])
-        if p.section is not None:  # the edge's band: its share of the section's rows
-            edge += (1.0 - p.section.share) * (p.section.stop - p.splits[0])
-        share[plan_label(p.splits, p.codecs, p.section)] = edge / max(L, 1)
+        share[plan_label(p.splits, p.codecs, p.section)] = edge_share(p, max(L, 1))
     T = cond["active"].shape[0]
     rows = []
     for k, c in enumerate(s.clients):

@@ -178,7 +178,7 @@ def _ppo_env(spec: str, path: str, scenario: Scenario, devices: list[str]) -> tu
     return env, MultiActor(net, env.num_clients), env.num_clients
 
 
-def _edge_share(plan: Any, num_blocks: int) -> float:
+def edge_share(plan: Any, num_blocks: int) -> float:
     """Blocks the edge computes, as a fraction: ``[0, s1)``, and its rows' share of a section."""
     edge = float(plan.splits[0])
     if plan.section is not None:
@@ -218,7 +218,7 @@ def _run(
     cands = u.candidates
     L = u.chain.chains[0].num_blocks
     labels = [cands.plan(i).label for i in range(len(cands))]
-    share = np.array([_edge_share(cands.plan(i), L) for i in range(len(cands))])
+    share = np.array([edge_share(cands.plan(i), L) for i in range(len(cands))])
     names = [c.name for c in scenario.clients]
     rows = []
     for t in range(scenario.steps):
