@@ -533,8 +533,9 @@ def _plans(doc: dict[str, Any], source: str, policies: list[str]) -> tuple[int, 
         if p.startswith("plan:"):
             if not _LABEL.match(p[5:]):
                 raise _fail(f"{source}.policies", f"'{p}': expected plan:SPLITS, e.g. plan:1,8")
-            if "@" in p and not parallel:
-                raise _fail(f"{source}.policies", f"'{p}': a plan with a section needs plans.parallel: true")
             if p[5:] not in include:
                 include = [*include, p[5:]]
+    sectioned = next((x for x in include if "@" in x), None)
+    if sectioned is not None and not parallel:
+        raise _fail(f"{source}.plans", f"'{sectioned}': a plan with a section needs plans.parallel: true")
     return min_edge, codecs, include, parallel

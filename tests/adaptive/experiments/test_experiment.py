@@ -52,6 +52,10 @@ def test_shipped_scenarios_follow_the_schema_and_load():
         doc = yaml.safe_load(path.read_text())
         jsonschema.validate(doc, SCHEMA)
         Scenario.load(path)
+    # a sectioned label: the schema and the loader take the same ones
+    doc = base(plans={"parallel": True, "include": ["0-5@0.5,0", "2-6@0.25x2,3/int8,none"]})
+    jsonschema.validate(doc, SCHEMA)
+    assert Scenario.from_dict(doc).include_plans[:2] == ("0-5@0.5,0", "2-6@0.25x2,3/int8,none")
 
 
 def test_conditions_follow_the_schedules():
@@ -102,6 +106,7 @@ def test_conditions_follow_the_schedules():
         ({"link_delay_ms": [1, 2]}, "link_delay_ms: expected 1 numbers of ms"),
         ({"plans": {"include": ["3;7"]}}, "plans.include: expected plan labels"),
         ({"policies": ["plan:three"]}, "policies: 'plan:three': expected plan:SPLITS"),
+        ({"plans": {"include": ["0-5@0.5,0"]}}, "plans: '0-5@0.5,0': a plan with a section needs"),
     ],
 )
 def test_bad_scenarios_are_named_by_field(change, message):
@@ -114,6 +119,7 @@ def test_bad_scenarios_are_named_by_field(change, message):
         and "join_s" not in json.dumps(change)
         and "link_delay_ms" not in change
         and "plan:three" not in json.dumps(change)
+        and "@" not in json.dumps(change)
     ):
         with pytest.raises(jsonschema.ValidationError):  # the schema refuses it too
             jsonschema.validate(doc, SCHEMA)
